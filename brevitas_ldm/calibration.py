@@ -1,0 +1,210 @@
+"""Calibration context managers: which denoiser calls feed Brevitas' activation statistics.
+
+Both managers wrap Brevitas' :class:`~brevitas.graph.calibrate.calibration_mode` (quantization off, activation
+observers on, scales finalised on exit) and decide, call by call, whether the denoiser call is used:
+
+* :class:`single_step_calibration` (the paper's choice) uses only the maximum-noise step of each sampling run,
+  evaluated at t = T (``num_train_timesteps - 1``) on the initial noise latents, so the statistics do not depend on
+  how many inference steps the sampler was asked for. Every later step of the run is short-circuited (the
+  denoiser is not executed; the output of the calibration call is returned again) so calibration costs one
+  denoiser call per batch instead of one per step.
+* :class:`multi_step_calibration` (the baselines) follows the real trajectory and collects statistics at every
+  step, or at a uniform sample of steps as Q-Diffusion does; the other steps run in float without observing.
+
+Sampling runs are told apart by the timestep: it decreases within a run and jumps back up when a new run starts
+(calls that repeat the same timestep, as some pipelines do for classifier-free guidance, belong to the same step).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+from brevitas.graph.calibrate import calibration_mode
+from brevitas.proxy.runtime_quant import ActQuantProxyFromInjectorBase
+
+from brevitas_ldm.errors import CalibrationError
+
+_TIMESTEP_KEYS = ("timestep", "t", "timesteps")
+
+
+def _find_timestep(args: tuple, kwargs: dict) -> tuple[str | int, Any]:
+    for key in _TIMESTEP_KEYS:
+        if key in kwargs:
+            return key, kwargs[key]
+    if len(args) >= 2:
+        return 1, args[1]
+    raise CalibrationError("the denoiser was called without a timestep: calibrate a diffusers denoiser called as "
+                           "denoiser(sample, timestep, ...)")
+
+
+def _timestep_value(timestep: Any) -> float:
+    if isinstance(timestep, torch.Tensor):
+        return float(timestep.flatten()[0].item()) if timestep.numel() else math.nan
+    return float(timestep)
+
+
+def _replace_timestep(args: tuple, kwargs: dict, where: str | int, value: int) -> tuple[tuple, dict]:
+    old = kwargs[where] if isinstance(where, str) else args[where]
+    new = torch.full_like(old, value) if isinstance(old, torch.Tensor) else type(old)(value)
+    if isinstance(where, str):
+        return args, {**kwargs, where: new}
+    return args[:where] + (new,) + args[where + 1:], kwargs
+
+
+def _first_tensor(output: Any) -> torch.Tensor | None:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    sample = getattr(output, "sample", None)
+    return sample if isinstance(sample, torch.Tensor) else None
+
+
+class _StepCalibration:
+    """Shared machinery: Brevitas calibration mode plus a forward wrapper that tracks the sampling step."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.calls = 0            # denoiser forwards actually executed
+        self.observed_calls = 0   # of which fed the activation observers
+        self.skipped_calls = 0    # short-circuited (single-step mode)
+        self._step = -1
+        self._last_t = math.inf
+        self._brevitas = calibration_mode(model)
+        self._act_proxies = [m for m in model.modules() if isinstance(m, ActQuantProxyFromInjectorBase)]
+
+    # -- per-call policy, overridden -----------------------------------------------------------------------------
+    def _observe(self, step: int) -> bool:
+        raise NotImplementedError
+
+    def _prepare(self, step: int, args: tuple, kwargs: dict, where: str | int) -> tuple[tuple, dict]:
+        return args, kwargs
+
+    def _skip(self, step: int) -> bool:
+        return False
+
+    # -- mechanics ----------------------------------------------------------------------------------------------
+    def _advance(self, timestep_value: float) -> int:
+        if self._step < 0 or timestep_value > self._last_t:
+            self._step = 0
+        elif timestep_value < self._last_t:
+            self._step += 1
+        self._last_t = timestep_value
+        return self._step
+
+    def _set_observing(self, observing: bool) -> None:
+        for proxy in self._act_proxies:
+            proxy.train(observing)
+
+    def _forward(self, original_forward, *args, **kwargs):
+        where, timestep = _find_timestep(args, kwargs)
+        step = self._advance(_timestep_value(timestep))
+        if self._skip(step):
+            self.skipped_calls += 1
+            return self._last_output
+        observe = self._observe(step)
+        args, kwargs = self._prepare(step, args, kwargs, where)
+        sample = args[0] if args else next(iter(kwargs.values()))
+        if isinstance(sample, torch.Tensor) and not torch.isfinite(sample).all():
+            raise CalibrationError(f"calibration input at sampling step {step} contains NaN/Inf: check the prompts, "
+                                   f"latents and guidance scale fed to calibration")
+        self._set_observing(observe)
+        try:
+            output = original_forward(*args, **kwargs)
+        finally:
+            self._set_observing(True)
+        result = _first_tensor(output)
+        if result is not None and not torch.isfinite(result).all():
+            raise CalibrationError(f"the denoiser produced NaN/Inf at sampling step {step} during calibration: "
+                                   f"the calibration data or the float model is broken; check the inputs")
+        self.calls += 1
+        self.observed_calls += int(observe)
+        self._last_output = output
+        return output
+
+    def __enter__(self) -> "_StepCalibration":
+        self._brevitas.__enter__()
+        self._own_forward = self.model.__dict__.get("forward")  # an instance-level forward (e.g. accelerate's)
+        original = self.model.forward
+        self.model.forward = lambda *a, **k: self._forward(original, *a, **k)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        del self.model.forward
+        if self._own_forward is not None:
+            self.model.forward = self._own_forward
+        self._last_output = None
+        self._brevitas.__exit__(exc_type, exc, tb)
+        if exc_type is None:
+            if self.observed_calls == 0:
+                raise CalibrationError("calibration saw no denoiser call: run the pipeline (or the denoiser) inside "
+                                       "the `with` block")
+            check_activation_scales(self.model)
+
+
+class single_step_calibration(_StepCalibration):
+    """Calibrate activation ranges on the maximum-noise step only (t = T).
+
+    ``timestep`` is the timestep the denoiser is evaluated at for calibration (default ``num_train_timesteps - 1``,
+    the maximum noise level); pass ``num_train_timesteps`` from the pipeline's scheduler config when it is not
+    1000. Usage::
+
+        with single_step_calibration(pipe.unet, num_train_timesteps=pipe.scheduler.config.num_train_timesteps):
+            pipe(prompts, output_type="latent")
+    """
+
+    def __init__(self, model: nn.Module, timestep: int | None = None, num_train_timesteps: int = 1000) -> None:
+        super().__init__(model)
+        self.timestep = num_train_timesteps - 1 if timestep is None else int(timestep)
+
+    def _observe(self, step: int) -> bool:
+        return step == 0
+
+    def _skip(self, step: int) -> bool:
+        return step > 0
+
+    def _prepare(self, step, args, kwargs, where):
+        return _replace_timestep(args, kwargs, where, self.timestep)
+
+
+def uniform_step_indices(num_inference_steps: int, count: int) -> list[int]:
+    """``count`` step indices spread uniformly over ``num_inference_steps`` (first and last included)."""
+    if count >= num_inference_steps:
+        return list(range(num_inference_steps))
+    if count == 1:
+        return [0]
+    return sorted({round(i * (num_inference_steps - 1) / (count - 1)) for i in range(count)})
+
+
+class multi_step_calibration(_StepCalibration):
+    """Calibrate on the real trajectory: every step (``steps=None``), a uniform sample of ``steps`` steps out of
+    ``num_inference_steps`` (Q-Diffusion), or the explicit step indices ``steps``."""
+
+    def __init__(self, model: nn.Module, steps: int | Sequence[int] | None = None,
+                 num_inference_steps: int | None = None) -> None:
+        super().__init__(model)
+        if isinstance(steps, int):
+            if num_inference_steps is None:
+                raise CalibrationError("multi_step_calibration(steps=N) needs num_inference_steps to spread N steps "
+                                       "uniformly; pass it, or pass explicit step indices")
+            self.steps: set[int] | None = set(uniform_step_indices(num_inference_steps, steps))
+        else:
+            self.steps = None if steps is None else {int(s) for s in steps}
+
+    def _observe(self, step: int) -> bool:
+        return self.steps is None or step in self.steps
+
+
+def check_activation_scales(model: nn.Module) -> None:
+    """Every calibrated activation scale must be finite and positive, or the model would emit NaN."""
+    for name, module in model.named_modules():
+        if isinstance(module, ActQuantProxyFromInjectorBase) and module.is_quant_enabled:
+            scale = module.scale() if callable(getattr(module, "scale", None)) else None
+            if scale is not None and (not torch.isfinite(scale).all() or (scale <= 0).any()):
+                raise CalibrationError(f"activation scale of {name} is {scale.flatten()[:4].tolist()} after "
+                                       f"calibration: the calibration data gives no usable range; check for NaN "
+                                       f"or all-zero inputs")

@@ -1,0 +1,75 @@
+"""Precision of one layer: weight bits, activation bits, or float.
+
+A precision is written as a short string everywhere a user sees one (recipes, plan.json): ``"float"``,
+``"w8a8"``, ``"w4a8"``, ``"w8a16"``, or weight-only ``"w8"``. Keeping it a string makes a plan file easy to
+read and to edit by hand.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from brevitas_ldm.errors import RecipeError
+
+MIN_BITS, MAX_BITS = 2, 16
+FLOAT_BITS = 32
+_PATTERN = re.compile(r"^w(\d+)(?:a(\d+))?$")
+
+
+@dataclass(frozen=True, order=True)
+class Precision:
+    """``weight_bits``/``act_bits`` of None mean "left in float" for that tensor."""
+
+    weight_bits: int | None
+    act_bits: int | None
+
+    @property
+    def is_float(self) -> bool:
+        return self.weight_bits is None and self.act_bits is None
+
+    @property
+    def name(self) -> str:
+        if self.is_float:
+            return "float"
+        if self.weight_bits is None:
+            raise RecipeError("activation-only precision is not supported; use wNaM or wN")
+        return f"w{self.weight_bits}" + (f"a{self.act_bits}" if self.act_bits is not None else "")
+
+    def effective_weight_bits(self) -> int:
+        """Bits a weight costs (32 when left in float), for average-bit budgets."""
+        return FLOAT_BITS if self.weight_bits is None else self.weight_bits
+
+    def effective_act_bits(self) -> int:
+        return FLOAT_BITS if self.act_bits is None else self.act_bits
+
+    def __str__(self) -> str:
+        return self.name
+
+
+FLOAT = Precision(None, None)
+
+
+def check_bits(value: object, key: str) -> int:
+    """A bit width inside 2..16, or a RecipeError naming ``key``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not MIN_BITS <= value <= MAX_BITS:
+        raise RecipeError(f"{key} = {value!r} is out of range: bit widths must be integers from {MIN_BITS} to "
+                          f"{MAX_BITS} (use \"float\" to keep a layer unquantized)")
+    return value
+
+
+def parse_precision(text: str | Precision, key: str = "precision") -> Precision:
+    """Parse ``"float"``, ``"wNaM"`` or ``"wN"``; errors name the key and the accepted forms."""
+    if isinstance(text, Precision):
+        return text
+    if not isinstance(text, str):
+        raise RecipeError(f"{key} = {text!r} is not a precision: write \"float\", \"w8a8\", \"w4a8\", \"w8a16\" or \"w8\"")
+    value = text.strip().lower()
+    if value in ("float", "fp", "fp32"):
+        return FLOAT
+    match = _PATTERN.match(value)
+    if not match:
+        raise RecipeError(f"{key} = {text!r} is not a precision: write \"float\", \"w8a8\", \"w4a8\", \"w8a16\" or \"w8\"")
+    weight_bits = check_bits(int(match.group(1)), key)
+    act_bits = check_bits(int(match.group(2)), key) if match.group(2) else None
+    return Precision(weight_bits, act_bits)

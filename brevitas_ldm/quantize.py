@@ -1,0 +1,105 @@
+"""Recipe + per-layer precision map -> a Brevitas fake-quantized denoiser.
+
+Built on Brevitas' ``layerwise_quantize``: every Linear/Conv2d becomes a ``QuantLinear``/``QuantConv2d`` whose
+weight quantizer and input (activation) quantizer are chosen *per layer name* through Brevitas' name-keyed
+lambdas (``lambda module, name: ...``). Layers planned as float are put on Brevitas' ``name_blacklist`` so they
+stay plain torch layers and export as float.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+
+import brevitas.nn as qnn
+import torch.nn as nn
+from brevitas.graph.quantize import layerwise_quantize
+from brevitas.nn.quant_layer import QuantWeightBiasInputOutputLayer
+
+from brevitas_ldm.blocks import Block, get_blocks, quantizable_modules
+from brevitas_ldm.errors import RecipeError
+from brevitas_ldm.precision import FLOAT, Precision, parse_precision
+from brevitas_ldm.quantizers import act_quantizer, weight_quantizer
+from brevitas_ldm.recipe import Recipe
+
+PrecisionMap = dict[str, Precision]
+
+
+def resolve_precisions(denoiser: nn.Module, recipe: Recipe,
+                       overrides: Mapping[str, str | Precision] | None = None,
+                       blocks: list[Block] | None = None) -> PrecisionMap:
+    """The precision of every quantizable layer of ``denoiser``.
+
+    Start from the recipe's base precision, apply ``skip_layers`` (float), then ``overrides`` whose keys are
+    block names (``"up_blocks.1"``, applied to all its layers) or layer names (applied last, so they win).
+    """
+    layer_names = [name for name, _ in quantizable_modules(denoiser)]
+    precisions: PrecisionMap = {name: recipe.default_precision for name in layer_names}
+    for name in layer_names:
+        if any(fnmatch.fnmatchcase(name, pattern) or name.startswith(pattern + ".") for pattern in recipe.skip_layers):
+            precisions[name] = FLOAT
+    if not overrides:
+        return precisions
+    block_members: dict[str, tuple[str, ...]] = {}
+    if any(key not in precisions for key in overrides):
+        block_members = {b.name: b.module_names for b in (blocks or get_blocks(denoiser))}
+    layer_overrides = {}
+    for key, value in overrides.items():
+        precision = parse_precision(value, f"precision of {key!r}")
+        if key in precisions:
+            layer_overrides[key] = precision
+        elif key in block_members:
+            for name in block_members[key]:
+                precisions[name] = precision
+        else:
+            raise RecipeError(f"plan entry {key!r} names no block or quantizable layer of {type(denoiser).__name__}:"
+                              f" use block names ({', '.join(list(block_members)[:5])}, ...) or layer names")
+    precisions.update(layer_overrides)
+    return precisions
+
+
+def quantize_denoiser(denoiser: nn.Module, recipe: Recipe,
+                      precisions: Mapping[str, str | Precision] | None = None) -> nn.Module:
+    """Replace the denoiser's layers in place with Brevitas quant layers following ``precisions``.
+
+    ``precisions`` may be partial (block or layer names); see :func:`resolve_precisions`. Activation scales are
+    uninitialised until the model is calibrated (:mod:`brevitas_ldm.calibration`).
+    """
+    plan = resolve_precisions(denoiser, recipe, precisions)
+
+    def weight_quant(module: nn.Module, name: str):
+        bits = plan[name].weight_bits
+        return weight_quantizer(recipe.weights, bits) if bits is not None else None
+
+    def input_quant(module: nn.Module, name: str):
+        bits = plan[name].act_bits
+        return act_quantizer(recipe.activations, bits) if bits is not None else None
+
+    # Brevitas only evaluates per-name hooks written as lambdas (it checks for ``<lambda>``).
+    common = {"weight_quant": lambda module, name: weight_quant(module, name),
+              "input_quant": lambda module, name: input_quant(module, name), "bias_quant": None,
+              "return_quant_tensor": False}
+    layer_map = {nn.Linear: (qnn.QuantLinear, common), nn.Conv2d: (qnn.QuantConv2d, common)}
+    blacklist = [name for name, precision in plan.items() if precision.is_float]
+    was_training = denoiser.training
+    layerwise_quantize(denoiser, compute_layer_map=layer_map, name_blacklist=blacklist)
+    denoiser.train(was_training)
+    return denoiser
+
+
+def quant_layers(denoiser: nn.Module) -> dict[str, QuantWeightBiasInputOutputLayer]:
+    """Name -> Brevitas quant layer, for every quantized Linear/Conv2d."""
+    return {n: m for n, m in denoiser.named_modules() if isinstance(m, (qnn.QuantLinear, qnn.QuantConv2d))}
+
+
+def read_precisions(denoiser: nn.Module) -> PrecisionMap:
+    """Read back the precision of every layer from the Brevitas quant proxies (float layers -> ``float``)."""
+    out: PrecisionMap = {}
+    for name, module in denoiser.named_modules():
+        if isinstance(module, (qnn.QuantLinear, qnn.QuantConv2d)):
+            weight_bits = int(module.weight_quant.bit_width().item()) if module.weight_quant.is_quant_enabled else None
+            act_bits = int(module.input_quant.bit_width().item()) if module.input_quant.is_quant_enabled else None
+            out[name] = Precision(weight_bits, act_bits)
+        elif isinstance(module, (nn.Linear, nn.Conv2d)):
+            out[name] = FLOAT
+    return out

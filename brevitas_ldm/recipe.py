@@ -1,0 +1,355 @@
+"""Recipes: everything a quantization run decides, as data.
+
+A recipe says how weights and activations are quantized, how activation ranges are calibrated, whether
+SmoothQuant runs and where, which sensitivity analyses run, and how the per-block precision plan is chosen.
+Built-in recipes are TOML files in the top-level ``recipes/`` folder (installed as ``brevitas_ldm.recipes``);
+users register their own with :func:`register_recipe` or load a file with :meth:`Recipe.from_file`.
+
+Validation is strict on purpose: a misspelt key silently falling back to a default would produce a model that
+is quantized differently from what the user wrote, so unknown keys and impossible values raise
+:class:`RecipeError` naming the key and the allowed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from brevitas_ldm.errors import RecipeError
+from brevitas_ldm.precision import Precision, check_bits, parse_precision
+
+FORMATS = ("int", "e4m3", "e5m2")
+GRANULARITIES = ("per_channel", "per_tensor")
+WEIGHT_SCALE_METHODS = ("minmax", "mse")
+ACT_SCALE_METHODS = ("minmax", "percentile", "mse")
+CALIBRATION_MODES = ("all_steps", "uniform_steps", "single_step")
+SMOOTHQUANT_SCOPES = ("all", "sensitive")
+PLAN_METHODS = ("uniform", "threshold", "top_k", "budget")
+
+
+def _check_choice(value: Any, allowed: tuple[str, ...], key: str) -> str:
+    if value not in allowed:
+        raise RecipeError(f"{key} = {value!r} is not allowed: choose one of {', '.join(allowed)}")
+    return value
+
+
+def _check_type(value: Any, kind: type | tuple[type, ...], key: str, what: str) -> Any:
+    if isinstance(value, bool) and kind is not bool and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise RecipeError(f"{key} = {value!r} must be {what}")
+    if not isinstance(value, kind):
+        raise RecipeError(f"{key} = {value!r} must be {what}")
+    return value
+
+
+@dataclass(frozen=True)
+class TensorQuant:
+    """How one kind of tensor (weights or activations) is quantized."""
+
+    bits: int = 8
+    format: str = "int"
+    granularity: str = "per_tensor"
+    symmetric: bool = True
+    scale_method: str = "minmax"
+    percentile: float = 99.999
+
+    def validate(self, section: str, scale_methods: tuple[str, ...]) -> None:
+        check_bits(self.bits, f"{section}.bits")
+        _check_choice(self.format, FORMATS, f"{section}.format")
+        _check_choice(self.granularity, GRANULARITIES, f"{section}.granularity")
+        _check_type(self.symmetric, bool, f"{section}.symmetric", "true or false")
+        _check_choice(self.scale_method, scale_methods, f"{section}.scale_method")
+        _check_type(self.percentile, (int, float), f"{section}.percentile", "a number")
+        if not 50.0 < float(self.percentile) <= 100.0:
+            raise RecipeError(f"{section}.percentile = {self.percentile!r} must be in (50, 100]")
+        if self.format != "int":
+            if self.bits != 8:
+                raise RecipeError(f"{section}.bits = {self.bits} does not fit format {self.format!r}: "
+                                  f"the float formats e4m3 and e5m2 are 8-bit, set bits = 8")
+            if not self.symmetric:
+                raise RecipeError(f"{section}.symmetric = false is not available for float format "
+                                  f"{self.format!r}: set symmetric = true or format = \"int\"")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Which sampling steps feed activation statistics.
+
+    ``single_step`` is the paper's choice: only the maximum-noise step (t = T) is seen, one denoiser call per
+    batch. ``all_steps`` is the plain baseline; ``uniform_steps`` is Q-Diffusion's uniformly sampled steps.
+    """
+
+    mode: str = "all_steps"
+    num_steps: int = 8
+    num_prompts: int = 16
+    batch_size: int = 8
+
+    def validate(self) -> None:
+        _check_choice(self.mode, CALIBRATION_MODES, "calibration.mode")
+        for key in ("num_steps", "num_prompts", "batch_size"):
+            value = _check_type(getattr(self, key), int, f"calibration.{key}", "a positive integer")
+            if value < 1:
+                raise RecipeError(f"calibration.{key} = {value} must be a positive integer")
+
+
+@dataclass(frozen=True)
+class SmoothQuant:
+    """Activation equalization (SmoothQuant) through Brevitas, on all layers or on the sensitive ones only."""
+
+    enabled: bool = False
+    scope: str = "all"
+    alpha: float = 0.5
+    alpha_grid: tuple[float, ...] = ()
+    max_modules: int = 8
+    min_activation_share: float = 0.5
+
+    def validate(self) -> None:
+        _check_type(self.enabled, bool, "smoothquant.enabled", "true or false")
+        _check_choice(self.scope, SMOOTHQUANT_SCOPES, "smoothquant.scope")
+        for key, value in [("alpha", self.alpha), *((f"alpha_grid[{i}]", a) for i, a in enumerate(self.alpha_grid))]:
+            _check_type(value, (int, float), f"smoothquant.{key}", "a number in [0, 1]")
+            if not 0.0 <= float(value) <= 1.0:
+                raise RecipeError(f"smoothquant.{key} = {value!r} must be in [0, 1]")
+        value = _check_type(self.max_modules, int, "smoothquant.max_modules", "a non-negative integer")
+        if value < 0:
+            raise RecipeError(f"smoothquant.max_modules = {value} must be >= 0")
+        _check_type(self.min_activation_share, (int, float), "smoothquant.min_activation_share", "a number")
+        if not 0.0 <= float(self.min_activation_share) <= 1.0:
+            raise RecipeError(f"smoothquant.min_activation_share = {self.min_activation_share!r} must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Which SQNR sensitivity analyses run (``global_`` is ``global`` in TOML)."""
+
+    global_: bool = False
+    local: bool = False
+    num_prompts: int = 8
+
+    def validate(self) -> None:
+        _check_type(self.global_, bool, "analysis.global", "true or false")
+        _check_type(self.local, bool, "analysis.local", "true or false")
+        value = _check_type(self.num_prompts, int, "analysis.num_prompts", "a positive integer")
+        if value < 1:
+            raise RecipeError(f"analysis.num_prompts = {value} must be a positive integer")
+
+
+@dataclass(frozen=True)
+class PlanRule:
+    """How the per-block precision plan is chosen from the analyses.
+
+    ``uniform``: every block at the recipe's base precision (``weights.bits``/``activations.bits``). ``threshold``: blocks whose SQNR drop exceeds ``threshold_db`` get
+    ``high_precision``. ``top_k``: the ``top_k`` most sensitive blocks get ``high_precision``. ``budget``: each
+    block picks from ``menu`` to maximise predicted output SQNR under the average-bit budgets.
+    """
+
+    method: str = "uniform"
+    high_precision: str = "w8a16"
+    menu: tuple[str, ...] = ("float", "w8a16", "w8a8", "w4a8")
+    threshold_db: float = 1.0
+    top_k: int = 2
+    avg_weight_bits: float = 0.0
+    avg_act_bits: float = 0.0
+
+    def validate(self) -> None:
+        _check_choice(self.method, PLAN_METHODS, "plan.method")
+        parse_precision(self.high_precision, "plan.high_precision")
+        if not self.menu:
+            raise RecipeError("plan.menu is empty: list at least one precision, e.g. [\"w8a8\", \"w8a16\"]")
+        for i, item in enumerate(self.menu):
+            parse_precision(item, f"plan.menu[{i}]")
+        _check_type(self.threshold_db, (int, float), "plan.threshold_db", "a number of dB")
+        value = _check_type(self.top_k, int, "plan.top_k", "a non-negative integer")
+        if value < 0:
+            raise RecipeError(f"plan.top_k = {value} must be >= 0")
+        for key in ("avg_weight_bits", "avg_act_bits"):
+            budget = _check_type(getattr(self, key), (int, float), f"plan.{key}", "a number of bits")
+            if budget != 0 and not 2 <= budget <= 32:
+                raise RecipeError(f"plan.{key} = {budget} must be 0 (no budget) or between 2 and 32")
+        if self.method == "budget" and not (self.avg_weight_bits or self.avg_act_bits):
+            raise RecipeError("plan.method = \"budget\" needs plan.avg_weight_bits and/or plan.avg_act_bits")
+
+    @property
+    def high_precision_value(self) -> Precision:
+        return parse_precision(self.high_precision, "plan.high_precision")
+
+    @property
+    def menu_precisions(self) -> tuple[Precision, ...]:
+        return tuple(parse_precision(p, "plan.menu") for p in self.menu)
+
+
+_SECTIONS: dict[str, type] = {
+    "weights": TensorQuant,
+    "activations": TensorQuant,
+    "calibration": Calibration,
+    "smoothquant": SmoothQuant,
+    "analysis": Analysis,
+    "plan": PlanRule,
+}
+_TOML_KEY = {"global_": "global"}
+_FIELD_FOR_TOML_KEY = {v: k for k, v in _TOML_KEY.items()}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A complete quantization recipe (see the module docstring and ``docs/recipes.md``)."""
+
+    name: str
+    description: str = ""
+    weights: TensorQuant = field(default_factory=lambda: TensorQuant(granularity="per_channel"))
+    activations: TensorQuant = field(default_factory=TensorQuant)
+    calibration: Calibration = field(default_factory=Calibration)
+    smoothquant: SmoothQuant = field(default_factory=SmoothQuant)
+    analysis: Analysis = field(default_factory=Analysis)
+    plan: PlanRule = field(default_factory=PlanRule)
+    skip_layers: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise RecipeError("name is missing: every recipe needs a non-empty name = \"...\"")
+        _check_type(self.description, str, "description", "a string")
+        self.weights.validate("weights", WEIGHT_SCALE_METHODS)
+        self.activations.validate("activations", ACT_SCALE_METHODS)
+        self.calibration.validate()
+        self.smoothquant.validate()
+        self.analysis.validate()
+        self.plan.validate()
+        for i, pattern in enumerate(self.skip_layers):
+            _check_type(pattern, str, f"skip_layers[{i}]", "a module-name pattern string")
+        needs_global = self.plan.method != "uniform"
+        if needs_global and not self.analysis.global_:
+            raise RecipeError(f"plan.method = {self.plan.method!r} needs the global analysis: set "
+                              f"analysis.global = true or plan.method = \"uniform\"")
+        if self.smoothquant.enabled and self.smoothquant.scope == "sensitive" and not self.analysis.local:
+            raise RecipeError("smoothquant.scope = \"sensitive\" needs the local analysis: set analysis.local = "
+                              "true or smoothquant.scope = \"all\"")
+
+    # -- construction -------------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "recipe") -> "Recipe":
+        """Build and validate a recipe from parsed TOML; unknown keys are errors that list the known ones."""
+        if not isinstance(data, dict):
+            raise RecipeError(f"{source}: a recipe must be a TOML table")
+        top_known = {f.name for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in top_known:
+                raise RecipeError(f"{source}: unknown key {key!r}; known keys: {', '.join(sorted(top_known))}")
+            if key in _SECTIONS:
+                if not isinstance(value, dict):
+                    raise RecipeError(f"{source}: [{key}] must be a table of settings")
+                kwargs[key] = _section_from_dict(key, value, source, weights_default=(key == "weights"))
+            elif key == "skip_layers":
+                if not isinstance(value, list):
+                    raise RecipeError(f"{source}: skip_layers must be a list of module-name patterns")
+                kwargs[key] = tuple(value)
+            else:
+                kwargs[key] = value
+        if "name" not in kwargs:
+            raise RecipeError(f"{source}: name is missing: add name = \"my-recipe\"")
+        return cls(**kwargs)
+
+    @classmethod
+    def from_toml(cls, text: str, source: str = "recipe") -> "Recipe":
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise RecipeError(f"{source} does not parse as TOML ({exc}); fix the syntax or start from "
+                              f"`brevitas-ldm recipes show minmax-w8a8`") from None
+        return cls.from_dict(data, source)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "Recipe":
+        path = Path(path)
+        if not path.is_file():
+            raise RecipeError(f"recipe file {str(path)!r} does not exist: pass a registered recipe name "
+                              f"(`brevitas-ldm recipes`) or the path of a .toml file")
+        return cls.from_toml(path.read_text(), source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "description": self.description}
+        if self.skip_layers:
+            out["skip_layers"] = list(self.skip_layers)
+        for section in _SECTIONS:
+            value = dataclasses.asdict(getattr(self, section))
+            out[section] = {_TOML_KEY.get(k, k): list(v) if isinstance(v, tuple) else v for k, v in value.items()}
+        return out
+
+    def to_toml(self) -> str:
+        import tomli_w
+
+        return tomli_w.dumps(self.to_dict())
+
+    def replace(self, **changes: Any) -> "Recipe":
+        """A copy with top-level fields or whole sections replaced (``recipe.replace(name="x")``)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def default_precision(self) -> Precision:
+        """The precision of every layer the plan does not single out."""
+        return Precision(self.weights.bits, self.activations.bits)
+
+
+def _section_from_dict(section: str, value: dict[str, Any], source: str, weights_default: bool) -> Any:
+    section_cls = _SECTIONS[section]
+    known = {_TOML_KEY.get(f.name, f.name) for f in fields(section_cls)}
+    args: dict[str, Any] = {}
+    if weights_default:
+        args["granularity"] = "per_channel"
+    for key, item in value.items():
+        if key not in known:
+            raise RecipeError(f"{source}: unknown key {section}.{key!r}; known keys in [{section}]: "
+                              f"{', '.join(sorted(known))}")
+        args[_FIELD_FOR_TOML_KEY.get(key, key)] = tuple(item) if isinstance(item, list) else item
+    return section_cls(**args)
+
+
+# -- registry ---------------------------------------------------------------------------------------------------
+_REGISTRY: dict[str, Recipe] = {}
+_BUILTINS_LOADED = False
+
+
+def _load_builtins() -> None:
+    global _BUILTINS_LOADED
+    if _BUILTINS_LOADED:
+        return
+    _BUILTINS_LOADED = True
+    folder = resources.files("brevitas_ldm.recipes")
+    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".toml"):
+            recipe = Recipe.from_toml(entry.read_text(), source=f"built-in recipe {entry.name}")
+            _REGISTRY.setdefault(recipe.name, recipe)
+
+
+def register_recipe(recipe: Recipe, overwrite: bool = False) -> Recipe:
+    """Make ``recipe`` available by name to :func:`get_recipe` and the command line."""
+    _load_builtins()
+    if recipe.name in _REGISTRY and not overwrite:
+        raise RecipeError(f"a recipe named {recipe.name!r} is already registered: choose another name or pass "
+                          f"overwrite=True")
+    _REGISTRY[recipe.name] = recipe
+    return recipe
+
+
+def list_recipes() -> list[str]:
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+def get_recipe(name_or_path: str | Path | Recipe) -> Recipe:
+    """A registered recipe by name, or a recipe file by path (anything ending in .toml or that exists)."""
+    if isinstance(name_or_path, Recipe):
+        return name_or_path
+    _load_builtins()
+    text = str(name_or_path)
+    if text in _REGISTRY:
+        return _REGISTRY[text]
+    if text.endswith(".toml") or Path(text).exists():
+        return Recipe.from_file(text)
+    raise RecipeError(f"unknown recipe {text!r}: choose one of {', '.join(list_recipes())} or pass a .toml file")

@@ -1,0 +1,1 @@
+"""Built-in recipes, installed as the ``brevitas_ldm.recipes`` package data (one TOML file per recipe)."""
