@@ -17,9 +17,7 @@ Sampling runs are told apart by the timestep: it decreases within a run and jump
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn as nn
@@ -27,25 +25,7 @@ from brevitas.graph.calibrate import calibration_mode
 from brevitas.proxy.runtime_quant import ActQuantProxyFromInjectorBase
 
 from brevitas_ldm.errors import CalibrationError
-
-_TIMESTEP_KEYS = ("timestep", "t", "timesteps")
-
-
-def _find_timestep(args: tuple, kwargs: dict) -> tuple[str | int, Any]:
-    for key in _TIMESTEP_KEYS:
-        if key in kwargs:
-            return key, kwargs[key]
-    if len(args) >= 2:
-        return 1, args[1]
-    raise CalibrationError("the denoiser was called without a timestep: calibrate a diffusers denoiser called as "
-                           "denoiser(sample, timestep, ...)")
-
-
-def _timestep_value(timestep: Any) -> float:
-    if isinstance(timestep, torch.Tensor):
-        return float(timestep.flatten()[0].item()) if timestep.numel() else math.nan
-    return float(timestep)
-
+from brevitas_ldm.sampling import StepTracker, find_timestep, first_tensor
 
 def _replace_timestep(args: tuple, kwargs: dict, where: str | int, value: int) -> tuple[tuple, dict]:
     old = kwargs[where] if isinstance(where, str) else args[where]
@@ -53,15 +33,6 @@ def _replace_timestep(args: tuple, kwargs: dict, where: str | int, value: int) -
     if isinstance(where, str):
         return args, {**kwargs, where: new}
     return args[:where] + (new,) + args[where + 1:], kwargs
-
-
-def _first_tensor(output: Any) -> torch.Tensor | None:
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    sample = getattr(output, "sample", None)
-    return sample if isinstance(sample, torch.Tensor) else None
 
 
 class _StepCalibration:
@@ -72,8 +43,7 @@ class _StepCalibration:
         self.calls = 0            # denoiser forwards actually executed
         self.observed_calls = 0   # of which fed the activation observers
         self.skipped_calls = 0    # short-circuited (single-step mode)
-        self._step = -1
-        self._last_t = math.inf
+        self._tracker = StepTracker()
         self._brevitas = calibration_mode(model)
         self._act_proxies = [m for m in model.modules() if isinstance(m, ActQuantProxyFromInjectorBase)]
 
@@ -88,21 +58,13 @@ class _StepCalibration:
         return False
 
     # -- mechanics ----------------------------------------------------------------------------------------------
-    def _advance(self, timestep_value: float) -> int:
-        if self._step < 0 or timestep_value > self._last_t:
-            self._step = 0
-        elif timestep_value < self._last_t:
-            self._step += 1
-        self._last_t = timestep_value
-        return self._step
-
     def _set_observing(self, observing: bool) -> None:
         for proxy in self._act_proxies:
             proxy.train(observing)
 
     def _forward(self, original_forward, *args, **kwargs):
-        where, timestep = _find_timestep(args, kwargs)
-        step = self._advance(_timestep_value(timestep))
+        where, timestep = find_timestep(args, kwargs)
+        step = self._tracker.advance(timestep)
         if self._skip(step):
             self.skipped_calls += 1
             return self._last_output
@@ -117,7 +79,7 @@ class _StepCalibration:
             output = original_forward(*args, **kwargs)
         finally:
             self._set_observing(True)
-        result = _first_tensor(output)
+        result = first_tensor(output)
         if result is not None and not torch.isfinite(result).all():
             raise CalibrationError(f"the denoiser produced NaN/Inf at sampling step {step} during calibration: "
                                    f"the calibration data or the float model is broken; check the inputs")

@@ -1,1 +1,1 @@
-"""commands"""
+"""One module per ``brevitas-ldm`` subcommand, plus the options they share."""

@@ -1,0 +1,49 @@
+"""Options shared by the subcommands (model, sampling, seeds, output folder)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from brevitas_ldm.errors import BrevitasLDMError
+from brevitas_ldm.zoo import DEFAULT_MODEL
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"embedded model name ({DEFAULT_MODEL}) or a local diffusers pipeline directory")
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+
+
+def add_sampling_options(parser: argparse.ArgumentParser, num_samples: int = 100) -> None:
+    parser.add_argument("--num-samples", type=int, default=num_samples, help="samples to generate for evaluation")
+    parser.add_argument("--steps", type=int, default=20, help="sampling steps (default: 20)")
+    parser.add_argument("--guidance-scale", type=float, default=4.0, help="classifier-free guidance scale")
+    parser.add_argument("--batch-size", type=int, default=50, help="samples per pipeline call")
+    parser.add_argument("--seed", type=int, default=0, help="base seed: sample i uses seed + i")
+    parser.add_argument("--prompts", type=Path, default=None,
+                        help="text file, one prompt per line (default: the model's own evaluation prompts)")
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True, help="output folder (written atomically)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
+
+
+def check_sampling_args(args: argparse.Namespace) -> None:
+    if args.num_samples < 1:
+        raise BrevitasLDMError(f"--num-samples {args.num_samples} must be at least 1")
+    if args.steps < 1:
+        raise BrevitasLDMError(f"--steps {args.steps} must be at least 1")
+    if args.batch_size < 1:
+        raise BrevitasLDMError(f"--batch-size {args.batch_size} must be at least 1")

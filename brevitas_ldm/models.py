@@ -1,0 +1,59 @@
+"""Loading pipelines: the embedded default by name, or any local diffusers pipeline directory.
+
+Nothing is ever fetched from a hub: ``local_files_only`` is always set, and a path that is not a diffusers
+pipeline directory gets an error that says what is expected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from brevitas_ldm.errors import ModelError
+from brevitas_ldm.zoo import DEFAULT_MODEL, EMBEDDED_MODELS
+
+
+def resolve_model_path(model: str | Path) -> Path:
+    """The directory behind ``model`` (an embedded model name or a path), checked to be a diffusers pipeline."""
+    text = str(model)
+    if text in EMBEDDED_MODELS:
+        path = EMBEDDED_MODELS[text]
+        if not (path / "model_index.json").is_file():
+            raise ModelError(f"the embedded model {text!r} is not in this installation ({path}): train it with "
+                             f"`python -m brevitas_ldm.zoo.train` or reinstall brevitas-ldm")
+        return path
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise ModelError(f"model path {text!r} does not exist: pass --model {DEFAULT_MODEL} or the directory of a "
+                         f"diffusers pipeline saved with save_pretrained()")
+    if not (path / "model_index.json").is_file():
+        raise ModelError(f"{text!r} is not a diffusers pipeline directory (no model_index.json): pass a folder "
+                         f"written by pipeline.save_pretrained(), or --model {DEFAULT_MODEL}")
+    return path
+
+
+def model_display_name(model: str | Path) -> str:
+    text = str(model)
+    return text if text in EMBEDDED_MODELS else Path(text).name or text
+
+
+def load_pipeline(model: str | Path = DEFAULT_MODEL, device: str = "cpu") -> Any:
+    """Load a pipeline offline with diffusers' ``DiffusionPipeline.from_pretrained`` (float32, progress off)."""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    path = resolve_model_path(model)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        index = json.loads((path / "model_index.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{path / 'model_index.json'} is not valid JSON ({exc}): re-save the pipeline") from None
+    try:
+        pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True, torch_dtype=torch.float32)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise ModelError(f"could not load the {index.get('_class_name', 'diffusers')} pipeline at {path}: "
+                         f"{str(exc).splitlines()[0]}; re-save it with save_pretrained()") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
