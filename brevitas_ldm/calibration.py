@@ -170,3 +170,31 @@ def check_activation_scales(model: nn.Module) -> None:
                 raise CalibrationError(f"activation scale of {name} is {scale.flatten()[:4].tolist()} after "
                                        f"calibration: the calibration data gives no usable range; check for NaN "
                                        f"or all-zero inputs")
+
+
+def recipe_calibration(denoiser: nn.Module, recipe, num_inference_steps: int,
+                       num_train_timesteps: int = 1000) -> _StepCalibration:
+    """The calibration context a recipe asks for (``[calibration] mode``), for ``denoiser``."""
+    mode = recipe.calibration.mode
+    if mode == "single_step":
+        return single_step_calibration(denoiser, num_train_timesteps=num_train_timesteps)
+    if mode == "uniform_steps":
+        return multi_step_calibration(denoiser, steps=recipe.calibration.num_steps,
+                                      num_inference_steps=num_inference_steps)
+    return multi_step_calibration(denoiser)
+
+
+@torch.no_grad()
+def calibrate_pipeline(pipe, recipe, prompts: Sequence, seeds: Sequence[int], spec,
+                       progress: bool = False) -> _StepCalibration:
+    """Run the calibration set through ``pipe`` under the recipe's calibration context; return the context
+    (its ``calls``/``observed_calls`` say what calibration cost)."""
+    from brevitas_ldm.sampling import generate, get_denoiser
+
+    denoiser = get_denoiser(pipe)
+    num_train_timesteps = int(getattr(pipe.scheduler.config, "num_train_timesteps", 1000))
+    context = recipe_calibration(denoiser, recipe, spec.num_inference_steps, num_train_timesteps)
+    with context:
+        generate(pipe, list(prompts), list(seeds), spec, output_type="latent", progress=progress,
+                 desc=f"calibration ({recipe.calibration.mode})")
+    return context

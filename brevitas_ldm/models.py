@@ -36,7 +36,7 @@ def resolve_model_path(model: str | Path) -> Path:
 
 def model_display_name(model: str | Path) -> str:
     text = str(model)
-    return text if text in EMBEDDED_MODELS else Path(text).name or text
+    return text if text in EMBEDDED_MODELS else str(Path(text).expanduser().resolve())
 
 
 def load_pipeline(model: str | Path = DEFAULT_MODEL, device: str = "cpu") -> Any:
@@ -51,7 +51,7 @@ def load_pipeline(model: str | Path = DEFAULT_MODEL, device: str = "cpu") -> Any
     except json.JSONDecodeError as exc:
         raise ModelError(f"{path / 'model_index.json'} is not valid JSON ({exc}): re-save the pipeline") from None
     try:
-        pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True, torch_dtype=torch.float32)
+        pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
     except (OSError, ValueError, EnvironmentError) as exc:
         raise ModelError(f"could not load the {index.get('_class_name', 'diffusers')} pipeline at {path}: "
                          f"{str(exc).splitlines()[0]}; re-save it with save_pretrained()") from None

@@ -70,6 +70,7 @@ def parse_precision(text: str | Precision, key: str = "precision") -> Precision:
     match = _PATTERN.match(value)
     if not match:
         raise RecipeError(f"{key} = {text!r} is not a precision: write \"float\", \"w8a8\", \"w4a8\", \"w8a16\" or \"w8\"")
-    weight_bits = check_bits(int(match.group(1)), key)
-    act_bits = check_bits(int(match.group(2)), key) if match.group(2) else None
-    return Precision(weight_bits, act_bits)
+    bits = [int(g) for g in match.groups() if g is not None]
+    if any(not MIN_BITS <= b <= MAX_BITS for b in bits):
+        raise RecipeError(f"{key} = {text!r} is out of range: bit widths must be from {MIN_BITS} to {MAX_BITS}")
+    return Precision(bits[0], bits[1] if len(bits) > 1 else None)

@@ -16,11 +16,12 @@ import torch.nn as nn
 from brevitas.graph.quantize import layerwise_quantize
 from brevitas.nn.quant_layer import QuantWeightBiasInputOutputLayer
 
-from brevitas_ldm.blocks import Block, get_blocks, quantizable_modules
+from brevitas_ldm.blocks import Block, get_blocks
 from brevitas_ldm.errors import RecipeError
 from brevitas_ldm.precision import FLOAT, Precision, parse_precision
 from brevitas_ldm.quantizers import act_quantizer, weight_quantizer
 from brevitas_ldm.recipe import Recipe
+from brevitas_ldm.smoothing import user_facing_names
 
 PrecisionMap = dict[str, Precision]
 
@@ -32,8 +33,9 @@ def resolve_precisions(denoiser: nn.Module, recipe: Recipe,
 
     Start from the recipe's base precision, apply ``skip_layers`` (float), then ``overrides`` whose keys are
     block names (``"up_blocks.1"``, applied to all its layers) or layer names (applied last, so they win).
+    Keys are user-facing layer names: a layer wrapped by SmoothQuant keeps its original name.
     """
-    layer_names = [name for name, _ in quantizable_modules(denoiser)]
+    layer_names = list(user_facing_names(denoiser).values())
     precisions: PrecisionMap = {name: recipe.default_precision for name in layer_names}
     for name in layer_names:
         if any(fnmatch.fnmatchcase(name, pattern) or name.startswith(pattern + ".") for pattern in recipe.skip_layers):
@@ -42,7 +44,9 @@ def resolve_precisions(denoiser: nn.Module, recipe: Recipe,
         return precisions
     block_members: dict[str, tuple[str, ...]] = {}
     if any(key not in precisions for key in overrides):
-        block_members = {b.name: b.module_names for b in (blocks or get_blocks(denoiser))}
+        internal_to_user = user_facing_names(denoiser)
+        block_members = {b.name: tuple(internal_to_user.get(m, m) for m in b.module_names)
+                         for b in (blocks or get_blocks(denoiser))}
     layer_overrides = {}
     for key, value in overrides.items():
         precision = parse_precision(value, f"precision of {key!r}")
@@ -66,13 +70,15 @@ def quantize_denoiser(denoiser: nn.Module, recipe: Recipe,
     uninitialised until the model is calibrated (:mod:`brevitas_ldm.calibration`).
     """
     plan = resolve_precisions(denoiser, recipe, precisions)
+    # Brevitas hands the hooks internal names (``x.layer`` under a SmoothQuant wrapper); plans use user-facing ones.
+    to_user = user_facing_names(denoiser)
 
     def weight_quant(module: nn.Module, name: str):
-        bits = plan[name].weight_bits
+        bits = plan[to_user.get(name, name)].weight_bits
         return weight_quantizer(recipe.weights, bits) if bits is not None else None
 
     def input_quant(module: nn.Module, name: str):
-        bits = plan[name].act_bits
+        bits = plan[to_user.get(name, name)].act_bits
         return act_quantizer(recipe.activations, bits) if bits is not None else None
 
     # Brevitas only evaluates per-name hooks written as lambdas (it checks for ``<lambda>``).
@@ -80,7 +86,7 @@ def quantize_denoiser(denoiser: nn.Module, recipe: Recipe,
               "input_quant": lambda module, name: input_quant(module, name), "bias_quant": None,
               "return_quant_tensor": False}
     layer_map = {nn.Linear: (qnn.QuantLinear, common), nn.Conv2d: (qnn.QuantConv2d, common)}
-    blacklist = [name for name, precision in plan.items() if precision.is_float]
+    blacklist = [internal for internal, user in to_user.items() if plan[user].is_float]
     was_training = denoiser.training
     layerwise_quantize(denoiser, compute_layer_map=layer_map, name_blacklist=blacklist)
     denoiser.train(was_training)
@@ -88,14 +94,18 @@ def quantize_denoiser(denoiser: nn.Module, recipe: Recipe,
 
 
 def quant_layers(denoiser: nn.Module) -> dict[str, QuantWeightBiasInputOutputLayer]:
-    """Name -> Brevitas quant layer, for every quantized Linear/Conv2d."""
-    return {n: m for n, m in denoiser.named_modules() if isinstance(m, (qnn.QuantLinear, qnn.QuantConv2d))}
+    """User-facing name -> Brevitas quant layer, for every quantized Linear/Conv2d."""
+    to_user = user_facing_names(denoiser)
+    return {to_user.get(n, n): m for n, m in denoiser.named_modules()
+            if isinstance(m, (qnn.QuantLinear, qnn.QuantConv2d))}
 
 
 def read_precisions(denoiser: nn.Module) -> PrecisionMap:
     """Read back the precision of every layer from the Brevitas quant proxies (float layers -> ``float``)."""
     out: PrecisionMap = {}
-    for name, module in denoiser.named_modules():
+    to_user = user_facing_names(denoiser)
+    for internal, module in denoiser.named_modules():
+        name = to_user.get(internal, internal)
         if isinstance(module, (qnn.QuantLinear, qnn.QuantConv2d)):
             weight_bits = int(module.weight_quant.bit_width().item()) if module.weight_quant.is_quant_enabled else None
             act_bits = int(module.input_quant.bit_width().item()) if module.input_quant.is_quant_enabled else None

@@ -315,16 +315,27 @@ _REGISTRY: dict[str, Recipe] = {}
 _BUILTINS_LOADED = False
 
 
+def builtin_recipe_files() -> list:
+    """The shipped recipe files: package data when installed, the top-level recipes/ folder in a source tree."""
+    try:
+        folder = resources.files("brevitas_ldm.recipes")
+        entries = [entry for entry in folder.iterdir() if entry.name.endswith(".toml")]
+    except ModuleNotFoundError:
+        entries = []
+    if not entries:
+        source_tree = Path(__file__).resolve().parent.parent / "recipes"
+        entries = sorted(source_tree.glob("*.toml"))
+    return entries
+
+
 def _load_builtins() -> None:
     global _BUILTINS_LOADED
     if _BUILTINS_LOADED:
         return
     _BUILTINS_LOADED = True
-    folder = resources.files("brevitas_ldm.recipes")
-    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
-        if entry.name.endswith(".toml"):
-            recipe = Recipe.from_toml(entry.read_text(), source=f"built-in recipe {entry.name}")
-            _REGISTRY.setdefault(recipe.name, recipe)
+    for entry in sorted(builtin_recipe_files(), key=lambda p: p.name):
+        recipe = Recipe.from_toml(entry.read_text(), source=f"built-in recipe {entry.name}")
+        _REGISTRY.setdefault(recipe.name, recipe)
 
 
 def register_recipe(recipe: Recipe, overwrite: bool = False) -> Recipe:

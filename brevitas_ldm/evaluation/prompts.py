@@ -1,0 +1,50 @@
+"""The evaluation set: which prompt and which seed each sample gets.
+
+Every configuration of a comparison sees exactly the same (prompt, seed) pairs, so differences are caused by
+quantization alone. The default set cycles through the ten digits with the model's canonical phrasing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from brevitas_ldm.errors import BrevitasLDMError
+from brevitas_ldm.zoo.data import label_from_prompt, prompt_for
+
+
+@dataclass(frozen=True)
+class EvaluationSet:
+    prompts: tuple[str, ...]
+    seeds: tuple[int, ...]
+
+    @property
+    def labels(self) -> list[int | None]:
+        """The digit each prompt asks for (None when it names none)."""
+        return [label_from_prompt(p) for p in self.prompts]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def read_prompt_file(path: Path) -> list[str]:
+    if not Path(path).is_file():
+        raise BrevitasLDMError(f"--prompts file {str(path)!r} does not exist: pass a text file with one prompt per line")
+    prompts = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise BrevitasLDMError(f"--prompts file {str(path)!r} has no prompts: write one prompt per line")
+    return prompts
+
+
+def evaluation_set(num_samples: int, seed: int = 0, prompts: list[str] | None = None) -> EvaluationSet:
+    """``num_samples`` samples: prompts cycled from ``prompts`` (default: the ten digits), seeds ``seed + i``."""
+    if num_samples < 1:
+        raise BrevitasLDMError(f"--num-samples {num_samples} must be at least 1")
+    base = prompts or [prompt_for(d) for d in range(10)]
+    chosen = tuple(base[i % len(base)] for i in range(num_samples))
+    return EvaluationSet(prompts=chosen, seeds=tuple(seed + i for i in range(num_samples)))
+
+
+def calibration_set(num_prompts: int, seed: int = 10_000, prompts: list[str] | None = None) -> EvaluationSet:
+    """Calibration/analysis samples: the same prompt cycle, seeds disjoint from evaluation's (offset 10000)."""
+    return evaluation_set(num_prompts, seed=seed, prompts=prompts)

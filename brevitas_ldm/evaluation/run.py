@@ -1,0 +1,60 @@
+"""Evaluate a pipeline: generate the evaluation set once and score it (digits metrics where available)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from brevitas_ldm.evaluation.prompts import EvaluationSet
+from brevitas_ldm.sampling import SamplingSpec, generate
+
+
+@dataclass
+class Generation:
+    """Images (N, C, H, W) in [0, 1] and final latents of one pipeline on one evaluation set."""
+
+    images: torch.Tensor
+    latents: torch.Tensor
+    seconds: float
+
+
+def generate_with_latents(pipe: Any, eval_set: EvaluationSet, spec: SamplingSpec, progress: bool = False,
+                          desc: str = "sampling") -> Generation:
+    """Sample latents once and decode them with the pipeline's VAE (no second sampling run)."""
+    start = time.perf_counter()
+    latents = generate(pipe, list(eval_set.prompts), list(eval_set.seeds), spec, output_type="latent",
+                       progress=progress, desc=desc)
+    images = decode_latents(pipe, latents)
+    return Generation(images=images, latents=latents, seconds=time.perf_counter() - start)
+
+
+@torch.no_grad()
+def decode_latents(pipe: Any, latents: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    vae = getattr(pipe, "vae", None)
+    if vae is None:
+        return latents
+    out = []
+    for chunk in latents.split(batch_size):
+        decoded = vae.decode(chunk.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+        out.append(((decoded.float() + 1.0) / 2.0).clamp(0, 1).cpu())
+    return torch.cat(out)
+
+
+def digits_metrics(images: torch.Tensor, eval_set: EvaluationSet) -> dict[str, float]:
+    from brevitas_ldm.evaluation.digits import DigitsEvaluator
+
+    evaluator = DigitsEvaluator()
+    return {"digits_fid": evaluator.digits_fid(images),
+            "prompt_accuracy": evaluator.prompt_accuracy(images, eval_set.labels)}
+
+
+def has_digits_evaluator(model: str | Path) -> bool:
+    """Digits metrics apply to the embedded digits model only (other models draw other things)."""
+    from brevitas_ldm.evaluation.digits import DigitsEvaluator
+    from brevitas_ldm.zoo import EMBEDDED_MODELS
+
+    return str(model) in EMBEDDED_MODELS and DigitsEvaluator.available()

@@ -1,0 +1,79 @@
+"""What a precision plan costs: average weight bits, average activation bits, model size.
+
+Averages are weighted the way hardware pays for them: weight bits by parameter count, activation bits by the
+number of input elements each quantizable layer reads per denoiser call (measured once with hooks), float = 32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from brevitas_ldm.blocks import quantizable_modules
+from brevitas_ldm.precision import FLOAT_BITS, Precision
+
+
+@torch.no_grad()
+def activation_elements(denoiser: nn.Module, call: Any) -> dict[str, int]:
+    """Input elements per sample of every quantizable layer during one denoiser call (``call()`` runs it)."""
+    counts: dict[str, int] = {}
+    handles = []
+    for name, module in quantizable_modules(denoiser):
+        def hook(mod, args, name=name):
+            x = args[0]
+            counts[name] = counts.get(name, 0) + x.numel() // max(1, x.shape[0])
+        handles.append(module.register_forward_pre_hook(hook))
+    try:
+        call()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return counts
+
+
+def weight_elements(denoiser: nn.Module) -> dict[str, int]:
+    return {name: module.weight.numel() for name, module in quantizable_modules(denoiser)}
+
+
+@dataclass(frozen=True)
+class Footprint:
+    avg_weight_bits: float
+    avg_act_bits: float
+    size_bytes: int
+    float_size_bytes: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"avg_weight_bits": self.avg_weight_bits, "avg_act_bits": self.avg_act_bits,
+                "size_bytes": self.size_bytes}
+
+
+def footprint(denoiser: nn.Module, precisions: Mapping[str, Precision], weights: Mapping[str, int],
+              activations: Mapping[str, int]) -> Footprint:
+    """Averages and deployed size of ``denoiser`` under ``precisions`` (layer name -> precision).
+
+    Size: quantized weights at their bit width plus one float32 scale per output channel, every other parameter
+    (biases, norms, embeddings, float layers) at 4 bytes.
+    """
+    total_w = sum(weights.values())
+    avg_w = sum(weights[n] * precisions[n].effective_weight_bits() for n in weights) / max(1, total_w)
+    counted = [n for n in activations if n in precisions]
+    total_a = sum(activations[n] for n in counted)
+    avg_a = sum(activations[n] * precisions[n].effective_act_bits() for n in counted) / max(1, total_a)
+    all_params = sum(p.numel() for p in denoiser.parameters() if p.dtype.is_floating_point)
+    quantized_bits = 0
+    quantized_elements = 0
+    for name, module in quantizable_modules(denoiser):
+        bits = precisions[name].weight_bits if name in precisions else None
+        weight = module.weight
+        if bits is not None:
+            quantized_bits += weight.numel() * bits + weight.shape[0] * 32
+            quantized_elements += weight.numel()
+    size = int(round(quantized_bits / 8 + (all_params - quantized_elements) * 4))
+    return Footprint(avg_weight_bits=avg_w, avg_act_bits=avg_a, size_bytes=size, float_size_bytes=all_params * 4)
+
+
+__all__ = ["FLOAT_BITS", "Footprint", "activation_elements", "footprint", "weight_elements"]

@@ -1,0 +1,79 @@
+import pytest
+
+from brevitas_ldm.cli import main
+from brevitas_ldm.errors import RecipeError
+from brevitas_ldm.precision import FLOAT, Precision, parse_precision
+from brevitas_ldm.recipe import Recipe, get_recipe, list_recipes, register_recipe
+
+REQUIRED = ["minmax-w8a8", "smoothquant-w8a8", "qdiffusion-w8a8", "sqnr-hybrid-w8a8", "sqnr-hybrid-w4a8"]
+
+
+def test_builtin_recipes_are_registered_and_round_trip_through_toml():
+    names = list_recipes()
+    for name in REQUIRED:
+        assert name in names
+        recipe = get_recipe(name)
+        assert Recipe.from_toml(recipe.to_toml()) == recipe
+    assert get_recipe("sqnr-hybrid-w4a8").default_precision == Precision(4, 8)
+    assert get_recipe("sqnr-hybrid-w8a8").calibration.mode == "single_step"
+    assert get_recipe("minmax-w8a8").calibration.mode == "all_steps"
+    assert get_recipe("qdiffusion-w8a8").calibration.mode == "uniform_steps"
+
+
+@pytest.mark.parametrize("text, message", [
+    ('name = "x"\nbogus = 1', "unknown key 'bogus'"),
+    ('name = "x"\n[weights]\nbitz = 8', "unknown key weights.'bitz'"),
+    ('name = "x"\n[weights]\nbits = 1', "weights.bits = 1 is out of range"),
+    ('name = "x"\n[activations]\nbits = 17', "activations.bits = 17 is out of range"),
+    ('name = "x"\n[weights]\nformat = "fp4"', "weights.format = 'fp4' is not allowed: choose one of int, e4m3, e5m2"),
+    ('name = "x"\n[weights]\nformat = "e4m3"\nbits = 4', "weights.bits = 4 does not fit format 'e4m3'"),
+    ('name = "x"\n[calibration]\nmode = "sometimes"', "calibration.mode = 'sometimes' is not allowed"),
+    ('name = "x"\n[smoothquant]\nalpha = 1.5', "smoothquant.alpha = 1.5 must be in"),
+    ('name = "x"\n[plan]\nmethod = "budget"\navg_weight_bits = 6.0', "needs the global analysis"),
+    ('name = "x"\n[plan]\nmenu = ["w8a8", "w99a8"]', "plan.menu[1] = 'w99a8'"),
+    ('name = "x"\n[weights', "does not parse as TOML"),
+    ('description = "no name"', "name is missing"),
+])
+def test_bad_recipes_name_the_key(text, message):
+    with pytest.raises(RecipeError, match=message.replace("(", r"\(").replace("[", r"\[").replace(".", r"\.")):
+        Recipe.from_toml(text)
+
+
+def test_register_file_and_unknown_names(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text(get_recipe("minmax-w8a8").to_toml().replace('name = "minmax-w8a8"', 'name = "my-w6a8"')
+                    .replace("bits = 8", "bits = 6", 1))
+    recipe = Recipe.from_file(path)
+    assert recipe.default_precision == Precision(6, 8)
+    assert get_recipe(str(path)) == recipe
+    register_recipe(recipe)
+    assert "my-w6a8" in list_recipes()
+    with pytest.raises(RecipeError, match="already registered"):
+        register_recipe(recipe)
+    with pytest.raises(RecipeError, match="unknown recipe 'nope': choose one of"):
+        get_recipe("nope")
+    with pytest.raises(RecipeError, match="does not exist"):
+        Recipe.from_file(tmp_path / "missing.toml")
+
+
+def test_precision_strings():
+    assert parse_precision("float") == FLOAT
+    assert parse_precision("w4a8") == Precision(4, 8)
+    assert parse_precision("W8") == Precision(8, None)
+    assert str(Precision(8, 16)) == "w8a16"
+    for bad in ("w1a8", "w8a17", "int8", "a8"):
+        with pytest.raises(RecipeError):
+            parse_precision(bad)
+
+
+def test_cli_lists_and_shows_recipes(capsys):
+    assert main(["recipes"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == sorted(line.split("\t")[0] for line in lines)
+    assert {line.split("\t")[0] for line in lines} >= set(REQUIRED)
+    assert main(["recipes", "show", "sqnr-hybrid-w8a8"]) == 0
+    shown = capsys.readouterr().out
+    assert Recipe.from_toml(shown) == get_recipe("sqnr-hybrid-w8a8")
+    assert main(["recipes", "show", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown recipe 'nope'" in err and "Traceback" not in err
