@@ -43,6 +43,14 @@ def load_pipeline(model: str | Path = DEFAULT_MODEL, device: str = "cpu") -> Any
     """Load a pipeline offline with diffusers' ``DiffusionPipeline.from_pretrained`` (float32, progress off)."""
     import torch
     from diffusers import DiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    # Loading chatter (optional torchvision image processors, accelerate hints) is not the user's problem.
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
 
     path = resolve_model_path(model)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

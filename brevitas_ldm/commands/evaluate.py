@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from brevitas_ldm.commands.common import (add_model_options, add_output_options, add_sampling_options,
                                           check_sampling_args)
@@ -20,6 +21,8 @@ def add_parser(subparsers) -> None:
     add_model_options(parser)
     add_sampling_options(parser, num_samples=500)
     add_output_options(parser)
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="a checkpoint folder from `quantize`: evaluate it against the FP model instead")
     parser.set_defaults(run=run)
 
 
@@ -30,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     prompts = read_prompt_file(args.prompts) if args.prompts else None
     eval_set = evaluation_set(args.num_samples, args.seed, prompts)
     spec = SamplingSpec(args.steps, args.guidance_scale, args.batch_size)
+    if args.checkpoint is not None:
+        return _evaluate_checkpoint(args, pipe, eval_set, spec)
     start = time.perf_counter()
     generation = generate_with_latents(pipe, eval_set, spec, progress=True, desc="FP sampling")
     metrics = {
@@ -53,4 +58,33 @@ def run(args: argparse.Namespace) -> int:
     fp = metrics["fp"]
     summary = ", ".join(f"{k} {v:.4g}" for k, v in fp.items()) or "no digits evaluator for this model"
     print(f"wrote {args.out}/metrics.json ({summary})")
+    return 0
+
+
+def _evaluate_checkpoint(args: argparse.Namespace, pipe, eval_set, spec: SamplingSpec) -> int:
+    """FP reference, then the checkpoint loaded into the same pipeline (no analysis, no calibration)."""
+    from brevitas_ldm.checkpoint import _check_checkpoint_dir, load_quantized, read_checkpoint_recipe
+    from brevitas_ldm.figures import comparison_grid
+    from brevitas_ldm.job import compare_quantized, fp_reference
+    from brevitas_ldm.quantize import read_precisions
+    from brevitas_ldm.sampling import get_denoiser
+
+    _check_checkpoint_dir(args.checkpoint)
+    digits = has_digits_evaluator(args.model)
+    start = time.perf_counter()
+    reference = fp_reference(pipe, eval_set, spec, with_digits=digits)
+    load_quantized(pipe, args.checkpoint)
+    quantized, generation, per_step = compare_quantized(pipe, eval_set, spec, reference,
+                                                        read_precisions(get_denoiser(pipe)), with_digits=digits)
+    metrics = {"model": model_display_name(args.model), "recipe": read_checkpoint_recipe(args.checkpoint).name,
+               "checkpoint": str(args.checkpoint), "seed": args.seed, "num_samples": args.num_samples,
+               "steps": args.steps, "guidance_scale": args.guidance_scale, "fp": reference.metrics,
+               "quantized": quantized, "per_step_sqnr_db": per_step,
+               "timing_s": {"evaluation": time.perf_counter() - start}}
+    with atomic_output_dir(args.out, args.overwrite) as staging:
+        write_json_atomic(staging / "metrics.json", metrics)
+        columns = min(10, len(eval_set))
+        comparison_grid({"FP": reference.generation.images[:columns], "quantized": generation.images[:columns]},
+                        staging / "samples.png", title="same prompts and seeds", columns=columns)
+    print(f"wrote {args.out}/metrics.json (output SQNR {quantized['output_sqnr_db']:.2f} dB)")
     return 0

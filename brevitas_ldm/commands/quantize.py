@@ -1,0 +1,135 @@
+"""``brevitas-ldm quantize``: the main job (analysis, plan, smoothing, calibration, quantization, evaluation,
+report, checkpoint), written atomically into ``--out``."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from brevitas_ldm.commands.common import (add_model_options, add_output_options, add_sampling_options,
+                                          check_sampling_args)
+from brevitas_ldm.evaluation.prompts import calibration_set, evaluation_set, read_prompt_file
+from brevitas_ldm.evaluation.run import has_digits_evaluator
+from brevitas_ldm.figures import comparison_grid, line_plot
+from brevitas_ldm.io import atomic_output_dir, check_output_dir, write_json_atomic
+from brevitas_ldm.job import compare_quantized, fp_reference
+from brevitas_ldm.models import load_pipeline, model_display_name
+from brevitas_ldm.recipe import get_recipe
+from brevitas_ldm.sampling import SamplingSpec
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("quantize", help="the main job: analyse, plan, smooth, calibrate, quantize, "
+                                   "evaluate against FP, write report + checkpoint")
+    add_model_options(parser)
+    parser.add_argument("--recipe", default="sqnr-hybrid-w8a8", help="registered recipe name or a .toml file")
+    parser.add_argument("--plan", type=Path, default=None,
+                        help="plan.json to use instead of the global analysis (e.g. an edited one)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="reuse/stores the global analysis here, so re-planning is fast")
+    parser.add_argument("--calibration-prompts", type=int, default=None,
+                        help="calibration samples (default: the recipe's calibration.num_prompts)")
+    add_sampling_options(parser, num_samples=200)
+    add_output_options(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    check_sampling_args(args)
+    check_output_dir(args.out, args.overwrite)
+    recipe = get_recipe(args.recipe)
+    if args.calibration_prompts is not None and args.calibration_prompts < 1:
+        from brevitas_ldm.errors import BrevitasLDMError
+
+        raise BrevitasLDMError(f"--calibration-prompts {args.calibration_prompts} must be at least 1")
+    pipe = load_pipeline(args.model, args.device)
+    prompts = read_prompt_file(args.prompts) if args.prompts else None
+    eval_set = evaluation_set(args.num_samples, args.seed, prompts)
+    spec = SamplingSpec(args.steps, args.guidance_scale, args.batch_size)
+    digits = has_digits_evaluator(args.model)
+    model_name = model_display_name(args.model)
+    timing: dict[str, float] = {}
+
+    start = time.perf_counter()
+    reference = fp_reference(pipe, eval_set, spec, with_digits=digits)
+    timing["fp_evaluation"] = time.perf_counter() - start
+
+    from brevitas_ldm.pipeline import quantize_pipeline
+
+    cal = calibration_set(args.calibration_prompts or recipe.calibration.num_prompts, prompts=prompts)
+    cal_spec = SamplingSpec(args.steps, args.guidance_scale, recipe.calibration.batch_size)
+    result = quantize_pipeline(pipe, recipe, list(cal.prompts), list(cal.seeds), cal_spec, plan=args.plan,
+                               progress=True, cache_dir=args.cache_dir)
+
+    start = time.perf_counter()
+    quantized, generation, per_step = compare_quantized(pipe, eval_set, spec, reference, result.precisions,
+                                                        with_digits=digits)
+    timing["evaluation"] = time.perf_counter() - start
+    metrics = {
+        "model": model_name, "recipe": recipe.name, "seed": args.seed, "num_samples": args.num_samples,
+        "steps": args.steps, "guidance_scale": args.guidance_scale,
+        "fp": reference.metrics,
+        "quantized": quantized,
+        "per_step_sqnr_db": per_step,
+        "timing_s": {"analysis": result.timing_s.get("analysis", 0.0),
+                     "smoothing": result.timing_s.get("smoothing", 0.0),
+                     "calibration": result.timing_s.get("calibration", 0.0),
+                     "evaluation": timing["evaluation"] + timing["fp_evaluation"],
+                     **{k: v for k, v in result.timing_s.items() if k not in ("analysis", "smoothing", "calibration")}},
+        "denoiser_calls": {"analysis": result.denoiser_calls.get("analysis", 0),
+                           "calibration": result.denoiser_calls.get("calibration", 0),
+                           **{k: v for k, v in result.denoiser_calls.items() if k not in ("analysis", "calibration")}},
+    }
+    command = "brevitas-ldm " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "brevitas-ldm quantize"
+    with atomic_output_dir(args.out, args.overwrite) as staging:
+        write_outputs(staging, metrics, result, reference, generation, eval_set, per_step, command, model_name)
+    q = metrics["quantized"]
+    extra = f", prompt accuracy {q['prompt_accuracy']:.3f}, digits-FID {q['digits_fid']:.2f}" if digits else ""
+    print(f"wrote {args.out}: output SQNR {q['output_sqnr_db']:.2f} dB, image PSNR {q['image_psnr_db']:.2f} dB, "
+          f"avg bits W{q['avg_weight_bits']:.2f}/A{q['avg_act_bits']:.2f}{extra}")
+    return 0
+
+
+def write_outputs(staging: Path, metrics: dict, result, reference, generation, eval_set, per_step: list[float],
+                  command: str, model_name: str) -> None:
+    from brevitas_ldm.plan import Plan
+    from brevitas_ldm.report import write_report
+
+    figures: dict[str, str] = {}
+    write_json_atomic(staging / "metrics.json", metrics)
+    plan = result.plan or Plan(precisions={}, method="uniform", default=str(result.recipe.default_precision),
+                               model=model_name, recipe=result.recipe.name)
+    plan.save(staging / "plan.json")
+    write_json_atomic(staging / "layer_precisions.json", {k: str(v) for k, v in result.precisions.items()})
+    (staging / "figures").mkdir()
+    columns = min(10, len(eval_set))
+    comparison_grid({"FP": reference.generation.images[:columns], result.recipe.name: generation.images[:columns]},
+                    staging / "figures" / "samples.png", title="same prompts and seeds", columns=columns)
+    figures["samples"] = "figures/samples.png"
+    line_plot({"denoiser output": per_step}, staging / "figures" / "per_step_sqnr.png",
+              title="SQNR of the denoiser output per sampling step", xlabel="sampling step", ylabel="SQNR (dB)")
+    figures["per_step"] = "figures/per_step_sqnr.png"
+    if result.block_report is not None:
+        saved = result.block_report.save(staging / "analysis")
+        figures.update(_figures_in(staging, "analysis", {"block_progressive": "progressive", "block_heatmap": "heatmap"}))
+        del saved
+    if result.module_report is not None:
+        result.module_report.save(staging / "analysis")
+        figures.update(_figures_in(staging, "analysis", {"module_ranked": "ranked", "module_steps": "steps"}))
+    result.save(staging / "checkpoint", model=model_name)
+    write_report(staging / "report.md", metrics, result, figures, command)
+
+
+def _figures_in(staging: Path, folder: str, wanted: dict[str, str]) -> dict[str, str]:
+    """Find the PNGs an analysis report wrote (by a word in their file name) so report.md can link them."""
+    found = {}
+    pngs = sorted((staging / folder).glob("*.png"))
+    for key, word in wanted.items():
+        for png in pngs:
+            if word in png.stem and png.relative_to(staging).as_posix() not in found.values():
+                found[key] = png.relative_to(staging).as_posix()
+                break
+    return found

@@ -1,0 +1,86 @@
+"""report.md of a quantization run: what was done, the plan and the SQNR behind each choice, the metrics."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from brevitas_ldm.io import write_text_atomic
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        if math.isinf(value):
+            return "inf"
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def metrics_table(metrics: dict[str, Any]) -> str:
+    fp, q = metrics.get("fp", {}), metrics.get("quantized", {})
+    rows = ["| metric | FP | quantized |", "|---|---|---|"]
+    for key in ("digits_fid", "prompt_accuracy", "output_sqnr_db", "image_psnr_db", "avg_weight_bits",
+                "avg_act_bits", "size_bytes"):
+        if key in fp or key in q:
+            rows.append(f"| {key} | {_fmt(fp.get(key))} | {_fmt(q.get(key))} |")
+    return "\n".join(rows)
+
+
+def write_report(path: Path, metrics: dict[str, Any], result: Any, figures: dict[str, str], command: str) -> None:
+    recipe = result.recipe
+    lines = [f"# brevitas-ldm quantization report: {metrics['model']} with `{recipe.name}`", "",
+             f"Command: `{command}`", "",
+             f"{recipe.description}", "",
+             "## Quality against the FP pipeline (same prompts and seeds)", "",
+             f"{metrics['num_samples']} samples, {metrics['steps']} sampling steps, seed {metrics['seed']}.", "",
+             metrics_table(metrics), ""]
+    if "samples" in figures:
+        lines += [f"![FP vs quantized samples]({figures['samples']})", ""]
+    if "per_step" in figures:
+        lines += ["Denoiser-output SQNR at each sampling step (quantized trajectory vs FP trajectory):", "",
+                  f"![per-step SQNR]({figures['per_step']})", ""]
+    lines += ["## What was done", "", "| phase | wall time (s) | denoiser calls |", "|---|---|---|"]
+    calls = metrics.get("denoiser_calls", {})
+    for phase, seconds in metrics.get("timing_s", {}).items():
+        lines.append(f"| {phase} | {seconds:.2f} | {_fmt(calls.get(phase))} |")
+    lines += ["", f"Calibration: `{recipe.calibration.mode}`"
+              + (" (activation ranges from the maximum-noise step t = T only)" if recipe.calibration.mode == "single_step"
+                 else ""), ""]
+    if result.plan is not None:
+        lines += ["## Precision plan", "", f"Chosen by `{recipe.plan.method}` from the global SQNR analysis "
+                  f"(menu {', '.join(recipe.plan.menu)}).", ""]
+        to_markdown = getattr(result.plan, "to_markdown", None)
+        if to_markdown:
+            lines += [to_markdown(), ""]
+    if result.block_report is not None:
+        lines += ["## Global analysis: block sensitivity", ""]
+        to_markdown = getattr(result.block_report, "to_markdown", None)
+        if to_markdown:
+            lines += [to_markdown(), ""]
+        for key in ("block_progressive", "block_heatmap"):
+            if key in figures:
+                lines += [f"![{key}]({figures[key]})", ""]
+    if result.module_report is not None:
+        lines += ["## Local analysis: the most sensitive layers", ""]
+        to_markdown = getattr(result.module_report, "to_markdown", None)
+        if to_markdown:
+            lines += [to_markdown(top=15), ""]
+        for key in ("module_ranked", "module_steps"):
+            if key in figures:
+                lines += [f"![{key}]({figures[key]})", ""]
+    if result.smoothing.get("modules"):
+        lines += ["## SmoothQuant", "", "| layer | alpha | relative SQNR before (dB) | after (dB) |", "|---|---|---|---|"]
+        for name in result.smoothing["modules"]:
+            lines.append(f"| {name} | {_fmt(result.smoothing.get('alphas', {}).get(name))} | "
+                         f"{_fmt(result.smoothing.get('sqnr_before_db', {}).get(name))} | "
+                         f"{_fmt(result.smoothing.get('sqnr_after_db', {}).get(name))} |")
+        lines.append("")
+    lines += ["## Files", "", "- `metrics.json`: the numbers above", "- `plan.json`: the per-layer precision plan "
+              "(editable; feed back with `--plan`)", "- `checkpoint/`: reload with `brevitas_ldm.load_quantized(pipe, "
+              "'checkpoint')` or `brevitas-ldm evaluate --checkpoint`", ""]
+    write_text_atomic(path, "\n".join(lines))

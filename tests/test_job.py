@@ -1,0 +1,139 @@
+"""The main job end to end on a random-weight SD pipeline directory (any SD-style model must work)."""
+
+import json
+import math
+
+import pytest
+import torch
+from models import tiny_sd_pipeline
+
+from brevitas_ldm.cli import main
+from brevitas_ldm.checkpoint import load_quantized
+from brevitas_ldm.models import load_pipeline
+from brevitas_ldm.pipeline import quantize_pipeline
+from brevitas_ldm.sampling import SamplingSpec, generate
+
+FAST = ["--num-samples", "4", "--steps", "3", "--batch-size", "4", "--calibration-prompts", "2"]
+
+
+@pytest.fixture(scope="module")
+def sd_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-sd")
+    tiny_sd_pipeline().save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def quantized_run(sd_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "q"
+    assert main(["quantize", "--model", str(sd_dir), "--recipe", "minmax-w8a8", "--out", str(out), *FAST]) == 0
+    return out
+
+
+def test_quantize_job_writes_every_output(quantized_run):
+    metrics = json.loads((quantized_run / "metrics.json").read_text())
+    for key in ("model", "recipe", "seed", "num_samples", "steps", "fp", "quantized", "timing_s", "denoiser_calls"):
+        assert key in metrics
+    q = metrics["quantized"]
+    # A random-weight model has no digits evaluator: the SQNR/PSNR figures are there, the digits ones are not.
+    assert "digits_fid" not in q and "prompt_accuracy" not in q
+    assert 10.0 < q["output_sqnr_db"] < 80.0 and math.isfinite(q["image_psnr_db"])
+    assert q["avg_weight_bits"] == 8.0 and q["avg_act_bits"] == 8.0
+    assert 0 < q["size_bytes"] < 4 * sum(p.numel() for p in tiny_sd_pipeline().unet.parameters())
+    assert set(metrics["timing_s"]) >= {"analysis", "smoothing", "calibration", "evaluation"}
+    # All-steps calibration of 2 prompts (one batch) over 3 steps: 3 denoiser calls.
+    assert metrics["denoiser_calls"]["calibration"] == 3
+    assert len(metrics["per_step_sqnr_db"]) == 3
+    for name in ("report.md", "plan.json", "layer_precisions.json", "figures/samples.png",
+                 "figures/per_step_sqnr.png", "checkpoint/denoiser.safetensors", "checkpoint/recipe.toml"):
+        assert (quantized_run / name).is_file(), name
+    report = (quantized_run / "report.md").read_text()
+    assert "minmax-w8a8" in report and "output_sqnr_db" in report and "figures/samples.png" in report
+    assert not list(quantized_run.parent.glob(".q.partial-*"))
+
+
+@torch.no_grad()
+def test_checkpoint_reload_gives_bit_identical_latents(sd_dir, tmp_path):
+    pipe = load_pipeline(sd_dir)
+    spec = SamplingSpec(num_inference_steps=3, batch_size=2)
+    result = quantize_pipeline(pipe, "smoothquant-w8a8", ["digit one", "digit two"], [5, 6], spec)
+    assert result.smoothing["modules"], "smoothquant-w8a8 smooths every activation-quantized layer"
+    result.save(tmp_path / "ckpt")
+    prompts, seeds = ["a handwritten digit seven", "digit nine"], [1, 2]
+    expected = generate(pipe, prompts, seeds, spec)
+    reloaded = load_quantized(load_pipeline(sd_dir), tmp_path / "ckpt")
+    assert torch.equal(generate(reloaded, prompts, seeds, spec), expected)
+
+
+def test_evaluate_checkpoint_matches_the_job(sd_dir, quantized_run, tmp_path):
+    out = tmp_path / "ev"
+    assert main(["evaluate", "--model", str(sd_dir), "--checkpoint", str(quantized_run / "checkpoint"),
+                 "--out", str(out), "--num-samples", "4", "--steps", "3", "--batch-size", "4"]) == 0
+    job = json.loads((quantized_run / "metrics.json").read_text())["quantized"]
+    again = json.loads((out / "metrics.json").read_text())["quantized"]
+    assert again["output_sqnr_db"] == pytest.approx(job["output_sqnr_db"], abs=1e-9)
+
+
+def _error(capsys, argv, *needles):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    error_lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(error_lines) == 1 and "Traceback" not in err, err
+    err = error_lines[0]
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_bad_input_gives_one_line_errors(sd_dir, quantized_run, tmp_path, capsys):
+    out = str(tmp_path / "o")
+    _error(capsys, ["quantize", "--model", str(tmp_path / "missing"), "--out", out], "does not exist")
+    (tmp_path / "notmodel").mkdir()
+    _error(capsys, ["quantize", "--model", str(tmp_path / "notmodel"), "--out", out], "not a diffusers pipeline")
+    _error(capsys, ["quantize", "--model", str(sd_dir), "--recipe", "nope", "--out", out], "unknown recipe 'nope'")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "bad"\n[weights]\nbitz = 8\n')
+    _error(capsys, ["quantize", "--model", str(sd_dir), "--recipe", str(bad), "--out", out], "weights.'bitz'")
+    bad.write_text('name = "bad"\n[activations]\nbits = 32\n')
+    _error(capsys, ["quantize", "--model", str(sd_dir), "--recipe", str(bad), "--out", out], "activations.bits = 32")
+    _error(capsys, ["quantize", "--model", str(sd_dir), "--out", str(quantized_run)], "not empty", "--overwrite")
+    _error(capsys, ["quantize", "--model", str(sd_dir), "--out", out, "--num-samples", "0"], "--num-samples 0")
+    assert not (tmp_path / "o").exists()
+
+
+def test_checkpoint_for_another_model_is_rejected(quantized_run, tmp_path, capsys):
+    other = tmp_path / "other"
+    from diffusers import UNet2DConditionModel
+
+    pipe = tiny_sd_pipeline()
+    pipe.unet = UNet2DConditionModel(  # same class, other widths: a different model
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8)
+    pipe.save_pretrained(str(other))
+    _error(capsys, ["evaluate", "--model", str(other), "--checkpoint", str(quantized_run / "checkpoint"),
+                    "--out", str(tmp_path / "e"), "--num-samples", "2", "--steps", "2"],
+           "do not match this model", "block_out_channels")
+
+
+def test_nan_model_is_a_clear_error(tmp_path, capsys):
+    pipe = tiny_sd_pipeline()
+    with torch.no_grad():
+        pipe.unet.conv_in.weight[0, 0, 0, 0] = float("nan")
+    pipe.save_pretrained(str(tmp_path / "nan"))
+    _error(capsys, ["quantize", "--model", str(tmp_path / "nan"), "--recipe", "minmax-w8a8",
+                    "--out", str(tmp_path / "o"), *FAST], "NaN")
+    assert not (tmp_path / "o").exists()
+
+
+def test_interrupted_run_leaves_nothing_behind(sd_dir, tmp_path, monkeypatch, capsys):
+    import brevitas_ldm.report
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt  # the user pressing Ctrl-C while the report is written
+
+    monkeypatch.setattr(brevitas_ldm.report, "write_report", interrupt)
+    out = tmp_path / "run"
+    assert main(["quantize", "--model", str(sd_dir), "--recipe", "minmax-w8a8", "--out", str(out), *FAST]) == 130
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
