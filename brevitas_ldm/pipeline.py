@@ -73,7 +73,7 @@ def _block_plan(pipe: Any, recipe: Recipe, plan: Any, prompts: Sequence, seeds: 
     result.block_report = report
     result.plan = choose_plan(report, recipe.plan, recipe.default_precision)
     result.timing_s["global_analysis"] = time.perf_counter() - start
-    result.denoiser_calls["global_analysis"] = int(getattr(report, "denoiser_calls", 0) or 0)
+    result.denoiser_calls["global_analysis"] = int(report.denoiser_calls.get("total", 0))
     return result.plan.precisions
 
 

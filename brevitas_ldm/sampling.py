@@ -113,7 +113,7 @@ class SamplingSpec:
     """How samples are drawn; the same spec and seeds give the same latents."""
 
     num_inference_steps: int = 20
-    guidance_scale: float = 4.0
+    guidance_scale: float = 2.0
     batch_size: int = 32
 
     def __post_init__(self) -> None:

@@ -29,7 +29,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 def add_sampling_options(parser: argparse.ArgumentParser, num_samples: int = 100) -> None:
     parser.add_argument("--num-samples", type=int, default=num_samples, help="samples to generate for evaluation")
     parser.add_argument("--steps", type=int, default=20, help="sampling steps (default: 20)")
-    parser.add_argument("--guidance-scale", type=float, default=4.0, help="classifier-free guidance scale")
+    parser.add_argument("--guidance-scale", type=float, default=2.0, help="classifier-free guidance scale (default: 2.0)")
     parser.add_argument("--batch-size", type=int, default=50, help="samples per pipeline call")
     parser.add_argument("--seed", type=int, default=0, help="base seed: sample i uses seed + i")
     parser.add_argument("--prompts", type=Path, default=None,

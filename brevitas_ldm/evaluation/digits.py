@@ -76,11 +76,14 @@ class DigitsEvaluator:
         ceiling: per-class mean images of the training split (a trivial "generator" with no diversity).
         """
         split = self._heldout
-        train_to_images = (split.train_images + 1.0) / 2.0
-        floor = frechet_distance_from_stats(*feature_statistics(self.features(train_to_images)),
+
+        def as_generated(images: torch.Tensor) -> torch.Tensor:  # [-1, 1] grey -> [0, 1] RGB, like a pipeline
+            return ((images + 1.0) / 2.0).repeat(1, 3, 1, 1)
+
+        floor = frechet_distance_from_stats(*feature_statistics(self.features(as_generated(split.train_images))),
                                             *self.reference_statistics)
         means = torch.stack([split.train_images[split.train_labels == d].mean(0) for d in range(10)])
         repeated = means.repeat_interleave(max(2, len(split.heldout_labels) // 10), dim=0)
-        ceiling = frechet_distance_from_stats(*feature_statistics(self.features((repeated + 1.0) / 2.0)),
+        ceiling = frechet_distance_from_stats(*feature_statistics(self.features(as_generated(repeated))),
                                               *self.reference_statistics)
         return {"real_train_vs_heldout": floor, "class_mean_images": ceiling}

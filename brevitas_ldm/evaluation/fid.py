@@ -6,6 +6,7 @@ weights pass their own extractor to :func:`fid` and get the usual FID.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -29,7 +30,10 @@ def feature_statistics(features: np.ndarray | torch.Tensor) -> tuple[np.ndarray,
 def frechet_distance_from_stats(mu_a: np.ndarray, cov_a: np.ndarray, mu_b: np.ndarray, cov_b: np.ndarray) -> float:
     """||mu_a - mu_b||^2 + Tr(cov_a + cov_b - 2 (cov_a cov_b)^{1/2}), with scipy's sqrtm."""
     diff = mu_a - mu_b
-    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        # Feature sets with few distinct images have singular covariances; sqrtm still returns the usable root.
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(cov_a @ cov_b)
     if not np.isfinite(covmean).all():
         # Near-singular products (few samples): regularise both covariances slightly, as FID tools do.
         eps = np.eye(cov_a.shape[0]) * 1e-6

@@ -165,12 +165,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder that receives the model folders")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--classifier-steps", type=int, default=1200)
-    parser.add_argument("--vae-steps", type=int, default=2000)
-    parser.add_argument("--unet-steps", type=int, default=4000)
-    parser.add_argument("--batch", type=int, default=96)
+    # Defaults are the settings of the shipped weights (see docs/model.md).
+    parser.add_argument("--classifier-steps", type=int, default=800)
+    parser.add_argument("--vae-steps", type=int, default=1200)
+    parser.add_argument("--unet-steps", type=int, default=3000)
+    parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--augmented-copies", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1 is reproducible bit for bit and robust on a busy 2-core machine)")
     args = parser.parse_args(argv)
 
     from diffusers import StableDiffusionPipeline

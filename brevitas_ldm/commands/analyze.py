@@ -1,0 +1,88 @@
+"""``brevitas-ldm analyze``: the sensitivity analyses only (block report, plan, module report, figures)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from brevitas_ldm.commands.common import add_model_options, add_output_options, check_sampling_args, positive_int
+from brevitas_ldm.evaluation.prompts import calibration_set, read_prompt_file
+from brevitas_ldm.io import atomic_output_dir, check_output_dir, write_json_atomic
+from brevitas_ldm.models import load_pipeline, model_display_name
+from brevitas_ldm.recipe import get_recipe
+from brevitas_ldm.sampling import SamplingSpec
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("analyze", help="global (block) and local (layer) SQNR analyses and the plan")
+    add_model_options(parser)
+    parser.add_argument("--recipe", default="sqnr-hybrid-w8a8", help="registered recipe name or a .toml file")
+    parser.add_argument("--num-prompts", type=positive_int, default=None,
+                        help="analysis prompts (default: the recipe's analysis.num_prompts)")
+    parser.add_argument("--steps", type=int, default=20, help="sampling steps (default: 20)")
+    parser.add_argument("--guidance-scale", type=float, default=2.0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=10_000, help="seed of the first analysis sample")
+    parser.add_argument("--prompts", default=None, help="text file, one prompt per line")
+    parser.add_argument("--local", action="store_true", help="also run the local analysis if the recipe does not")
+    parser.add_argument("--cache-dir", default=None, help="reuse/store the global analysis here")
+    add_output_options(parser)
+    parser.set_defaults(run=run, num_samples=1)
+
+
+def run(args: argparse.Namespace) -> int:
+    check_sampling_args(args)
+    check_output_dir(args.out, args.overwrite)
+    recipe = get_recipe(args.recipe)
+    pipe = load_pipeline(args.model, args.device)
+    prompts = read_prompt_file(args.prompts) if args.prompts else None
+    samples = calibration_set(args.num_prompts or recipe.analysis.num_prompts, seed=args.seed, prompts=prompts)
+    spec = SamplingSpec(args.steps, args.guidance_scale, args.batch_size)
+    model_name = model_display_name(args.model)
+
+    from brevitas_ldm.plan import choose_plan
+    from brevitas_ldm.quantize import resolve_precisions
+    from brevitas_ldm.sampling import get_denoiser
+    from brevitas_ldm.sensitivity.global_ import BlockSensitivity
+
+    start = time.perf_counter()
+    report = BlockSensitivity(recipe, list(samples.prompts), list(samples.seeds), spec, progress=True).run(
+        pipe, cache_dir=args.cache_dir, model_id=model_name)
+    plan = choose_plan(report, recipe.plan, recipe.default_precision)
+    plan.model, plan.recipe = model_name, recipe.name
+    timing = {"global_analysis": time.perf_counter() - start}
+    module_report = None
+    if recipe.analysis.local or args.local:
+        from brevitas_ldm.sensitivity.local import ModuleSensitivity
+
+        start = time.perf_counter()
+        precisions = resolve_precisions(get_denoiser(pipe), recipe, plan.precisions)
+        module_report = ModuleSensitivity(recipe, list(samples.prompts), list(samples.seeds), spec,
+                                          precisions=precisions, progress=True).run(pipe)
+        timing["local_analysis"] = time.perf_counter() - start
+    summary = {"model": model_name, "recipe": recipe.name, "num_prompts": len(samples), "steps": args.steps,
+               "timing_s": timing,
+               "denoiser_calls": {"global_analysis": report.denoiser_calls.get("total", 0),
+                                  **({"local_analysis": sum(module_report.denoiser_calls.values())}
+                                     if module_report is not None else {})},
+               "global_from_cache": bool(getattr(report, "from_cache", False)),
+               "plan": {"method": plan.method, "predicted_sqnr_db": plan.predicted_sqnr_db,
+                        "avg_weight_bits": plan.avg_weight_bits, "avg_act_bits": plan.avg_act_bits,
+                        "precisions": plan.precisions}}
+    with atomic_output_dir(args.out, args.overwrite) as staging:
+        report.save(staging)
+        plan.save(staging / "plan.json")
+        if module_report is not None:
+            module_report.save(staging)
+        write_json_atomic(staging / "analysis.json", summary)
+        lines = [f"# SQNR analysis of {model_name} with `{recipe.name}`", "", "## Blocks", "", report.to_markdown(),
+                 "", "## Plan", "", plan.to_markdown(), ""]
+        if module_report is not None:
+            lines += ["## Layers", "", module_report.to_markdown(top=20), ""]
+        lines += ["Figures: " + ", ".join(f"[{p.name}]({p.name})" for p in sorted(staging.glob("*.png"))), ""]
+        from brevitas_ldm.io import write_text_atomic
+
+        write_text_atomic(staging / "report.md", "\n".join(lines))
+    print(f"wrote {args.out}: plan {plan.method}, predicted output SQNR {plan.predicted_sqnr_db:.2f} dB, "
+          f"global analysis {timing['global_analysis']:.1f} s")
+    return 0
