@@ -31,33 +31,34 @@ def resolve_precisions(denoiser: nn.Module, recipe: Recipe,
                        blocks: list[Block] | None = None) -> PrecisionMap:
     """The precision of every quantizable layer of ``denoiser``.
 
-    Start from the recipe's base precision, apply ``skip_layers`` (float), then ``overrides`` whose keys are
-    block names (``"up_blocks.1"``, applied to all its layers) or layer names (applied last, so they win).
+    Start from the recipe's base precision, apply block entries of ``overrides`` (``"up_blocks.1"``: all its
+    layers), then the recipe's ``skip_layers`` (float), then layer entries of ``overrides`` (so they win).
     Keys are user-facing layer names: a layer wrapped by SmoothQuant keeps its original name.
     """
     layer_names = list(user_facing_names(denoiser).values())
     precisions: PrecisionMap = {name: recipe.default_precision for name in layer_names}
+    layer_overrides: PrecisionMap = {}
+    if overrides:
+        block_members: dict[str, tuple[str, ...]] = {}
+        if any(key not in precisions for key in overrides):
+            internal_to_user = user_facing_names(denoiser)
+            block_members = {b.name: tuple(internal_to_user.get(m, m) for m in b.module_names)
+                             for b in (blocks or get_blocks(denoiser))}
+        for key, value in overrides.items():
+            precision = parse_precision(value, f"precision of {key!r}")
+            if key in precisions:
+                layer_overrides[key] = precision
+            elif key in block_members:
+                for name in block_members[key]:
+                    precisions[name] = precision
+            else:
+                raise RecipeError(f"plan entry {key!r} names no block or quantizable layer of "
+                                  f"{type(denoiser).__name__}: use block names "
+                                  f"({', '.join(list(block_members)[:5])}, ...) or layer names")
+    # Order: recipe default < block entries < the recipe's skip_layers < explicit layer entries.
     for name in layer_names:
         if any(fnmatch.fnmatchcase(name, pattern) or name.startswith(pattern + ".") for pattern in recipe.skip_layers):
             precisions[name] = FLOAT
-    if not overrides:
-        return precisions
-    block_members: dict[str, tuple[str, ...]] = {}
-    if any(key not in precisions for key in overrides):
-        internal_to_user = user_facing_names(denoiser)
-        block_members = {b.name: tuple(internal_to_user.get(m, m) for m in b.module_names)
-                         for b in (blocks or get_blocks(denoiser))}
-    layer_overrides = {}
-    for key, value in overrides.items():
-        precision = parse_precision(value, f"precision of {key!r}")
-        if key in precisions:
-            layer_overrides[key] = precision
-        elif key in block_members:
-            for name in block_members[key]:
-                precisions[name] = precision
-        else:
-            raise RecipeError(f"plan entry {key!r} names no block or quantizable layer of {type(denoiser).__name__}:"
-                              f" use block names ({', '.join(list(block_members)[:5])}, ...) or layer names")
     precisions.update(layer_overrides)
     return precisions
 
@@ -100,6 +101,16 @@ def quant_layers(denoiser: nn.Module) -> dict[str, QuantWeightBiasInputOutputLay
             if isinstance(m, (qnn.QuantLinear, qnn.QuantConv2d))}
 
 
+def _proxy_bits(proxy: nn.Module) -> int | None:
+    """Bit width of an enabled Brevitas quant proxy; FP8 proxies report no bit_width and count as 8 bits."""
+    if not proxy.is_quant_enabled:
+        return None
+    bit_width = getattr(proxy, "bit_width", None)
+    if bit_width is None:
+        return 8
+    return int(bit_width().item())
+
+
 def read_precisions(denoiser: nn.Module) -> PrecisionMap:
     """Read back the precision of every layer from the Brevitas quant proxies (float layers -> ``float``)."""
     out: PrecisionMap = {}
@@ -107,8 +118,8 @@ def read_precisions(denoiser: nn.Module) -> PrecisionMap:
     for internal, module in denoiser.named_modules():
         name = to_user.get(internal, internal)
         if isinstance(module, (qnn.QuantLinear, qnn.QuantConv2d)):
-            weight_bits = int(module.weight_quant.bit_width().item()) if module.weight_quant.is_quant_enabled else None
-            act_bits = int(module.input_quant.bit_width().item()) if module.input_quant.is_quant_enabled else None
+            weight_bits = _proxy_bits(module.weight_quant)
+            act_bits = _proxy_bits(module.input_quant)
             out[name] = Precision(weight_bits, act_bits)
         elif isinstance(module, (nn.Linear, nn.Conv2d)):
             out[name] = FLOAT

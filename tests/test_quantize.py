@@ -46,6 +46,12 @@ def test_skip_layers_and_unknown_plan_entries():
     assert precisions["conv_out"] == FLOAT
     assert precisions["down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"] == FLOAT
     assert precisions["down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v"] == Precision(8, 8)
+    # skip_layers beats a block entry; an explicit layer entry beats skip_layers.
+    ordered = resolve_precisions(unet, recipe, {"up_blocks.1": "w8a16", "down_blocks.0": "w4a8",
+                                                "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k": "w8"})
+    assert ordered["down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"] == Precision(8, None)
+    assert resolve_precisions(unet, recipe.replace(skip_layers=("up_blocks.1.resnets.0.conv1",)),
+                              {"up_blocks.1": "w8a16"})["up_blocks.1.resnets.0.conv1"] == FLOAT
     with pytest.raises(RecipeError, match="'up_blocks.9' names no block or quantizable layer"):
         resolve_precisions(unet, recipe, {"up_blocks.9": "w8a8"})
 

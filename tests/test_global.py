@@ -1,0 +1,170 @@
+"""Global (block-level) SQNR analysis on a tiny random-weight StableDiffusionPipeline."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+
+import pytest
+import torch
+from models import tiny_sd_pipeline
+
+from brevitas_ldm.blocks import get_blocks
+from brevitas_ldm.calibration import single_step_calibration
+from brevitas_ldm.errors import BrevitasLDMError, RecipeError
+from brevitas_ldm.quantize import quantize_denoiser
+from brevitas_ldm.recipe import get_recipe
+from brevitas_ldm.sampling import SamplingSpec, generate
+from brevitas_ldm.sensitivity.global_ import (BlockReport, BlockSensitivity, PrecisionBank, fp_reference, measure,
+                                              measure_plan)
+from brevitas_ldm.sqnr import sqnr_db
+
+PROMPTS = ["a handwritten digit seven", "a handwritten digit two"]
+SEEDS = [3, 11]
+SPEC = SamplingSpec(num_inference_steps=2, guidance_scale=4.0, batch_size=2)
+RECIPE = get_recipe("sqnr-hybrid-w8a8")  # single-step calibration, W8A8 base
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    torch.set_num_threads(1)
+    return tiny_sd_pipeline()
+
+
+@pytest.fixture(scope="module")
+def analysed(pipe, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("global-cache")
+    analysis = BlockSensitivity(RECIPE, PROMPTS, SEEDS, SPEC, menu=["w8a8", "w4a8"], progress=False)
+    report = analysis.run(pipe, cache_dir=cache)
+    return analysis, report, cache
+
+
+def _quantized_latents(pipe, precisions=None) -> torch.Tensor:
+    """The reference path: quantize a copy with quantize_denoiser, calibrate it as the recipe says, sample."""
+    original = pipe.unet
+    quantized = quantize_denoiser(copy.deepcopy(original), RECIPE, precisions)
+    pipe.unet = quantized
+    try:
+        calibration_spec = SamplingSpec(SPEC.num_inference_steps, SPEC.guidance_scale, RECIPE.calibration.batch_size)
+        with single_step_calibration(quantized, num_train_timesteps=pipe.scheduler.config.num_train_timesteps):
+            generate(pipe, PROMPTS, SEEDS, calibration_spec)
+        return generate(pipe, PROMPTS, SEEDS, SPEC)
+    finally:
+        pipe.unet = original
+
+
+def test_hooks_do_not_change_fp_outputs(pipe, analysed):
+    plain = generate(pipe, PROMPTS, SEEDS, SPEC)
+    reference = fp_reference(pipe, PROMPTS, SEEDS, SPEC)
+    assert torch.equal(plain, reference.latents)
+    # the FP model is intact after the analysis swapped quant layers in and out
+    analysis, _, _ = analysed
+    assert torch.equal(plain, analysis.reference.latents)
+    assert not any("Quant" in type(m).__name__ for m in pipe.unet.modules())
+    # one stored output per (run, step): 1 batch x 2 steps
+    assert sorted(reference.outputs) == [(0, 0), (0, 1)]
+    assert reference.calls == 2
+
+
+def test_empty_prefix_is_lossless(pipe, analysed):
+    analysis, _, _ = analysed
+    result = measure(pipe, analysis.reference, analysis.bank, {})
+    assert result.final_db == math.inf
+    assert result.steps_db == [math.inf, math.inf]
+
+
+def test_full_prefix_equals_fully_quantized_model(pipe, analysed):
+    analysis, report, _ = analysed
+    expected = sqnr_db(analysis.reference.latents, _quantized_latents(pipe))
+    assert math.isfinite(expected)
+    assert report.full_db["w8a8"] == pytest.approx(expected, abs=1e-3)
+    assert report.blocks[-1].progressive_db["w8a8"] == report.full_db["w8a8"]
+
+
+def test_mixed_plan_through_bank_equals_quantize_denoiser(pipe, analysed):
+    analysis, report, _ = analysed
+    plan = {name: "w8a8" for name in report.block_names}
+    plan.update({"down_blocks.0": "w4a8", "conv_out": "float"})
+    expected = sqnr_db(analysis.reference.latents, _quantized_latents(pipe, plan))
+    measured = measure_plan(pipe, RECIPE, plan, bank=analysis.bank, reference=analysis.reference)
+    assert measured == pytest.approx(expected, abs=1e-3)
+
+
+def test_isolated_sqnr_is_finite_and_per_step(analysed):
+    _, report, _ = analysed
+    assert report.block_names == [b.name for b in get_blocks(tiny_sd_pipeline().unet)]
+    for entry in report.blocks:
+        for precision in ("w8a8", "w4a8"):
+            assert math.isfinite(entry.isolated_db[precision]) and entry.isolated_db[precision] > 0
+            assert len(entry.isolated_steps_db[precision]) == 2
+        # 4-bit weights cannot be better than 8-bit ones by much (same activations)
+        assert entry.isolated_db["w4a8"] < entry.isolated_db["w8a8"] + 1.0
+        assert entry.param_count > 0 and entry.act_elements > 0
+    # the first progressive prefix is the first block alone
+    first = report.blocks[0]
+    assert first.progressive_db["w8a8"] == first.isolated_db["w8a8"]
+    assert first.progressive_drop_db["w8a8"] == math.inf
+
+
+def test_counts_and_timing(analysed):
+    _, report, _ = analysed
+    blocks = len(report.blocks)
+    calls = report.denoiser_calls
+    assert calls["fp_reference"] == 2
+    assert calls["isolated"] == 2 * blocks * 2           # 2 precisions x blocks x 2 steps (1 batch)
+    assert calls["progressive"] == (blocks - 1) * 2      # prefix of 1 block reused from the isolated run
+    assert calls["calibration"] == 2                     # single step: 1 call per precision
+    assert calls["total"] == sum(v for k, v in calls.items() if k != "total")
+    assert report.timing_s["total"] > 0
+
+
+def test_report_round_trip_markdown_and_figures(analysed, tmp_path):
+    _, report, _ = analysed
+    report.save(tmp_path)
+    assert (tmp_path / "global_progressive_sqnr.png").stat().st_size > 1000
+    assert (tmp_path / "global_isolated_heatmap.png").stat().st_size > 1000
+    data = json.loads((tmp_path / "block_report.json").read_text())  # strict JSON: no Infinity tokens
+    assert data["blocks"][0]["progressive_drop_db"]["w8a8"] == "inf"
+    loaded = BlockReport.load(tmp_path)
+    assert loaded.to_dict() == report.to_dict()
+    table = report.to_markdown()
+    assert all(f"| {name} |" in table for name in report.block_names)
+    assert report.ranking()[0] == min(report.block_names, key=lambda n: report.block(n).isolated_db["w8a8"])
+
+
+def test_cached_rerun_is_fast_and_identical(pipe, analysed):
+    _, report, cache = analysed
+    start = time.perf_counter()
+    again = BlockSensitivity(RECIPE, PROMPTS, SEEDS, SPEC, menu=["w8a8", "w4a8"], progress=False).run(pipe, cache)
+    assert time.perf_counter() - start < 2.0
+    assert again.from_cache and "cache_load" in again.timing_s
+    assert {**again.to_dict(), "timing_s": None} == {**report.to_dict(), "timing_s": None}
+    # a different budget is not part of the key; different seeds are
+    budget = RECIPE.replace(plan=RECIPE.plan.__class__(method="budget", avg_weight_bits=6.0))
+    same = BlockSensitivity(budget, PROMPTS, SEEDS, SPEC, menu=["w8a8", "w4a8"], progress=False)
+    other = BlockSensitivity(RECIPE, PROMPTS, [5, 6], SPEC, menu=["w8a8", "w4a8"], progress=False)
+    assert same.cache_key(pipe) == report.cache_key != other.cache_key(pipe)
+
+
+def test_bank_restores_fp_layers_on_error(pipe):
+    bank = PrecisionBank(pipe, RECIPE, PROMPTS, SEEDS, SPEC).ensure(["w8a8"])
+    before = dict(pipe.unet.named_modules())["conv_in"]
+    with pytest.raises(RuntimeError):
+        with bank.configured(bank.layer_precisions({"conv_in": "w8a8"})):
+            assert "Quant" in type(pipe.unet.conv_in).__name__
+            raise RuntimeError("boom")
+    assert pipe.unet.conv_in is before
+    with pytest.raises(RecipeError, match="nonexistent_block"):
+        bank.layer_precisions({"nonexistent_block": "w8a8"})
+    with pytest.raises(BrevitasLDMError, match="w4a8"):
+        with bank.configured(bank.layer_precisions({"conv_in": "w4a8"})):
+            pass
+
+
+def test_bad_inputs():
+    with pytest.raises(BrevitasLDMError, match="seed"):
+        BlockSensitivity(RECIPE, PROMPTS, [1], SPEC)
+    with pytest.raises(RecipeError, match="menu"):
+        BlockSensitivity(RECIPE, PROMPTS, SEEDS, SPEC, menu=["w8x"])
