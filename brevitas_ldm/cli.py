@@ -14,7 +14,7 @@ import traceback
 from brevitas_ldm.errors import BrevitasLDMError
 
 #: Subcommand modules, in the order ``--help`` lists them. Each has ``add_parser(subparsers)`` and ``run(args)``.
-COMMANDS = ("recipes", "evaluate", "analyze", "quantize")
+COMMANDS = ("recipes", "evaluate", "analyze", "quantize", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -137,3 +137,15 @@ def test_interrupted_run_leaves_nothing_behind(sd_dir, tmp_path, monkeypatch, ca
     assert main(["quantize", "--model", str(sd_dir), "--recipe", "minmax-w8a8", "--out", str(out), *FAST]) == 130
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_export_command_writes_a_verified_onnx_file(sd_dir, quantized_run, tmp_path, capsys):
+    out = tmp_path / "onnx"
+    assert main(["export", "--model", str(sd_dir), "--checkpoint", str(quantized_run / "checkpoint"),
+                 "--format", "onnx-qcdq", "--out", str(out), "--float-baseline"]) == 0
+    summary = json.loads((out / "export.json").read_text())
+    assert summary["verification"]["sqnr_db"] >= 30.0
+    assert 0.2 < summary["size_ratio"] < 0.5  # int8 weights vs float32
+    assert (out / "denoiser.onnx").is_file() and (out / "denoiser_fp32.onnx").is_file()
+    _error(capsys, ["export", "--model", str(sd_dir), "--checkpoint", str(tmp_path / "none"), "--out",
+                    str(tmp_path / "x")], "not a brevitas-ldm checkpoint")
