@@ -122,7 +122,11 @@ def quantize_pipeline(pipe: Any, recipe: Recipe | str, calibration_prompts: Sequ
 
     start = time.perf_counter()
     quantize_denoiser(denoiser, recipe, layer_precisions)
-    calibration = calibrate_pipeline(pipe, recipe, calibration_prompts, calibration_seeds, spec, progress=progress)
+    calibration_spec = spec
+    if recipe.calibration.sampling_steps:
+        calibration_spec = SamplingSpec(recipe.calibration.sampling_steps, spec.guidance_scale, spec.batch_size)
+    calibration = calibrate_pipeline(pipe, recipe, calibration_prompts, calibration_seeds, calibration_spec,
+                                     progress=progress)
     result.timing_s["calibration"] = time.perf_counter() - start
     result.denoiser_calls["calibration"] = calibration.calls
     result.timing_s["analysis"] = result.timing_s.get("global_analysis", 0.0) + result.timing_s.get("local_analysis", 0.0)

@@ -55,7 +55,15 @@ def resolve_precisions(denoiser: nn.Module, recipe: Recipe,
                 raise RecipeError(f"plan entry {key!r} names no block or quantizable layer of "
                                   f"{type(denoiser).__name__}: use block names "
                                   f"({', '.join(list(block_members)[:5])}, ...) or layer names")
-    # Order: recipe default < block entries < the recipe's skip_layers < explicit layer entries.
+    # Order: recipe default < block entries < type_precisions < the recipe's skip_layers < explicit layer entries.
+    if recipe.type_precisions:
+        by_type = {t: parse_precision(p, f"type_precisions.{t}") for t, p in recipe.type_precisions}
+        internal_to_user = user_facing_names(denoiser)
+        modules = dict(denoiser.named_modules())
+        for internal, user in internal_to_user.items():
+            kind = "Linear" if isinstance(modules[internal], nn.Linear) else "Conv2d"
+            if kind in by_type:
+                precisions[user] = by_type[kind]
     for name in layer_names:
         if any(fnmatch.fnmatchcase(name, pattern) or name.startswith(pattern + ".") for pattern in recipe.skip_layers):
             precisions[name] = FLOAT

@@ -86,9 +86,13 @@ class Calibration:
     num_steps: int = 8
     num_prompts: int = 16
     batch_size: int = 8
+    sampling_steps: int = 0  # steps of the calibration sampling runs; 0 = the run's own number of steps
 
     def validate(self) -> None:
         _check_choice(self.mode, CALIBRATION_MODES, "calibration.mode")
+        value = _check_type(self.sampling_steps, int, "calibration.sampling_steps", "a non-negative integer")
+        if value < 0:
+            raise RecipeError(f"calibration.sampling_steps = {value} must be >= 0 (0: use the run's --steps)")
         for key in ("num_steps", "num_prompts", "batch_size"):
             value = _check_type(getattr(self, key), int, f"calibration.{key}", "a positive integer")
             if value < 1:
@@ -206,6 +210,8 @@ class Recipe:
     analysis: Analysis = field(default_factory=Analysis)
     plan: PlanRule = field(default_factory=PlanRule)
     skip_layers: tuple[str, ...] = ()
+    #: Layer class name (``Linear``, ``Conv2d``) -> precision, e.g. weight-only Linear layers (``{Linear = "w8"}``).
+    type_precisions: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         self.validate()
@@ -222,6 +228,9 @@ class Recipe:
         self.plan.validate()
         for i, pattern in enumerate(self.skip_layers):
             _check_type(pattern, str, f"skip_layers[{i}]", "a module-name pattern string")
+        for type_name, precision in self.type_precisions:
+            _check_choice(type_name, ("Linear", "Conv2d"), "type_precisions key")
+            parse_precision(precision, f"type_precisions.{type_name}")
         needs_global = self.plan.method != "uniform"
         if needs_global and not self.analysis.global_:
             raise RecipeError(f"plan.method = {self.plan.method!r} needs the global analysis: set "
@@ -249,6 +258,10 @@ class Recipe:
                 if not isinstance(value, list):
                     raise RecipeError(f"{source}: skip_layers must be a list of module-name patterns")
                 kwargs[key] = tuple(value)
+            elif key == "type_precisions":
+                if not isinstance(value, dict):
+                    raise RecipeError(f"{source}: type_precisions must be a table, e.g. {{ Linear = \"w8\" }}")
+                kwargs[key] = tuple(sorted(value.items()))
             else:
                 kwargs[key] = value
         if "name" not in kwargs:
@@ -276,6 +289,8 @@ class Recipe:
         out: dict[str, Any] = {"name": self.name, "description": self.description}
         if self.skip_layers:
             out["skip_layers"] = list(self.skip_layers)
+        if self.type_precisions:
+            out["type_precisions"] = dict(self.type_precisions)
         for section in _SECTIONS:
             value = dataclasses.asdict(getattr(self, section))
             out[section] = {_TOML_KEY.get(k, k): list(v) if isinstance(v, tuple) else v for k, v in value.items()}

@@ -84,3 +84,15 @@ def test_calibrated_quantized_denoisers_keep_sqnr(factory):
     assert results["minmax-w8a8"] > 22.0
     assert results["minmax-w4a8"] > 9.0
     assert results["minmax-w8a8"] > results["minmax-w4a8"] + 5.0
+
+
+def test_type_precisions_make_linear_layers_weight_only():
+    unet = tiny_sd_unet()
+    precisions = resolve_precisions(unet, get_recipe("nncf-hybrid-w8a8"), {"up_blocks.1": "w8a16"})
+    assert precisions["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"] == Precision(8, None)
+    assert precisions["time_embedding.linear_1"] == Precision(8, None)
+    assert precisions["down_blocks.0.resnets.0.conv1"] == Precision(8, 8)
+    assert precisions["up_blocks.1.resnets.0.conv1"] == Precision(8, 16)  # block entry, a conv
+    assert precisions["up_blocks.1.attentions.0.transformer_blocks.0.ff.net.2"] == Precision(8, None)
+    with pytest.raises(RecipeError, match="type_precisions key = 'Conv1d'"):
+        Recipe.from_toml('name = "x"\n[type_precisions]\nConv1d = "w8"\n')
