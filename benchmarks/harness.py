@@ -1,0 +1,144 @@
+"""Side-by-side runs of several recipes on one model, one process, the same prompts and seeds for every row.
+
+The FP pipeline runs the evaluation set once; every configuration then starts from a fresh copy of the FP
+denoiser, runs :func:`brevitas_ldm.quantize_pipeline` (timed per phase) and is compared with the FP run by
+:func:`brevitas_ldm.job.compare_quantized`. Wall times are reported as ratios to a baseline row measured in the
+same process, so machine speed cancels out.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from brevitas_ldm.evaluation.prompts import calibration_set, evaluation_set
+from brevitas_ldm.evaluation.run import has_digits_evaluator
+from brevitas_ldm.job import compare_quantized, fp_reference
+from brevitas_ldm.models import load_pipeline
+from brevitas_ldm.pipeline import quantize_pipeline
+from brevitas_ldm.recipe import Recipe
+from brevitas_ldm.sampling import SamplingSpec
+
+
+@dataclass(frozen=True)
+class Configuration:
+    label: str
+    recipe: Recipe
+
+
+def machine() -> str:
+    return (f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), torch "
+            f"{torch.__version__}, {torch.get_num_threads()} torch threads, Python {platform.python_version()}")
+
+
+def run_rows(model: str, configurations: list[Configuration], num_samples: int, steps: int, guidance: float,
+             seed: int, calibration_prompts: int | None, batch_size: int = 100) -> tuple[dict[str, Any], list[dict]]:
+    pipe = load_pipeline(model)
+    fp_denoiser = copy.deepcopy(pipe.unet)
+    eval_set = evaluation_set(num_samples, seed)
+    spec = SamplingSpec(steps, guidance, batch_size)
+    digits = has_digits_evaluator(model)
+    start = time.perf_counter()
+    reference = fp_reference(pipe, eval_set, spec, with_digits=digits)
+    fp_seconds = time.perf_counter() - start
+    rows = [{"label": "FP", "recipe": "", **reference.metrics, "avg_weight_bits": 32.0, "avg_act_bits": 32.0,
+             "size_bytes": sum(p.numel() for p in fp_denoiser.parameters()) * 4, "output_sqnr_db": math.inf,
+             "image_psnr_db": math.inf, "prep_s": 0.0}]
+    for config in configurations:
+        pipe.unet = copy.deepcopy(fp_denoiser)
+        recipe = config.recipe
+        cal = calibration_set(calibration_prompts or recipe.calibration.num_prompts)
+        cal_spec = SamplingSpec(steps, guidance, recipe.calibration.batch_size)
+        print(f"== {config.label} ({recipe.name})", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        result = quantize_pipeline(pipe, recipe, list(cal.prompts), list(cal.seeds), cal_spec, progress=True)
+        prep = time.perf_counter() - start
+        metrics, _, per_step = compare_quantized(pipe, eval_set, spec, reference, result.precisions, digits)
+        rows.append({"label": config.label, "recipe": recipe.name, **metrics, "prep_s": prep,
+                     "timing_s": result.timing_s, "denoiser_calls": result.denoiser_calls,
+                     "per_step_sqnr_db": per_step,
+                     "plan": result.plan.precisions if result.plan is not None else None,
+                     "smoothed": list(result.smoothing.get("modules", []))})
+    context = {"model": model, "num_samples": num_samples, "steps": steps, "guidance_scale": guidance,
+               "seed": seed, "fp_sampling_s": fp_seconds, "machine": machine()}
+    return context, rows
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return "inf" if math.isinf(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(rows: list[dict], baseline_label: str) -> str:
+    base = next((r for r in rows if r["label"] == baseline_label), None)
+    header = ("| configuration | avg W bits | avg A bits | size (KB) | output SQNR (dB) | image PSNR (dB) | "
+              "digits-FID | prompt acc. | prep time (s) | prep time / baseline |")
+    lines = [header, "|" + "---|" * 10]
+    for row in rows:
+        ratio = row["prep_s"] / base["prep_s"] if base and base["prep_s"] and row["label"] != "FP" else None
+        lines.append(f"| {row['label']} | {_fmt(row['avg_weight_bits'])} | {_fmt(row['avg_act_bits'])} | "
+                     f"{row['size_bytes'] / 1024:,.0f} | {_fmt(row['output_sqnr_db'])} | {_fmt(row['image_psnr_db'])} | "
+                     f"{_fmt(row.get('digits_fid'))} | {_fmt(row.get('prompt_accuracy'), 3)} | "
+                     f"{_fmt(row['prep_s'], 1) if row['label'] != 'FP' else '–'} | {_fmt(ratio)} |")
+    return "\n".join(lines)
+
+
+def quality_vs_bits_png(rows: list[dict], path: Path, title: str) -> None:
+    from brevitas_ldm.figures import plt, save_figure
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for row in rows:
+        if row["label"] == "FP":
+            continue
+        bits = row["avg_weight_bits"] + row["avg_act_bits"]
+        marker = "*" if "sqnr-hybrid" in row["recipe"] or row["label"].startswith("full") else "o"
+        axes[0].scatter(bits, row["output_sqnr_db"], marker=marker, s=80 if marker == "*" else 30)
+        axes[0].annotate(row["label"], (bits, row["output_sqnr_db"]), fontsize=7, xytext=(3, 3),
+                         textcoords="offset points")
+        if row.get("digits_fid") is not None:
+            axes[1].scatter(bits, row["digits_fid"], marker=marker, s=80 if marker == "*" else 30)
+            axes[1].annotate(row["label"], (bits, row["digits_fid"]), fontsize=7, xytext=(3, 3),
+                             textcoords="offset points")
+    fp = rows[0]
+    if fp.get("digits_fid") is not None:
+        axes[1].axhline(fp["digits_fid"], color="grey", linestyle="--", label="FP")
+        axes[1].legend(fontsize=8)
+    axes[0].set_xlabel("average weight bits + average activation bits")
+    axes[0].set_ylabel("output SQNR vs FP (dB, higher is better)")
+    axes[1].set_xlabel("average weight bits + average activation bits")
+    axes[1].set_ylabel("digits-FID (lower is better)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def write_json(path: Path, context: dict, rows: list[dict]) -> None:
+    from brevitas_ldm.io import write_json_atomic
+
+    def clean(value):
+        if isinstance(value, float) and math.isinf(value):
+            return "inf"
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    write_json_atomic(path, {"context": context, "rows": clean(rows)})
+
+
+__all__ = ["Configuration", "markdown_table", "quality_vs_bits_png", "run_rows", "write_json", "json"]

@@ -1,0 +1,71 @@
+"""Generate docs/api.md from the docstrings of the public API.
+
+    python docs/gen_api.py
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from pathlib import Path
+
+MODULES = [
+    ("brevitas_ldm", None),
+    ("brevitas_ldm.recipe", ["Recipe", "get_recipe", "register_recipe", "list_recipes"]),
+    ("brevitas_ldm.precision", ["Precision", "parse_precision"]),
+    ("brevitas_ldm.sqnr", ["sqnr_db", "SQNRMeter"]),
+    ("brevitas_ldm.blocks", ["get_blocks", "Block", "quantizable_modules"]),
+    ("brevitas_ldm.quantize", ["quantize_denoiser", "resolve_precisions", "read_precisions", "fast_inference"]),
+    ("brevitas_ldm.calibration", ["single_step_calibration", "multi_step_calibration", "recipe_calibration",
+                                  "calibrate_pipeline"]),
+    ("brevitas_ldm.sampling", ["generate", "SamplingSpec", "denoiser_step_hook", "StepTracker", "get_denoiser"]),
+    ("brevitas_ldm.sensitivity.global_", ["BlockSensitivity", "BlockReport"]),
+    ("brevitas_ldm.plan", ["Plan", "choose_plan", "predict_sqnr_db", "budget_plan", "top_k_plan", "threshold_plan"]),
+    ("brevitas_ldm.sensitivity.local", ["ModuleSensitivity", "ModuleReport", "select_for_smoothing"]),
+    ("brevitas_ldm.smoothing", ["SmoothQuantStep"]),
+    ("brevitas_ldm.pipeline", ["quantize_pipeline", "QuantizationResult"]),
+    ("brevitas_ldm.checkpoint", ["load_quantized", "save_checkpoint"]),
+    ("brevitas_ldm.export", ["export_denoiser", "export_float_onnx", "verify_onnx", "onnx_latency",
+                             "onnx_quant_summary"]),
+    ("brevitas_ldm.evaluation.fid", ["frechet_distance", "fid"]),
+    ("brevitas_ldm.evaluation.digits", ["DigitsEvaluator"]),
+    ("brevitas_ldm.models", ["load_pipeline"]),
+]
+
+
+def _signature(obj) -> str:
+    try:
+        return str(inspect.signature(obj))
+    except (TypeError, ValueError):
+        return "(...)"
+
+
+def render() -> str:
+    lines = ["# API reference", "", "Generated from the docstrings by `python docs/gen_api.py`; do not edit by hand.", ""]
+    for module_name, names in MODULES:
+        module = importlib.import_module(module_name)
+        lines += [f"## `{module_name}`", "", inspect.cleandoc(module.__doc__ or ""), ""]
+        for name in names or []:
+            obj = getattr(module, name)
+            kind = "class" if inspect.isclass(obj) else "function"
+            lines += [f"### {kind} `{name}{_signature(obj)}`", "", inspect.cleandoc(obj.__doc__ or ""), ""]
+            if inspect.isclass(obj):
+                for attr, member in inspect.getmembers(obj):
+                    if attr.startswith("_") or not (inspect.isfunction(member) or isinstance(member, property)):
+                        continue
+                    owner = (member.fget if isinstance(member, property) else member).__qualname__.split(".")[0]
+                    if owner != obj.__name__ or not member.__doc__:
+                        continue
+                    sig = _signature(member) if inspect.isfunction(member) else ""
+                    lines += [f"- `{attr}{sig}`: {inspect.cleandoc(member.__doc__).splitlines()[0]}"]
+                lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from brevitas_ldm.io import write_text_atomic
+
+    write_text_atomic(Path(__file__).resolve().parent / "api.md", render())
+    print("wrote docs/api.md")
