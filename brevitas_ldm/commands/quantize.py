@@ -21,6 +21,11 @@ from brevitas_ldm.recipe import get_recipe
 from brevitas_ldm.sampling import SamplingSpec
 
 
+#: The PNGs the analysis reports write, by the key report.md links them under.
+ANALYSIS_FIGURES = {"block_progressive": "global_progressive_sqnr.png", "block_heatmap": "global_isolated_heatmap.png",
+                    "module_ranked": "module_sqnr.png", "module_steps": "module_sqnr_steps.png"}
+
+
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("quantize", help="the main job: analyse, plan, smooth, calibrate, quantize, "
                                    "evaluate against FP, write report + checkpoint")
@@ -113,23 +118,11 @@ def write_outputs(staging: Path, metrics: dict, result, reference, generation, e
               title="SQNR of the denoiser output per sampling step", xlabel="sampling step", ylabel="SQNR (dB)")
     figures["per_step"] = "figures/per_step_sqnr.png"
     if result.block_report is not None:
-        saved = result.block_report.save(staging / "analysis")
-        figures.update(_figures_in(staging, "analysis", {"block_progressive": "progressive", "block_heatmap": "heatmap"}))
-        del saved
+        result.block_report.save(staging / "analysis")
     if result.module_report is not None:
         result.module_report.save(staging / "analysis")
-        figures.update(_figures_in(staging, "analysis", {"module_ranked": "ranked", "module_steps": "steps"}))
+    for key, name in ANALYSIS_FIGURES.items():
+        if (staging / "analysis" / name).is_file():
+            figures[key] = f"analysis/{name}"
     result.save(staging / "checkpoint", model=model_name)
     write_report(staging / "report.md", metrics, result, figures, command)
-
-
-def _figures_in(staging: Path, folder: str, wanted: dict[str, str]) -> dict[str, str]:
-    """Find the PNGs an analysis report wrote (by a word in their file name) so report.md can link them."""
-    found = {}
-    pngs = sorted((staging / folder).glob("*.png"))
-    for key, word in wanted.items():
-        for png in pngs:
-            if word in png.stem and png.relative_to(staging).as_posix() not in found.values():
-                found[key] = png.relative_to(staging).as_posix()
-                break
-    return found
