@@ -7,7 +7,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread: tiny test models gain nothing from two, and two threads crawl when anything else runs.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

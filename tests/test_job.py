@@ -149,3 +149,21 @@ def test_export_command_writes_a_verified_onnx_file(sd_dir, quantized_run, tmp_p
     assert (out / "denoiser.onnx").is_file() and (out / "denoiser_fp32.onnx").is_file()
     _error(capsys, ["export", "--model", str(sd_dir), "--checkpoint", str(tmp_path / "none"), "--out",
                     str(tmp_path / "x")], "not a brevitas-ldm checkpoint")
+
+
+def test_analyze_command_writes_reports_and_reuses_its_cache(sd_dir, tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('name = "tiny-hybrid"\n[analysis]\nglobal = true\nlocal = true\nnum_prompts = 2\n'
+                      '[plan]\nmethod = "top_k"\ntop_k = 1\nhigh_precision = "w8a16"\nmenu = ["w8a16", "w8a8"]\n')
+    common = ["analyze", "--model", str(sd_dir), "--recipe", str(recipe), "--steps", "3", "--batch-size", "2",
+              "--cache-dir", str(tmp_path / "cache")]
+    assert main([*common, "--out", str(tmp_path / "a1")]) == 0
+    summary = json.loads((tmp_path / "a1" / "analysis.json").read_text())
+    assert not summary["global_from_cache"] and summary["denoiser_calls"]["global_analysis"] > 0
+    assert list(summary["plan"]["precisions"].values()).count("w8a16") == 1
+    for name in ("block_report.json", "module_report.json", "plan.json", "report.md",
+                 "global_progressive_sqnr.png", "module_sqnr.png"):
+        assert (tmp_path / "a1" / name).is_file(), name
+    assert main([*common, "--out", str(tmp_path / "a2")]) == 0
+    again = json.loads((tmp_path / "a2" / "analysis.json").read_text())
+    assert again["global_from_cache"] and again["plan"]["precisions"] == summary["plan"]["precisions"]
