@@ -63,10 +63,14 @@ def footprint(denoiser: nn.Module, precisions: Mapping[str, Precision], weights:
     counted = [n for n in activations if n in precisions]
     total_a = sum(activations[n] for n in counted)
     avg_a = sum(activations[n] * precisions[n].effective_act_bits() for n in counted) / max(1, total_a)
+    from brevitas_ldm.smoothing import user_facing_names
+
     all_params = sum(p.numel() for p in denoiser.parameters() if p.dtype.is_floating_point)
     quantized_bits = 0
     quantized_elements = 0
-    for name, module in quantizable_modules(denoiser):
+    to_user = user_facing_names(denoiser)  # SmoothQuant-wrapped layers are listed as "x.layer" internally
+    for internal, module in quantizable_modules(denoiser):
+        name = to_user.get(internal, internal)
         bits = precisions[name].weight_bits if name in precisions else None
         weight = module.weight
         if bits is not None:

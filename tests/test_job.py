@@ -58,6 +58,12 @@ def test_checkpoint_reload_gives_bit_identical_latents(sd_dir, tmp_path):
     spec = SamplingSpec(num_inference_steps=3, batch_size=2)
     result = quantize_pipeline(pipe, "smoothquant-w8a8", ["digit one", "digit two"], [5, 6], spec)
     assert result.smoothing["modules"], "smoothquant-w8a8 smooths every activation-quantized layer"
+    # SmoothQuant renames layers internally (x -> x.layer); the size must still count them as 8-bit.
+    from brevitas_ldm.footprint import footprint, weight_elements
+
+    fp_pipe = load_pipeline(sd_dir)
+    size = footprint(pipe.unet, result.precisions, weight_elements(fp_pipe.unet), {}).size_bytes
+    assert size < 0.35 * sum(p.numel() for p in fp_pipe.unet.parameters()) * 4
     result.save(tmp_path / "ckpt")
     prompts, seeds = ["a handwritten digit seven", "digit nine"], [1, 2]
     expected = generate(pipe, prompts, seeds, spec)
