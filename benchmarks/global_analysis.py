@@ -31,7 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--recipe", default="sqnr-hybrid-w8a8")
     parser.add_argument("--num-prompts", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--guidance-scale", type=float, default=4.0)
+    parser.add_argument("--guidance-scale", type=float, default=2.0)
+    parser.add_argument("--fid-samples", type=int, default=200,
+                        help="evaluation samples per configuration for digits-FID (0: skip; digits models only)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-random", type=int, default=5, help="random plans / random draws per comparison")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the paper machine has 2 cores)")
@@ -103,6 +105,34 @@ def main(argv: list[str] | None = None) -> int:
     most_db = measure_plan(pipe, recipe, most.precisions, bank=bank, reference=reference)
     least_db = measure_plan(pipe, recipe, least.precisions, bank=bank, reference=reference)
 
+    # 6. digits-FID of each configuration on an evaluation set (other seeds than the analysis)
+    from brevitas_ldm.evaluation.run import has_digits_evaluator
+
+    fid_of = {}
+    if args.fid_samples and has_digits_evaluator(args.model):
+        from brevitas_ldm.evaluation.digits import DigitsEvaluator
+        from brevitas_ldm.evaluation.prompts import evaluation_set
+        from brevitas_ldm.evaluation.run import generate_with_latents
+
+        evaluator = DigitsEvaluator()
+        eval_set = evaluation_set(args.fid_samples, seed=1000)
+        eval_spec = SamplingSpec(args.steps, args.guidance_scale, batch_size=100)
+
+        def digits_fid(precisions) -> float:
+            if precisions is None:
+                images = generate_with_latents(pipe, eval_set, eval_spec).images
+            else:
+                with bank.configured(bank.layer_precisions(precisions)):
+                    images = generate_with_latents(pipe, eval_set, eval_spec).images
+            return evaluator.digits_fid(images)
+
+        fid_of["FP"] = digits_fid(None)
+        fid_of["uniform"] = digits_fid(uniform)
+        fid_of["plan"] = digits_fid(plan.precisions)
+        fid_of["random"] = [digits_fid(p.precisions) for p in upgrades]
+        fid_of["most"] = digits_fid(most.precisions)
+        fid_of["least"] = digits_fid(least.precisions)
+
     # -- the write-up ------------------------------------------------------------------------------------------
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
     calls = report.denoiser_calls
@@ -152,21 +182,31 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", f"Mean absolute prediction error {statistics.mean(errors):.2f} dB, max {max(errors):.2f} dB "
                   f"over {len(rows)} plans.", "",
               "## Does the analysis pay off?", "",
-              "| configuration | avg weight bits | avg act bits | predicted (dB) | measured (dB) |",
-              "|---|---|---|---|---|"]
+              (f"digits-FID: {args.fid_samples} evaluation samples (seeds 1000..{999 + args.fid_samples}) per "
+               f"configuration, FP {fid_of['FP']:.2f}." if fid_of else "digits-FID: not measured."), "",
+              "| configuration | avg weight bits | avg act bits | predicted (dB) | measured (dB) | digits-FID |",
+              "|---|---|---|---|---|---|"]
 
-    def add(name, precisions, measured):
+    def add(name, precisions, measured, fid=None):
         w, a = average_bits(report, precisions)
-        lines.append(f"| {name} | {w:.2f} | {a:.2f} | {fmt(predict_sqnr_db(report, precisions))} | {fmt(measured)} |")
+        lines.append(f"| {name} | {w:.2f} | {a:.2f} | {fmt(predict_sqnr_db(report, precisions))} | {fmt(measured)} | "
+                     f"{'–' if fid is None else f'{fid:.2f}'} |")
 
-    add(f"uniform {default}", uniform, uniform_db)
-    add("SQNR plan", plan.precisions, plan.measured_sqnr_db)
+    add(f"uniform {default}", uniform, uniform_db, fid_of.get("uniform"))
+    add("SQNR plan", plan.precisions, plan.measured_sqnr_db, fid_of.get("plan"))
     for i, (p, db) in enumerate(zip(upgrades, upgrade_db)):
         upgraded = [n for n, v in p.precisions.items() if v != default]
-        add(f"{default} + {high} at random blocks #{i + 1} ({', '.join(upgraded) or 'none'})", p.precisions, db)
-    add(f"top-{k} most sensitive at {high}", most.precisions, most_db)
-    add(f"top-{k} least sensitive at {high}", least.precisions, least_db)
+        add(f"{default} + {high} at random blocks #{i + 1} ({', '.join(upgraded) or 'none'})", p.precisions, db,
+            fid_of["random"][i] if fid_of else None)
+    add(f"top-{k} most sensitive at {high}", most.precisions, most_db, fid_of.get("most"))
+    add(f"top-{k} least sensitive at {high}", least.precisions, least_db, fid_of.get("least"))
     mean_upgrade = statistics.mean(upgrade_db)
+    if fid_of:
+        mean_fid = statistics.mean(fid_of["random"])
+        lines += ["", f"* digits-FID: plan {fid_of['plan']:.2f} vs random extra bits {mean_fid:.2f} (mean of "
+                      f"{len(fid_of['random'])}) -> {'plan is lower or equal' if fid_of['plan'] <= mean_fid else 'plan is HIGHER'}; "
+                      f"uniform {fid_of['uniform']:.2f}; top-{k} most {fid_of['most']:.2f} vs least "
+                      f"{fid_of['least']:.2f}; FP {fid_of['FP']:.2f}."]
     lines += ["",
               f"* Plan vs uniform {default} + {high} at random blocks within the same budget ({budget_w:g} weight bits, "
               f"{budget_a:g} act bits; mean of {len(upgrade_db)} draws): "
