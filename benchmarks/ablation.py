@@ -15,7 +15,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from harness import Configuration, machine, markdown_table, quality_vs_bits_png, run_rows, write_json
+from harness import Configuration, add_run_arguments, machine, markdown_table, quality_vs_bits_png, run_rows, write_json
 
 from brevitas_ldm.io import write_text_atomic
 from brevitas_ldm.recipe import Recipe, get_recipe
@@ -43,13 +43,7 @@ def ladder(bits: str) -> list[Configuration]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny-sd-digits")
-    parser.add_argument("--num-samples", type=int, default=300)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--guidance-scale", type=float, default=2.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--bits", nargs="+", default=["w8a8", "w4a8"])
-    parser.add_argument("--out", type=Path, default=Path("docs/ablation.md"))
+    add_run_arguments(parser, "docs/ablation.md")
     args = parser.parse_args()
     configurations = [c for bits in args.bits for c in ladder(bits)]
     context, rows = run_rows(args.model, configurations, args.num_samples, args.steps, args.guidance_scale,

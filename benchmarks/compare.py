@@ -17,7 +17,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from harness import Configuration, machine, markdown_table, quality_vs_bits_png, run_rows, write_json
+from harness import Configuration, add_run_arguments, machine, markdown_table, quality_vs_bits_png, run_rows, write_json
 
 from brevitas_ldm.io import write_text_atomic
 from brevitas_ldm.recipe import get_recipe
@@ -27,13 +27,7 @@ PEERS = ["minmax", "qdiffusion", "smoothquant", "brevitas-sd", "nncf-hybrid", "s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny-sd-digits")
-    parser.add_argument("--num-samples", type=int, default=300)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--guidance-scale", type=float, default=2.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--bits", nargs="+", default=["w8a8", "w4a8"], help="which ladders to run")
-    parser.add_argument("--out", type=Path, default=Path("docs/compare.md"))
+    add_run_arguments(parser, "docs/compare.md")
     args = parser.parse_args()
     configurations = [Configuration(f"{peer}-{bits}", get_recipe(f"{peer}-{bits}"))
                       for bits in args.bits for peer in PEERS]

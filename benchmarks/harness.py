@@ -36,6 +36,17 @@ class Configuration:
     recipe: Recipe
 
 
+def add_run_arguments(parser, default_out: str) -> None:
+    """The options every side-by-side benchmark takes (model, sampling, seeds, ladders, output page)."""
+    parser.add_argument("--model", default="tiny-sd-digits")
+    parser.add_argument("--num-samples", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--guidance-scale", type=float, default=2.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bits", nargs="+", default=["w8a8", "w4a8"], help="which ladders to run")
+    parser.add_argument("--out", type=Path, default=Path(default_out))
+
+
 def machine() -> str:
     return (f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), torch "
             f"{torch.__version__}, {torch.get_num_threads()} torch threads, Python {platform.python_version()}")
@@ -141,4 +152,4 @@ def write_json(path: Path, context: dict, rows: list[dict]) -> None:
     write_json_atomic(path, {"context": context, "rows": clean(rows)})
 
 
-__all__ = ["Configuration", "markdown_table", "quality_vs_bits_png", "run_rows", "write_json", "json"]
+__all__ = ["Configuration", "add_run_arguments", "markdown_table", "quality_vs_bits_png", "run_rows", "write_json", "json"]

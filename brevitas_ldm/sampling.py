@@ -162,3 +162,22 @@ def generate(pipe: Any, conditions: Sequence[Condition], seeds: Sequence[int], s
             images = torch.as_tensor(images)
         outputs.append(images.float().cpu())
     return torch.cat(outputs)
+
+
+class CallCounter:
+    """Counts the forward calls made to ``module`` while the context is open (what an analysis step cost)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.count = 0
+        self._handle = None
+
+    def _hook(self, *_: Any) -> None:
+        self.count += 1
+
+    def __enter__(self) -> "CallCounter":
+        self._handle = self.module.register_forward_pre_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._handle.remove()

@@ -37,6 +37,7 @@ from brevitas.nn.equalized_layer import EqualizedModule
 
 from brevitas_ldm.blocks import quantizable_modules
 from brevitas_ldm.errors import ModelError, RecipeError
+from brevitas_ldm.sampling import CallCounter
 
 #: Attribute under which Brevitas' EqualizedModule keeps the wrapped layer.
 EQUALIZED_CHILD = "layer"
@@ -361,26 +362,15 @@ def _scale_mismatch(denoiser: nn.Module, chosen: Mapping[str, float | None],
     return out
 
 
-class _CallCounter:
-    """Counts denoiser forward calls (and calibration passes) made while smoothing."""
+class _CallCounter(CallCounter):
+    """Counts denoiser forward calls, and the calibration passes made while smoothing."""
 
     def __init__(self, denoiser: nn.Module) -> None:
-        self.denoiser = denoiser
-        self.count = 0
+        super().__init__(denoiser)
         self.passes = 0
-        self._handle = None
 
     def pass_(self) -> None:
         self.passes += 1
-
-    def __enter__(self) -> "_CallCounter":
-        def hook(*_: Any) -> None:
-            self.count += 1
-        self._handle = self.denoiser.register_forward_hook(hook)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._handle.remove()
 
 
 def select_layers(denoiser: nn.Module, patterns: Iterable[str]) -> list[str]:

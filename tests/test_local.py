@@ -28,15 +28,6 @@ RECIPE = get_recipe("sqnr-hybrid-w8a8")  # single-step calibration
 PLAN = {"conv_in": "w8", "conv_out": "float"}  # a weight-only layer and a float layer besides the default w8a8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread; two threads spin against any other busy process (100x slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def pipe():
     return tiny_sd_pipeline()

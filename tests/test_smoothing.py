@@ -26,15 +26,6 @@ TO_OUT = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0"  # Lin
 OUTLIER_CHANNELS = [1, 5, 9]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread; two threads spin against any other busy process (100x slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def outlier_unet() -> nn.Module:
     """tiny_sd_unet with 50x activation outliers in the inputs of PROJ_IN and TO_OUT, function unchanged.
 

@@ -43,7 +43,8 @@ from brevitas_ldm.errors import BrevitasLDMError, RecipeError
 from brevitas_ldm.precision import FLOAT, Precision
 from brevitas_ldm.quantize import quant_layers, quantize_denoiser, resolve_precisions
 from brevitas_ldm.recipe import Recipe
-from brevitas_ldm.sampling import Condition, SamplingSpec, denoiser_step_hook, generate, get_denoiser, set_denoiser
+from brevitas_ldm.sampling import (CallCounter, Condition, SamplingSpec, denoiser_step_hook, generate, get_denoiser,
+                                   set_denoiser)
 from brevitas_ldm.smoothing import user_facing_names
 from brevitas_ldm.sqnr import SQNRMeter, db_to_noise_ratio
 
@@ -476,7 +477,7 @@ def analyze_modules(denoiser: nn.Module, recipe: Recipe, run_fn: RunFn, calibrat
         twin_plan = {name: (p if name in wanted else FLOAT) for name, p in plan.items()}
     quantized = quantize_denoiser(_hookless_copy(denoiser), recipe, twin_plan).eval()
     context = calibration or (lambda model: recipe_calibration(model, recipe, num_inference_steps))
-    counter = _CountCalls(quantized)
+    counter = CallCounter(quantized)
     calibration_context = context(quantized)
     with counter, calibration_context, torch.no_grad():
         calibration_fn(quantized)
@@ -532,24 +533,6 @@ def _hookless_copy(module: nn.Module) -> nn.Module:
                       sub._forward_pre_hooks_with_kwargs, sub._forward_hooks_always_called):
             hooks.clear()
     return duplicate
-
-
-class _CountCalls:
-    """Counts the forward calls made to a module (fallback for calibration contexts that do not count)."""
-
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
-        self.count = 0
-        self._handle = None
-
-    def __enter__(self) -> "_CountCalls":
-        def hook(*_: Any) -> None:
-            self.count += 1
-        self._handle = self.module.register_forward_pre_hook(hook)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._handle.remove()
 
 
 @contextmanager
