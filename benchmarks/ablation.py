@@ -13,12 +13,12 @@ import argparse
 import dataclasses
 import shlex
 import sys
-from pathlib import Path
+
 
 from harness import Configuration, add_run_arguments, machine, markdown_table, quality_vs_bits_png, run_rows, write_json
 
 from brevitas_ldm.io import write_text_atomic
-from brevitas_ldm.recipe import Recipe, get_recipe
+from brevitas_ldm.recipe import get_recipe
 
 
 def ladder(bits: str) -> list[Configuration]:
@@ -34,10 +34,10 @@ def ladder(bits: str) -> list[Configuration]:
     plan = single.replace(name=f"{base.name}+single-step+plan", analysis=dataclasses.replace(full.analysis, local=False),
                           plan=full.plan)
     return [Configuration(f"minmax {bits} (all-step calibration)", base),
-            Configuration(f"+ single-step calibration", single),
-            Configuration(f"+ SmoothQuant on sensitive layers", sq_sensitive),
-            Configuration(f"+ SmoothQuant on all layers (instead)", sq_all),
-            Configuration(f"+ hybrid global plan (no SmoothQuant)", plan),
+            Configuration("+ single-step calibration", single),
+            Configuration("+ SmoothQuant on sensitive layers", sq_sensitive),
+            Configuration("+ SmoothQuant on all layers (instead)", sq_all),
+            Configuration("+ hybrid global plan (no SmoothQuant)", plan),
             Configuration(f"full recipe {full.name}", full)]
 
 

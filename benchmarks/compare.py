@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from pathlib import Path
+
 
 from harness import Configuration, add_run_arguments, machine, markdown_table, quality_vs_bits_png, run_rows, write_json
 

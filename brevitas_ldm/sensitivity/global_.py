@@ -30,8 +30,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -45,6 +43,7 @@ from tqdm.auto import tqdm
 
 from brevitas_ldm.blocks import Block, get_blocks, quantizable_modules
 from brevitas_ldm.calibration import multi_step_calibration, single_step_calibration
+from brevitas_ldm.io import write_bytes_atomic
 from brevitas_ldm.errors import BrevitasLDMError, RecipeError
 from brevitas_ldm.precision import Precision, parse_precision
 from brevitas_ldm.quantize import quantize_denoiser, resolve_precisions
@@ -334,18 +333,8 @@ def _dec_dbs(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {k: [_dec(x) for x in v] if isinstance(v, list) else _dec(v) for k, v in obj.items()}
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+#: Results are written atomically through the project's one writer (kept under this name for callers).
+write_atomic = write_bytes_atomic
 
 
 @dataclass
@@ -519,17 +508,10 @@ class BlockReport:
         names = self.block_names
         written = []
 
+        from brevitas_ldm.figures import save_figure
+
         def save(fig, filename):
-            fd, tmp = tempfile.mkstemp(prefix=f".{filename}.", suffix=".png", dir=directory)
-            os.close(fd)
-            try:
-                fig.savefig(tmp, dpi=110, bbox_inches="tight")
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, directory / filename)
-            finally:
-                plt.close(fig)
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            save_figure(fig, directory / filename)
             written.append(directory / filename)
 
         directory.mkdir(parents=True, exist_ok=True)
