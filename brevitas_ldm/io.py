@@ -70,6 +70,24 @@ def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
+def read_json_file(path: str | Path, filename: str, what: str, missing: str, invalid: str,
+                   error: type[Exception] = BrevitasLDMError) -> tuple[Path, Any]:
+    """Read ``path`` (a JSON file, or the folder holding ``filename``) as JSON.
+
+    ``what`` names the file for people ("plan"); ``missing`` and ``invalid`` are the fixes the errors name (``error`` is raised, one line, no
+    traceback chaining); returns the resolved file path and the parsed data.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / filename
+    if not path.is_file():
+        raise error(f"no {what} at {path}: {missing}")
+    try:
+        return path, json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise error(f"{path} is not valid JSON ({exc}): {invalid}") from None
+
+
 def _json_default(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()

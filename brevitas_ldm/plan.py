@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from brevitas_ldm.errors import RecipeError
+from brevitas_ldm.io import read_json_file
 from brevitas_ldm.precision import FLOAT_BITS, Precision, parse_precision
 from brevitas_ldm.recipe import PlanRule
 from brevitas_ldm.sensitivity.global_ import BlockReport, write_atomic
@@ -176,15 +177,8 @@ class Plan:
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
-        path = Path(path)
-        if path.is_dir():
-            path = path / PLAN_FILE
-        if not path.is_file():
-            raise RecipeError(f"no plan at {path}: pass a plan.json written by brevitas-ldm (or its folder)")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise RecipeError(f"{path} is not valid JSON ({exc}): fix the edit or rerun the planner") from None
+        path, data = read_json_file(path, PLAN_FILE, "plan", "pass a plan.json written by brevitas-ldm (or its folder)",
+                                    "fix the edit or rerun the planner", RecipeError)
         return cls.from_dict(data, source=str(path))
 
     def to_markdown(self) -> str:

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from brevitas_ldm.blocks import Block, get_blocks, quantizable_modules
 from brevitas_ldm.calibration import multi_step_calibration, single_step_calibration
-from brevitas_ldm.io import write_bytes_atomic
+from brevitas_ldm.io import read_json_file, write_bytes_atomic
 from brevitas_ldm.errors import BrevitasLDMError, RecipeError
 from brevitas_ldm.precision import Precision, parse_precision
 from brevitas_ldm.quantize import quantize_denoiser, resolve_precisions
@@ -457,15 +457,8 @@ class BlockReport:
     @classmethod
     def load(cls, path: str | Path) -> "BlockReport":
         """Load a report from ``block_report.json`` or the folder holding it."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / REPORT_FILE
-        if not path.is_file():
-            raise BrevitasLDMError(f"no block report at {path}: run the global analysis (brevitas-ldm analyze) first")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise BrevitasLDMError(f"{path} is not valid JSON ({exc}): rerun the global analysis") from None
+        path, data = read_json_file(path, REPORT_FILE, "block report", "run the global analysis (brevitas-ldm analyze) first",
+                                    "rerun the global analysis")
         if data.get("version") != ANALYSIS_VERSION:
             raise BrevitasLDMError(f"{path} was written by analysis version {data.get('version')}, this is "
                                    f"{ANALYSIS_VERSION}: rerun the global analysis")
@@ -754,6 +747,19 @@ def _plan_precisions(plan: Any) -> dict[str, str]:
     return dict(precisions)
 
 
+def _reference_and_bank(pipe: Any, recipe: Recipe, prompts: Sequence[Condition] | None,
+                        seeds: Sequence[int] | None, spec: SamplingSpec | None, bank: "PrecisionBank | None",
+                        reference: "FPReference | None", caller: str) -> tuple["FPReference", "PrecisionBank"]:
+    """The FP run and calibrated copies a measurement needs: the given ones, or built from prompts/seeds."""
+    if reference is None:
+        if prompts is None or seeds is None:
+            raise BrevitasLDMError(f"{caller} needs prompts and seeds, or an FPReference")
+        reference = fp_reference(pipe, prompts, seeds, spec or SamplingSpec())
+    if bank is None:
+        bank = PrecisionBank(pipe, recipe, reference.conditions, reference.seeds, reference.spec)
+    return reference, bank
+
+
 def measure_plan(pipe: Any, recipe: Recipe, plan: Any, prompts: Sequence[Condition] | None = None,
                  seeds: Sequence[int] | None = None, spec: SamplingSpec | None = None,
                  bank: PrecisionBank | None = None, reference: FPReference | None = None) -> float:
@@ -762,12 +768,7 @@ def measure_plan(pipe: Any, recipe: Recipe, plan: Any, prompts: Sequence[Conditi
     The plan is applied through the per-precision calibrated copies of ``bank`` (built and calibrated on
     ``prompts``/``seeds`` when not given); pass ``reference`` to reuse an FP run.
     """
-    if reference is None:
-        if prompts is None or seeds is None:
-            raise BrevitasLDMError("measure_plan needs prompts and seeds, or an FPReference")
-        reference = fp_reference(pipe, prompts, seeds, spec or SamplingSpec())
-    if bank is None:
-        bank = PrecisionBank(pipe, recipe, reference.conditions, reference.seeds, reference.spec)
+    reference, bank = _reference_and_bank(pipe, recipe, prompts, seeds, spec, bank, reference, "measure_plan")
     block_precisions = _plan_precisions(plan)
     layers = bank.layer_precisions(block_precisions)
     bank.ensure(sorted({p for p in layers.values()}, key=str))
@@ -785,12 +786,7 @@ def validate_plan(pipe: Any, recipe: Recipe, report: BlockReport, plan: Any, num
     """
     from brevitas_ldm.plan import average_bits, predict_sqnr_db, random_budget_plans
 
-    if reference is None:
-        if prompts is None or seeds is None:
-            raise BrevitasLDMError("validate_plan needs prompts and seeds, or an FPReference")
-        reference = fp_reference(pipe, prompts, seeds, spec or SamplingSpec())
-    if bank is None:
-        bank = PrecisionBank(pipe, recipe, reference.conditions, reference.seeds, reference.spec)
+    reference, bank = _reference_and_bank(pipe, recipe, prompts, seeds, spec, bank, reference, "validate_plan")
     chosen = _plan_precisions(plan)
     weight_bits, act_bits = average_bits(report, chosen)
     budget = getattr(plan, "budget", None) or {}

@@ -24,7 +24,6 @@ equally. (3 dB flagged 58% of the layers of tiny-sd-digits at W8A8, 6 dB flags 3
 from __future__ import annotations
 
 import copy
-import json
 import math
 import statistics
 import time
@@ -40,6 +39,7 @@ import torch.nn as nn
 from brevitas_ldm.blocks import get_blocks, module_to_block, quantizable_modules
 from brevitas_ldm.calibration import recipe_calibration
 from brevitas_ldm.errors import BrevitasLDMError, RecipeError
+from brevitas_ldm.io import read_json_file
 from brevitas_ldm.precision import FLOAT, Precision
 from brevitas_ldm.quantize import quant_layers, quantize_denoiser, resolve_precisions
 from brevitas_ldm.recipe import Recipe
@@ -352,16 +352,8 @@ class ModuleReport:
 
     @classmethod
     def load(cls, path: str | Path) -> "ModuleReport":
-        path = Path(path)
-        if path.is_dir():
-            path = path / cls.FILENAME
-        if not path.is_file():
-            raise BrevitasLDMError(f"no module report at {str(path)!r}: run the local analysis first "
-                                   f"(brevitas-ldm analyze) or pass the folder holding {cls.FILENAME}")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise BrevitasLDMError(f"{path} is not valid JSON ({exc}): re-run the local analysis") from None
+        _, data = read_json_file(path, cls.FILENAME, "module report", "run the local analysis first (brevitas-ldm analyze) or pass the "
+                                 "folder holding it", "re-run the local analysis")
         return cls.from_dict(data)
 
     def to_markdown(self, top: int | None = None) -> str:
