@@ -76,11 +76,12 @@ def test_qdq_nodes_follow_the_plan(sd_export):
     summary = onnx_quant_summary(path)
     n_quant = len(quant_layers(model))
     assert n_quant == 82
-    # one int8 Q/DQ pair per layer input, one int8 DQ per weight; nothing wider
-    assert summary["quantize"] == {"int8": n_quant}
-    assert summary["dequantize"] == {"int8": 2 * n_quant}
+    # one 8-bit Q/DQ pair per layer input, one 8-bit DQ per weight; nothing wider. Brevitas writes int8; the
+    # portable storage keeps the same values in uint8 (shifted zero points) so no x86 kernel can overflow
+    assert summary["quantize"] == {"uint8": n_quant}
+    assert summary["dequantize"] == {"uint8": 2 * n_quant}
     for name in quant_layers(model):
-        assert summary["layers"][name] == {"input": "int8", "weight": "int8"}, name
+        assert summary["layers"][name] == {"input": "uint8", "weight": "uint8"}, name
 
 
 def test_float_layer_has_no_quantize_node(sd_export):
@@ -102,11 +103,11 @@ def test_16bit_activations_become_int16_qdq(dit_w8a16, tmp_path):
     wide = [name for name in quant_layers(model) if name.startswith("transformer_blocks.1.")]
     assert len(wide) == 9 and len(quant_layers(model)) == 21
     # 12 int8 layers, two of which (block 0's timestep embedder) DiT runs twice: 14 int8 input Q/DQ pairs
-    assert summary["quantize"] == {"int8": 14, "int16": 9}
-    assert summary["dequantize"] == {"int8": 14 + 23, "int16": 9}
+    assert summary["quantize"] == {"uint8": 14, "int16": 9}
+    assert summary["dequantize"] == {"uint8": 14 + 23, "int16": 9}
     for name in wide:
-        assert summary["layers"][name] == {"input": "int16", "weight": "int8"}
-    assert summary["layers"]["transformer_blocks.0.attn1.to_q"] == {"input": "int8", "weight": "int8"}
+        assert summary["layers"][name] == {"input": "int16", "weight": "uint8"}
+    assert summary["layers"]["transformer_blocks.0.attn1.to_q"] == {"input": "uint8", "weight": "uint8"}
     graph = onnx.load(str(path)).graph
     int16_nodes = [n for n in graph.node if n.domain == MS_DOMAIN]
     assert len(int16_nodes) == 18 and {n.op_type for n in int16_nodes} == {"QuantizeLinear", "DequantizeLinear"}
@@ -124,7 +125,7 @@ def test_unsigned_16bit_activations_are_exact(tmp_path):
     path = export_denoiser(model, denoiser_inputs(model, batch=2), tmp_path / "dit.onnx")
     summary = onnx_quant_summary(path)
     assert summary["quantize"] == {"uint8": 14, "int16": 9}
-    assert summary["layers"]["transformer_blocks.1.attn1.to_q"] == {"input": "int16", "weight": "int8"}
+    assert summary["layers"]["transformer_blocks.1.attn1.to_q"] == {"input": "int16", "weight": "uint8"}
     assert verify_onnx(path, model, denoiser_inputs(model, batch=4, seed=3), threads=1)["sqnr_db"] >= 60.0  # 139
     with pytest.raises(BrevitasLDMError, match="unsigned activations above 8 bits.*onnx-qcdq"):
         export_denoiser(model, denoiser_inputs(model, batch=2), tmp_path / "dit.pt", fmt="torch-qcdq")
@@ -177,7 +178,11 @@ def test_bad_format_and_bad_state_errors(tmp_path):
     odd = quantize_denoiser(tiny_dit(), get_recipe(RECIPE), {"transformer_blocks.0": "w8a12"})
     with pytest.raises(BrevitasLDMError, match="12-bit activations.*a8 or a16.*qonnx"):
         export_denoiser(odd, inputs, tmp_path / "x.onnx")
-    assert set(EXPORT_FORMATS) == {"onnx-qcdq", "torch-qcdq", "qonnx"}
+    assert set(EXPORT_FORMATS) == {"onnx-qcdq", "onnx-int8", "torch-qcdq", "qonnx"}
+    with pytest.raises(BrevitasLDMError, match="unknown weight_storage 'int4'.*portable"):
+        export_denoiser(model, inputs, tmp_path / "x.onnx", weight_storage="int4")
+    with pytest.raises(BrevitasLDMError, match="onnx-int8 needs weight_storage='portable'"):
+        export_denoiser(model, inputs, tmp_path / "x.onnx", fmt="onnx-int8", weight_storage="int8")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -191,7 +196,7 @@ def test_failed_export_leaves_no_partial_file(dit_w8a16, tmp_path, monkeypatch):
     assert target.read_bytes() == b"previous export" and sorted(tmp_path.iterdir()) == [target]
 
     # a failure after the exporter has written the whole temporary file (the final rename fails)
-    import brevitas_ldm.export as export_module
+    import brevitas_ldm.export.exporters as export_module
 
     def failing_replace(src, dst):
         raise OSError("disk full")

@@ -8,20 +8,29 @@ inputs from another prompt and seed and compared with the fake-quantized torch d
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from brevitas_ldm.commands.common import add_model_options, add_output_options
+from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.io import atomic_output_dir, check_output_dir, write_json_atomic
 
 
 def add_parser(subparsers) -> None:
-    from brevitas_ldm.export import EXPORT_FORMATS
+    from brevitas_ldm.export import EXPORT_FORMATS, WEIGHT_STORAGES
+    from brevitas_ldm.export.emulation import EMULATED_CPU_FLAGS
 
-    parser = subparsers.add_parser("export", help="export a quantized checkpoint (ONNX QCDQ, torch QCDQ, QONNX)")
+    parser = subparsers.add_parser("export", help="export a quantized checkpoint (ONNX QCDQ or integer kernels, "
+                                                  "torch QCDQ, QONNX)")
     add_model_options(parser)
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint folder written by `quantize`")
-    parser.add_argument("--format", choices=EXPORT_FORMATS, default="onnx-qcdq")
+    parser.add_argument("--format", choices=EXPORT_FORMATS, default="onnx-qcdq",
+                        help="onnx-int8: integer kernels in onnxruntime (fastest); onnx-qcdq: portable Q/DQ")
+    parser.add_argument("--weight-storage", choices=WEIGHT_STORAGES, default="portable",
+                        help="portable: exact on every x86 CPU (default); int8: exact only with VNNI/AMX")
+    parser.add_argument("--min-sqnr-db", type=float, default=30.0,
+                        help="refuse the file if onnxruntime agrees with the torch model below this (default 30)")
+    parser.add_argument("--emulate-cpu", choices=sorted(EMULATED_CPU_FLAGS), default=None,
+                        help="also verify on this CPU kind emulated by qemu-x86_64 (e.g. Haswell: AVX2, no VNNI)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (13-20; FP8 needs 19+)")
     parser.add_argument("--float-baseline", action="store_true",
                         help="also export the FP32 denoiser and compare size and onnxruntime latency")
@@ -48,11 +57,18 @@ def capture_inputs(pipe, prompt: str, seed: int) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from brevitas_ldm.checkpoint import _check_checkpoint_dir, load_quantized
-    from brevitas_ldm.export import export_denoiser, export_float_onnx, onnx_latency, verify_onnx, verify_torchscript
+    from brevitas_ldm.export import (ONNXRUNTIME_FORMATS, check_agreement, cpu_info, export_denoiser, export_float_onnx,
+                                     integer_kernel_counts, onnx_latency, verify_onnx, verify_torchscript)
     from brevitas_ldm.models import load_pipeline
     from brevitas_ldm.sampling import get_denoiser
     from brevitas_ldm.zoo.data import prompt_for
 
+    if args.format == "onnx-int8" and args.weight_storage != "portable":
+        raise BrevitasLDMError("--format onnx-int8 needs --weight-storage portable (onnxruntime's integer conv kernel "
+                               "is fast only on uint8 weights): drop --weight-storage or use --format onnx-qcdq")
+    if args.emulate_cpu and args.format not in ONNXRUNTIME_FORMATS:
+        raise BrevitasLDMError(f"--emulate-cpu runs the file in onnxruntime, which cannot run {args.format}: use "
+                               f"--format onnx-int8 or onnx-qcdq")
     check_output_dir(args.out, args.overwrite)
     _check_checkpoint_dir(args.checkpoint)
     pipe = load_pipeline(args.model, args.device)
@@ -66,31 +82,47 @@ def run(args: argparse.Namespace) -> int:
     denoiser = get_denoiser(pipe)
     example = capture_inputs(pipe, prompt_for(7), seed=0)
     fresh = capture_inputs(pipe, prompt_for(2), seed=12345)
-    suffix = {"onnx-qcdq": "onnx", "qonnx": "onnx", "torch-qcdq": "pt"}[args.format]
-    summary: dict = {"format": args.format, "checkpoint": str(args.checkpoint)}
+    suffix = "pt" if args.format == "torch-qcdq" else "onnx"
+    summary: dict = {"format": args.format, "checkpoint": str(args.checkpoint), "cpu": cpu_info().to_dict()}
     with atomic_output_dir(args.out, args.overwrite) as staging:
-        path = export_denoiser(denoiser, example, staging / f"denoiser.{suffix}", fmt=args.format, opset=args.opset)
+        path = export_denoiser(denoiser, example, staging / f"denoiser.{suffix}", fmt=args.format, opset=args.opset,
+                               weight_storage=args.weight_storage)
         summary["file"] = path.name
         summary["size_bytes"] = path.stat().st_size
-        if args.format == "onnx-qcdq":
-            summary["verification"] = verify_onnx(path, denoiser, fresh)
+        if args.format in ONNXRUNTIME_FORMATS:
+            summary["weight_storage"] = args.weight_storage
+            checks = [verify_onnx(path, denoiser, fresh)]
+            if args.emulate_cpu:
+                checks.append(verify_onnx(path, denoiser, fresh, emulate_cpu=args.emulate_cpu))
+            for check in checks:      # a file that is not the measured model is refused, and nothing is written
+                check_agreement(check, args.min_sqnr_db)
+            summary["verification"] = checks[0]
+            if args.emulate_cpu:
+                summary["emulated_verification"] = checks[1]
+            summary["kernels"] = integer_kernel_counts(path)
             summary["latency"] = onnx_latency(path, fresh)
         elif args.format == "torch-qcdq":
             summary["verification"] = verify_torchscript(path, denoiser, fresh)
         if args.float_baseline and suffix == "onnx":
             float_path = export_float_onnx(float_denoiser, float_inputs, staging / "denoiser_fp32.onnx", opset=args.opset)
             summary["fp32"] = {"size_bytes": float_path.stat().st_size}
-            if args.format == "onnx-qcdq":
+            if args.format in ONNXRUNTIME_FORMATS:
                 summary["fp32"]["latency"] = onnx_latency(float_path, fresh)
                 summary["size_ratio"] = summary["size_bytes"] / summary["fp32"]["size_bytes"]
                 summary["latency_ratio"] = summary["latency"]["median_ms"] / summary["fp32"]["latency"]["median_ms"]
-        for item in summary.get("verification", {}), :
+        for item in summary.get("verification", {}), summary.get("emulated_verification", {}):
             item.pop("path", None)
         write_json_atomic(staging / "export.json", summary)
     check = summary.get("verification", {})
     line = f"wrote {args.out / summary['file']} ({summary['size_bytes']:,} bytes)"
     if "sqnr_db" in check:
         line += f"; {args.format} vs fake-quantized torch: {check['sqnr_db']:.2f} dB"
+    if "emulated_verification" in summary:
+        line += f" (emulated {args.emulate_cpu}: {summary['emulated_verification']['sqnr_db']:.2f} dB)"
+    if "kernels" in summary:
+        kernels = summary["kernels"]["integer"]
+        line += f"; integer kernels: {', '.join(f'{n} {op}' for op, n in kernels.items()) or 'none'}"
+    if "latency_ratio" in summary:
+        line += f"; latency {summary['latency_ratio']:.2f}x FP32, size {summary['size_ratio']:.2f}x"
     print(line)
-    print(json.dumps({k: v for k, v in summary.items() if k in ("size_ratio", "latency_ratio")}))
     return 0

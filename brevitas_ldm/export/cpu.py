@@ -1,0 +1,58 @@
+"""Which CPU a figure was measured on: onnxruntime's integer kernels, and so its numbers, differ by x86 kind.
+
+Every onnxruntime figure the project writes (``export.json``, benchmark JSON, docs) carries :func:`cpu_info`: the
+CPU model, the ISA flags that decide which kernel onnxruntime picks, and the onnxruntime version.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+#: Flags that decide onnxruntime's integer kernels: AVX2 (u8s8 saturates), VNNI/AMX (exact u8s8).
+ISA_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
+_VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    """The machine an onnxruntime figure comes from (``emulated`` names the qemu CPU model when there was one)."""
+
+    model: str
+    isa_flags: tuple[str, ...]
+    onnxruntime: str
+    emulated: str | None = None
+
+    @property
+    def has_vnni(self) -> bool:
+        return any(flag in self.isa_flags for flag in _VNNI_FLAGS)
+
+    def describe(self) -> str:
+        """One line for messages and tables: model, flags, onnxruntime version."""
+        where = f"{self.emulated} emulated by qemu on {self.model}" if self.emulated else self.model
+        return f"{where} [{' '.join(self.isa_flags) or 'no avx2'}], onnxruntime {self.onnxruntime}"
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "isa_flags": list(self.isa_flags), "vnni": self.has_vnni}
+
+
+def cpu_info(emulated: str | None = None) -> CpuInfo:
+    """This machine's CPU; with ``emulated`` (a qemu CPU model such as ``Haswell``) that CPU's flags instead."""
+    import onnxruntime
+
+    model, flags = platform.processor() or platform.machine(), set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    if emulated is not None:
+        from brevitas_ldm.export.emulation import EMULATED_CPU_FLAGS
+
+        flags = set(EMULATED_CPU_FLAGS[emulated])
+    return CpuInfo(model=model, isa_flags=tuple(f for f in ISA_FLAGS if f in flags),
+                   onnxruntime=onnxruntime.__version__, emulated=emulated)

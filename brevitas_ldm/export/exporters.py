@@ -1,0 +1,214 @@
+"""Writing a quantized denoiser through Brevitas' export managers, atomically.
+
+* torch >= 2.9 defaults ``torch.onnx.export`` to the dynamo exporter, which needs ``onnxscript`` (not installed
+  here) and which Brevitas' QCDQ dynamo manager supports only partly; the TorchScript exporter
+  (``dynamo=False``) works for all formats and is used throughout. It stops at opset 20.
+* Brevitas keeps initializers as graph inputs by default; that blocks onnxruntime's constant folding (and
+  floods its log), so exports pass ``keep_initializers_as_inputs=False``.
+* Mixed precision is preserved by construction: float layers are plain torch layers (no quant proxy, hence no
+  Q/DQ), 8-bit layers get int8 Q/DQ, 16-bit activations int16 Q/DQ (:mod:`.wide_qcdq`).
+* ONNX files then pass through the project's two graph passes: :mod:`.x86_storage` (always, unless
+  ``weight_storage="int8"``) and, for ``onnx-int8``, :mod:`.integer_kernels`.
+* Every file is written atomically: exported to a temporary file in the destination folder, then renamed, so a
+  failed export never leaves a partial file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from brevitas_ldm.errors import BrevitasLDMError, ModelError
+from brevitas_ldm.export.features import MAX_OPSET, MIN_OPSET, ONNXRUNTIME_FORMATS, check_exportable, layer_proxies
+from brevitas_ldm.export.integer_kernels import lower_to_integer_kernels
+from brevitas_ldm.export.wide_qcdq import WideQCDQONNXManager, move_wide_qdq_to_ms_domain
+from brevitas_ldm.export.session import OUTPUT_NAME
+from brevitas_ldm.export.wrapper import DenoiserForExport, export_signature
+from brevitas_ldm.export.x86_storage import WEIGHT_STORAGES, store_for_x86
+
+@contextmanager
+def _atomic_path(path: Path):
+    """A temporary path beside ``path``; renamed onto ``path`` if the block succeeds, deleted otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        raise BrevitasLDMError(f"export path {path} is a directory: pass a file path such as {path / 'unet.onnx'}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+@contextmanager
+def _clean_export_state(model: nn.Module):
+    """Leave no Brevitas export handler or export mode behind, even when an export fails half-way.
+
+    Brevitas attaches a handler to each quant proxy only if none is attached and detaches it when export mode is
+    switched off; an exception in between would leave stale handlers that break the next export in another format.
+    """
+    try:
+        yield
+    finally:
+        for module in model.modules():
+            if hasattr(module, "export_handler") and hasattr(module, "_export_mode"):
+                module._export_mode = False
+                module.export_handler = None
+
+
+def _onnx_kwargs(names: tuple[str, ...], tensors: tuple[torch.Tensor, ...], opset: int) -> dict[str, Any]:
+    dynamic = {name: {0: "batch"} for name, t in zip(names, tensors) if t.dim() > 0}
+    dynamic[OUTPUT_NAME] = {0: "batch"}
+    return {"opset_version": opset, "dynamo": False, "input_names": list(names), "output_names": [OUTPUT_NAME],
+            "dynamic_axes": dynamic}
+
+
+def _exporter_error(fmt: str, exc: Exception) -> BrevitasLDMError:
+    alternative = {"onnx-qcdq": "fmt='qonnx' (exact bit widths, not runnable in onnxruntime)",
+                   "onnx-int8": "fmt='onnx-qcdq'",
+                   "torch-qcdq": "fmt='onnx-qcdq'", "qonnx": "fmt='onnx-qcdq'"}[fmt]
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return BrevitasLDMError(f"Brevitas {fmt} export failed ({type(exc).__name__}: {first}): try {alternative}")
+
+
+@contextmanager
+def _prepared_export(denoiser: nn.Module, example_inputs: Mapping[str, torch.Tensor], path: str | Path):
+    """Yield ``(wrapper, names, tensors, tmp_path)`` with the denoiser in eval mode; restore its mode afterwards.
+
+    The denoiser is run once on the example inputs first, so a wrong input fails with a clear message instead of
+    deep inside an exporter's trace.
+    """
+    names, tensors = export_signature(denoiser, example_inputs)
+    training = denoiser.training
+    wrapper = DenoiserForExport(denoiser, names).eval()
+    try:
+        try:
+            with torch.no_grad():
+                wrapper(*tensors)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise ModelError(f"{type(denoiser).__name__} fails on example_inputs ({type(exc).__name__}: {first}): "
+                             f"pass the tensors of one real denoiser call") from exc
+        with _atomic_path(Path(path)) as tmp, torch.no_grad():
+            yield wrapper, names, tensors, tmp
+    finally:
+        denoiser.train(training)
+
+
+def export_denoiser(denoiser: nn.Module, example_inputs: Mapping[str, torch.Tensor], path: str | Path,
+                    fmt: str = "onnx-qcdq", opset: int = 17, weight_storage: str = "portable") -> Path:
+    """Export a quantized, calibrated denoiser to ``path`` in format ``fmt``; returns the path.
+
+    ``example_inputs`` are the denoiser's keyword tensors for one call (their values only shape the trace; the
+    batch dimension stays dynamic). The exported model takes the same names as positional inputs, in the order
+    sample/hidden_states, timestep, then the conditioning, and returns the denoiser's output tensor.
+
+    * ``onnx-qcdq``: int8/uint8 Q/DQ for tensors of 8 bits or fewer, nothing for float layers; 16-bit
+      activations get int16 Q/DQ in onnxruntime's ``com.microsoft`` domain (standard ONNX int16 Q/DQ needs
+      opset 21, which neither the TorchScript exporter nor onnxruntime's optimizer handles; see the module
+      docstring). ``opset`` 13-20; FP8 (e4m3/e5m2) recipes need 19 or 20 and keep float weights with FP8 Q/DQ.
+    * ``onnx-int8``: the ``onnx-qcdq`` file with every 8-bit quantized Conv/Linear lowered to onnxruntime's
+      integer kernels (ConvInteger, MatMulIntegerToFloat; see :mod:`.integer_kernels`), the same model exactly.
+    * ``torch-qcdq``: a TorchScript file (``torch.jit.load``, positional inputs); ``opset`` is ignored.
+    * ``qonnx``: QONNX ``Quant`` nodes with exact bit widths; not runnable in onnxruntime.
+
+    ``weight_storage`` (ONNX formats): ``"portable"`` stores every 8-bit weight that could overflow onnxruntime's
+    AVX2 u8s8 kernel as uint8 with a shifted zero point (same values; exact on every x86 CPU, see
+    :mod:`.x86_storage`); ``"int8"`` keeps Brevitas' int8 weights, exact only on CPUs with VNNI/AMX
+    (:func:`~brevitas_ldm.export.runtime.verify_onnx` refuses it elsewhere).
+
+    Formats a model cannot use raise :class:`BrevitasLDMError` naming the format to use instead.
+    """
+    fmt = str(fmt).lower()
+    if weight_storage not in WEIGHT_STORAGES:
+        raise BrevitasLDMError(f"unknown weight_storage {weight_storage!r}: use one of {', '.join(WEIGHT_STORAGES)}")
+    if fmt == "onnx-int8" and weight_storage != "portable":
+        raise BrevitasLDMError("onnx-int8 needs weight_storage='portable' (onnxruntime's integer conv kernel is fast "
+                               "only on uint8 weights): drop weight_storage or export fmt='onnx-qcdq'")
+    features = check_exportable(denoiser, fmt, opset)
+    with _prepared_export(denoiser, example_inputs, path) as (wrapper, names, tensors, tmp), \
+            _clean_export_state(denoiser):
+        try:
+            if fmt in ONNXRUNTIME_FORMATS:
+                _export_onnx_qcdq(wrapper, names, tensors, tmp, opset, wide=max(features["act_bits"], default=0) > 8,
+                                  fp8=bool(features["fp8"]))
+                _rewrite_for_onnxruntime(tmp, integer_kernels=fmt == "onnx-int8",
+                                         portable=weight_storage == "portable")
+            elif fmt == "torch-qcdq":
+                from brevitas.export import export_torch_qcdq
+
+                export_torch_qcdq(wrapper, tensors, export_path=str(tmp))
+            else:
+                from brevitas.export import export_qonnx
+
+                export_qonnx(wrapper, tensors, export_path=str(tmp), keep_initializers_as_inputs=False,
+                             **_onnx_kwargs(names, tensors, opset))
+        except BrevitasLDMError:
+            raise
+        except (RuntimeError, AssertionError, NotImplementedError, ValueError, TypeError) as exc:
+            raise _exporter_error(fmt, exc) from exc
+    return Path(path)
+
+
+def _export_onnx_qcdq(wrapper: nn.Module, names, tensors, tmp: Path, opset: int, wide: bool, fp8: bool) -> None:
+    import onnx
+
+    kwargs = dict(_onnx_kwargs(names, tensors, opset), keep_initializers_as_inputs=False)
+    if fp8:
+        # Brevitas exports FP8 weights only as float tensors followed by FP8 QuantizeLinear/DequantizeLinear.
+        kwargs["export_weight_q_node"] = True
+    if not wide:
+        from brevitas.export import export_onnx_qcdq
+
+        export_onnx_qcdq(wrapper, tensors, export_path=str(tmp), **kwargs)
+        return
+    WideQCDQONNXManager.export(wrapper, tensors, export_path=str(tmp), **kwargs)
+    model = onnx.load(str(tmp))
+    move_wide_qdq_to_ms_domain(model)
+    onnx.save(model, str(tmp))
+
+
+def _rewrite_for_onnxruntime(path: Path, integer_kernels: bool, portable: bool) -> None:
+    """The project's graph passes on a freshly exported QCDQ file (in place, before the atomic rename)."""
+    import onnx
+
+    if not (integer_kernels or portable):
+        return
+    model = onnx.load(str(path))
+    if portable:
+        store_for_x86(model)
+    if integer_kernels:
+        lower_to_integer_kernels(model)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def export_float_onnx(denoiser: nn.Module, example_inputs: Mapping[str, torch.Tensor], path: str | Path,
+                      opset: int = 17) -> Path:
+    """Export the FP32 denoiser with plain ``torch.onnx.export`` (TorchScript path), the deployment baseline.
+
+    Same input/output names, dynamic batch axis and atomic write as :func:`export_denoiser`, so the two files
+    can be run and timed with the same feeds and session options.
+    """
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise BrevitasLDMError(f"opset {opset} is not available: the TorchScript ONNX exporter supports opsets "
+                               f"{MIN_OPSET}-{MAX_OPSET}; pass opset=17")
+    if any(True for _ in layer_proxies(denoiser)):
+        raise ModelError(f"{type(denoiser).__name__} holds Brevitas quant layers: export_float_onnx needs the float "
+                         f"denoiser (export it before quantize_denoiser); use export_denoiser for the quantized one")
+    with _prepared_export(denoiser, example_inputs, path) as (wrapper, names, tensors, tmp):
+        torch.onnx.export(wrapper, tensors, str(tmp), **_onnx_kwargs(names, tensors, opset))
+    return Path(path)
+
+
