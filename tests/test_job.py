@@ -8,6 +8,7 @@ import torch
 from models import tiny_sd_pipeline
 
 from brevitas_ldm.cli import main
+from brevitas_ldm.export import emulator_available
 from brevitas_ldm.checkpoint import load_quantized
 from brevitas_ldm.models import load_pipeline
 from brevitas_ldm.pipeline import quantize_pipeline
@@ -153,6 +154,9 @@ def test_export_command_writes_a_verified_onnx_file(sd_dir, quantized_run, tmp_p
     assert summary["verification"]["sqnr_db"] >= 30.0
     assert 0.2 < summary["size_ratio"] < 0.5  # int8 weights vs float32
     assert (out / "denoiser.onnx").is_file() and (out / "denoiser_fp32.onnx").is_file()
+    assert summary["weight_storage"] == "portable" and summary["cpu"]["onnxruntime"]
+    assert set(summary["verification"]["cpu"]) >= {"model", "isa_flags", "vnni", "onnxruntime"}
+    assert summary["kernels"]["float"]["Conv"] + summary["kernels"]["float"].get("FusedConv", 0) >= 1
     _error(capsys, ["export", "--model", str(sd_dir), "--checkpoint", str(tmp_path / "none"), "--out",
                     str(tmp_path / "x")], "not a brevitas-ldm checkpoint")
 
@@ -173,3 +177,32 @@ def test_analyze_command_writes_reports_and_reuses_its_cache(sd_dir, tmp_path):
     assert main([*common, "--out", str(tmp_path / "a2")]) == 0
     again = json.loads((tmp_path / "a2" / "analysis.json").read_text())
     assert again["global_from_cache"] and again["plan"]["precisions"] == summary["plan"]["precisions"]
+
+
+def test_export_command_integer_kernels_on_both_cpu_kinds(sd_dir, quantized_run, tmp_path, capsys):
+    base = ["export", "--model", str(sd_dir), "--checkpoint", str(quantized_run / "checkpoint")]
+    emulate = ["--emulate-cpu", "Haswell"] if emulator_available() else []
+    out = tmp_path / "int8"
+    assert main([*base, "--format", "onnx-int8", "--out", str(out), *emulate]) == 0
+    summary = json.loads((out / "export.json").read_text())
+    precisions = json.loads((quantized_run / "layer_precisions.json").read_text())
+    w8a8 = [name for name, precision in _flat_precisions(precisions).items() if precision == "w8a8"]
+    # every W8A8 Conv and Linear of the plan runs as an integer kernel after onnxruntime's optimizer
+    assert sum(summary["kernels"]["integer"].values()) == len(w8a8) == 83
+    assert not summary["kernels"]["float"].get("Conv") and not summary["kernels"]["float"].get("Gemm")
+    assert summary["verification"]["sqnr_db"] >= 30.0
+    if emulate:
+        assert summary["emulated_verification"]["cpu"]["isa_flags"] == ["avx2"]
+        assert summary["emulated_verification"]["sqnr_db"] >= 30.0
+        # the int8 weight storage is refused on an AVX2 CPU, with the cause and the fix, and nothing is written
+        refused = tmp_path / "refused"
+        _error(capsys, [*base, "--format", "onnx-qcdq", "--weight-storage", "int8", "--out", str(refused), *emulate],
+               "not the measured model on Haswell", "no VNNI", "weight_storage='portable'")
+        assert not refused.exists()
+    _error(capsys, [*base, "--format", "onnx-int8", "--weight-storage", "int8", "--out", str(tmp_path / "y")],
+           "--weight-storage portable")
+
+
+def _flat_precisions(saved: dict) -> dict:
+    """layer_precisions.json as {layer: precision} whatever nesting the file uses."""
+    return saved.get("precisions", saved) if isinstance(saved, dict) else {}
