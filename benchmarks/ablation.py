@@ -14,7 +14,6 @@ import dataclasses
 import shlex
 import sys
 
-
 from harness import Configuration, add_run_arguments, machine, markdown_table, quality_vs_bits_png, run_rows, write_json
 
 from brevitas_ldm.io import write_text_atomic

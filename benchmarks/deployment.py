@@ -89,8 +89,8 @@ def _broadcast_timestep(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 
 def capture_calls(pipe, prompts, seeds, spec, keep_steps: set[int]) -> list[dict[str, torch.Tensor]]:
     """Keyword inputs of the denoiser calls at ``keep_steps`` while the pipeline samples ``prompts``."""
+    from brevitas_ldm.denoiser.sampling import denoiser_step_hook, generate, get_denoiser
     from brevitas_ldm.export import call_inputs
-    from brevitas_ldm.sampling import denoiser_step_hook, generate, get_denoiser
 
     denoiser = get_denoiser(pipe)
     calls = []
@@ -117,8 +117,8 @@ def calibrate_capturing(pipe, recipe, prompts, seeds, spec) -> tuple[Any, list[d
     """
     from brevitas.proxy.runtime_quant import ActQuantProxyFromInjectorBase
 
-    from brevitas_ldm.calibration import calibrate_pipeline
-    from brevitas_ldm.sampling import get_denoiser
+    from brevitas_ldm.denoiser.sampling import get_denoiser
+    from brevitas_ldm.quant.calibration import calibrate_pipeline
 
     denoiser = get_denoiser(pipe)
     proxies = [m for m in denoiser.modules() if isinstance(m, ActQuantProxyFromInjectorBase)]
@@ -147,7 +147,7 @@ def calibrate_capturing(pipe, recipe, prompts, seeds, spec) -> tuple[Any, list[d
 def load_model(name: str, args):
     """(pipeline, description, sampling steps, calibration prompts or None for the recipe's, timing batch)."""
     if name != SD_MODEL:
-        from brevitas_ldm.models import load_pipeline, model_display_name
+        from brevitas_ldm.denoiser.loading import load_pipeline, model_display_name
 
         return load_pipeline(name), model_display_name(name), args.steps, None, None
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -213,8 +213,7 @@ class CapturedReader:
 
 def ort_peers(fp_path: Path, workdir: Path, calls: list[dict[str, torch.Tensor]]) -> dict[str, Path]:
     """onnxruntime's own static (QOperator, per-channel, reduce_range, MinMax) and dynamic quantization."""
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_dynamic,
-                                          quantize_static)
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     session = make_session(fp_path, 1)
     reader = CapturedReader(calls, {arg.name: arg.type for arg in session.get_inputs()})
@@ -283,13 +282,13 @@ def op_profile(path: Path, inputs: dict[str, torch.Tensor], threads: int, workdi
 # One model
 # ---------------------------------------------------------------------------------------------------------------
 def bench_model(name: str, args, workdir: Path) -> dict[str, Any]:
+    from brevitas_ldm.denoiser.sampling import SamplingSpec, first_tensor, get_denoiser
     from brevitas_ldm.evaluation.prompts import calibration_set
     from brevitas_ldm.export import export_denoiser, export_float_onnx, integer_kernel_counts, verify_onnx
-    from brevitas_ldm.pipeline import quantize_pipeline
-    from brevitas_ldm.quantize import quantize_denoiser
+    from brevitas_ldm.quant.quantize import quantize_denoiser
     from brevitas_ldm.recipe import get_recipe
-    from brevitas_ldm.sampling import SamplingSpec, first_tensor, get_denoiser
     from brevitas_ldm.sqnr import sqnr_db
+    from brevitas_ldm.workflow import quantize_pipeline
     from brevitas_ldm.zoo.data import prompt_for
 
     started = time.perf_counter()

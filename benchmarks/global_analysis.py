@@ -51,12 +51,16 @@ def fmt(value: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    from brevitas_ldm.models import load_pipeline, model_display_name
-    from brevitas_ldm.plan import average_bits, choose_plan, predict_sqnr_db, random_upgrade_plans, top_k_plan
+    from brevitas_ldm.analysis.block_sensitivity import BlockSensitivity
+    from brevitas_ldm.denoiser.loading import load_pipeline, model_display_name
+    from brevitas_ldm.denoiser.sampling import SamplingSpec
+    from brevitas_ldm.denoiser.trajectory import fp_reference
+    from brevitas_ldm.io import write_bytes_atomic
+    from brevitas_ldm.planning.planners import choose_plan, random_upgrade_plans, top_k_plan
+    from brevitas_ldm.planning.prediction import average_bits, predict_sqnr_db
+    from brevitas_ldm.planning.validation import measure_plan, validate_plan
+    from brevitas_ldm.quant.precision_bank import PrecisionBank
     from brevitas_ldm.recipe import get_recipe
-    from brevitas_ldm.sampling import SamplingSpec
-    from brevitas_ldm.sensitivity.global_ import (BlockSensitivity, PrecisionBank, write_atomic, fp_reference,
-                                                  measure_plan, validate_plan)
     from brevitas_ldm.zoo.data import prompt_for
 
     recipe = get_recipe(args.recipe)
@@ -219,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
               ""]
     text = "\n".join(lines)
     print(text)
-    write_atomic(args.out, text.encode())
+    write_bytes_atomic(args.out, text.encode())
     if tmp is not None:
         tmp.cleanup()
     return 0

@@ -2,7 +2,7 @@
 
 The FP pipeline runs the evaluation set once; every configuration then starts from a fresh copy of the FP
 denoiser, runs :func:`brevitas_ldm.quantize_pipeline` (timed per phase) and is compared with the FP run by
-:func:`brevitas_ldm.job.compare_quantized`. Wall times are reported as ratios to a baseline row measured in the
+:func:`brevitas_ldm.evaluation.comparison.compare_quantized`. Wall times are reported as ratios to a baseline row measured in the
 same process, so machine speed cancels out.
 """
 
@@ -21,13 +21,13 @@ from typing import Any
 
 import torch
 
+from brevitas_ldm.denoiser.loading import load_pipeline
+from brevitas_ldm.denoiser.sampling import SamplingSpec
+from brevitas_ldm.evaluation.comparison import compare_quantized, fp_reference
 from brevitas_ldm.evaluation.prompts import calibration_set, evaluation_set
 from brevitas_ldm.evaluation.run import has_digits_evaluator
-from brevitas_ldm.job import compare_quantized, fp_reference
-from brevitas_ldm.models import load_pipeline
-from brevitas_ldm.pipeline import quantize_pipeline
 from brevitas_ldm.recipe import Recipe
-from brevitas_ldm.sampling import SamplingSpec
+from brevitas_ldm.workflow import quantize_pipeline
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def run_rows(model: str, configurations: list[Configuration], num_samples: int, 
                      "timing_s": result.timing_s, "denoiser_calls": result.denoiser_calls,
                      "per_step_sqnr_db": per_step,
                      "plan": result.plan.precisions if result.plan is not None else None,
-                     "smoothed": list(result.smoothing.get("modules", []))})
+                     "smoothed": list(result.smoothing.layers)})
     context = {"model": model, "num_samples": num_samples, "steps": steps, "guidance_scale": guidance,
                "seed": seed, "fp_sampling_s": fp_seconds, "machine": machine()}
     return context, rows
@@ -108,7 +108,7 @@ def markdown_table(rows: list[dict], baseline_label: str) -> str:
 
 
 def quality_vs_bits_png(rows: list[dict], path: Path, title: str) -> None:
-    from brevitas_ldm.figures import plt, save_figure
+    from brevitas_ldm.analysis.figures import plt, save_figure
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for row in rows:

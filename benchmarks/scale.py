@@ -8,11 +8,11 @@ encoder that emits 768-d states as SD-1.5's does, the project's own CLIP tokeniz
 latent size:
 
 1. one denoiser call (classifier-free guidance batch): FP vs fake-quantized W8A8 vs fake-quantized W8A8 inside
-   :func:`brevitas_ldm.quantize.fast_inference`, timed side by side in alternating rounds in one process, with the
+   :func:`brevitas_ldm.quant.quantize.fast_inference`, timed side by side in alternating rounds in one process, with the
    peak resident memory of each call (Linux ``VmHWM`` reset through ``/proc/self/clear_refs`` before each phase);
 2. the global analysis (:class:`~brevitas_ldm.sensitivity.global_.BlockSensitivity`, menu restricted to the
    recipe's base precision): cost per denoiser call and in total, and the block sensitivity ranking;
-3. the local analysis (:class:`~brevitas_ldm.sensitivity.local.ModuleSensitivity`, one FP pass with quantized
+3. the local analysis (:class:`~brevitas_ldm.sensitivity.local.LayerSensitivity`, one FP pass with quantized
    twins): cost per denoiser call;
 4. single-step vs all-steps calibration: denoiser calls and wall time;
 5. (CPU, Linux) the same calls and the local analysis in a child process with glibc's malloc mmap/trim thresholds
@@ -262,7 +262,7 @@ def denoiser_call(denoiser: torch.nn.Module, inputs: dict[str, torch.Tensor]) ->
 # The measurements
 # ---------------------------------------------------------------------------------------------------------------
 def quantized_copy(pipe, recipe, rec: Recorder, label: str) -> torch.nn.Module:
-    from brevitas_ldm.quantize import quantize_denoiser
+    from brevitas_ldm.quant.quantize import quantize_denoiser
 
     with rec.phase(f"quantize ({label})"):
         model = quantize_denoiser(copy.deepcopy(pipe.unet), recipe).eval()
@@ -280,7 +280,7 @@ def swapped_unet(pipe, unet: torch.nn.Module) -> Iterator[None]:
 
 
 def calibrate(pipe, model, recipe, prompts, seeds, spec, rec: Recorder, label: str):
-    from brevitas_ldm.calibration import calibrate_pipeline
+    from brevitas_ldm.quant.calibration import calibrate_pipeline
 
     with swapped_unet(pipe, model), rec.phase(f"calibration ({label})") as record:
         context = calibrate_pipeline(pipe, recipe, prompts, seeds, spec, progress=True)
@@ -291,7 +291,7 @@ def calibrate(pipe, model, recipe, prompts, seeds, spec, rec: Recorder, label: s
 
 def bench_denoiser_call(pipe, qmodel, inputs, rounds: int, rec: Recorder) -> dict[str, Any]:
     """FP, fake-quant and fast_inference calls in alternating rounds (one warm-up call each first)."""
-    from brevitas_ldm.quantize import fast_inference
+    from brevitas_ldm.quant.quantize import fast_inference
     from brevitas_ldm.sqnr import sqnr_db
 
     fp_out = denoiser_call(pipe.unet, inputs)  # warm-ups (not recorded)
@@ -314,7 +314,7 @@ def bench_denoiser_call(pipe, qmodel, inputs, rounds: int, rec: Recorder) -> dic
 @torch.no_grad()
 def time_weight_quantization(qmodel: torch.nn.Module, rec: Recorder) -> None:
     """Quantize every layer's weight once (``quant_weight()``): what plain fake-quant repeats at every call."""
-    from brevitas_ldm.quantize import quant_layers
+    from brevitas_ldm.quant.quantize import quant_layers
 
     with rec.phase("quantize all weights once (quant_weight)"):
         for layer in quant_layers(qmodel).values():
@@ -324,7 +324,7 @@ def time_weight_quantization(qmodel: torch.nn.Module, rec: Recorder) -> None:
 @torch.no_grad()
 def trajectory_stats(pipe, prompts, seeds, spec) -> list[dict[str, float]]:
     """Per sampling step of the FP pipeline: timestep, std and max |x| of the latents the denoiser receives."""
-    from brevitas_ldm.sampling import denoiser_step_hook, generate
+    from brevitas_ldm.denoiser.sampling import denoiser_step_hook, generate
 
     rows: list[dict[str, float]] = []
 
@@ -340,7 +340,7 @@ def trajectory_stats(pipe, prompts, seeds, spec) -> list[dict[str, float]]:
 
 
 def run_global(pipe, recipe, prompts, seeds, spec, rec: Recorder):
-    from brevitas_ldm.sensitivity.global_ import BlockSensitivity
+    from brevitas_ldm.analysis.block_sensitivity import BlockSensitivity
 
     analysis = BlockSensitivity(recipe, prompts, seeds, spec, menu=[recipe.default_precision],
                                 progressive=[recipe.default_precision], progress=True)
@@ -378,10 +378,10 @@ class CallTimer:
 
 
 def run_local(pipe, recipe, prompts, seeds, spec, rec: Recorder, device: torch.device):
-    from brevitas_ldm.sensitivity.local import ModuleSensitivity
+    from brevitas_ldm.analysis.layer_sensitivity import LayerSensitivity
 
     with rec.phase("local analysis") as record, CallTimer(pipe.unet, device) as timer:
-        report = ModuleSensitivity(recipe, prompts, seeds, spec, progress=True).run(pipe)
+        report = LayerSensitivity(recipe, prompts, seeds, spec, progress=True).run(pipe)
         record.calls = sum(report.denoiser_calls.values())
         record.extra = {"fp_pass_s": timer.seconds, "fp_pass_calls": timer.calls}
     return report
@@ -477,7 +477,7 @@ def kind_summary(report) -> dict[str, dict[str, float]]:
 
 def save_blocks_figure(report, path: Path) -> None:
     """Isolated and progressive output SQNR per block (execution order), parameters as bars on a second axis."""
-    from brevitas_ldm.figures import plt, save_figure
+    from brevitas_ldm.analysis.figures import plt, save_figure
 
     default = report.default_precision
     names = report.block_names
@@ -505,7 +505,7 @@ def save_blocks_figure(report, path: Path) -> None:
     save_figure(fig, path)
 
 
-def cost_notes(fp_s: float, fq_s: float, fast_s: float, fill_s: float, block_report, module_report,
+def cost_notes(fp_s: float, fq_s: float, fast_s: float, fill_s: float, block_report, layer_report,
                rec: Recorder) -> list[str]:
     """Where the time goes, derived from the measured phases (estimates are labelled as such)."""
     wq = rec.get("quantize all weights once (quant_weight)").seconds
@@ -529,7 +529,7 @@ def cost_notes(fp_s: float, fq_s: float, fast_s: float, fill_s: float, block_rep
             f"would cost about {sweep_calls} x {fast_s:.2f} s = {sweep_calls * fast_s:.0f} s instead of "
             f"{sweep_s:.0f} s; the gap grows with the number of configurations per sampling step (fewer steps, "
             f"a larger menu).")
-    if module_report is not None:
+    if layer_report is not None:
         loc = rec.get("local analysis")
         per = loc.extra["fp_pass_s"] / max(loc.extra["fp_pass_calls"], 1)
         lines.append(
@@ -595,7 +595,7 @@ def allocator_lines(probe: dict[str, float] | str, fp_s: float, fq_s: float, rec
     return lines
 
 
-def write_report(args, argv, device, rec: Recorder, info: dict[str, Any], block_report, module_report,
+def write_report(args, argv, device, rec: Recorder, info: dict[str, Any], block_report, layer_report,
                  local_error: str | None, global_error: str | None, figure: Path | None) -> str:
     fp, fq = rec.all("call fp"), rec.all("call fake-quant")
     fast, fill = rec.all("call fast_inference"), rec.all("call fast_inference (first: fills weight cache)")
@@ -718,20 +718,20 @@ def write_report(args, argv, device, rec: Recorder, info: dict[str, Any], block_
 
     # -- local ----------------------------------------------------------------------------------------------------
     lines += ["## 3. Local analysis (module-level, one FP pass with quantized twins)", ""]
-    if module_report is None:
+    if layer_report is None:
         lines += [f"Not run / failed: {local_error}", ""]
     else:
         loc = rec.get("local analysis")
         fp_pass_s, fp_pass_calls = loc.extra["fp_pass_s"], loc.extra["fp_pass_calls"]
         per = fp_pass_s / max(fp_pass_calls, 1)
-        calls = module_report.denoiser_calls
+        calls = layer_report.denoiser_calls
         lines += [
-            f"{len(module_report.modules)} layers measured; each layer's twin runs 3 times per call (W+A, W only, "
+            f"{len(layer_report.modules)} layers measured; each layer's twin runs 3 times per call (W+A, W only, "
             f"A only) on the FP input the layer just received.",
             "",
             "| phase | wall time (s) | denoiser calls | s per call | vs FP call |",
             "|---|---|---|---|---|",
-            f"| quantize twins + calibrate (`{module_report.calibration_mode}`) + report | "
+            f"| quantize twins + calibrate (`{layer_report.calibration_mode}`) + report | "
             f"{loc.seconds - fp_pass_s:.1f} | {calls.get('calibration', 0)} | - | - |",
             f"| FP pass with twins | {fp_pass_s:.1f} | {fp_pass_calls} | {per:.2f} | {per / fp_s:.2f}x |",
             f"| **total** | **{loc.seconds:.1f}** | **{sum(calls.values())}** | - | - |",
@@ -744,14 +744,14 @@ def write_report(args, argv, device, rec: Recorder, info: dict[str, Any], block_
             "| layer | block | category | SQNR (dB) | W-only (dB) | A-only (dB) | act share |",
             "|---|---|---|---|---|---|---|",
         ]
-        for e in module_report.ranked()[:10]:
+        for e in layer_report.ranked()[:10]:
             lines.append(f"| `{e.name}` | {e.block} | {e.category} | {fmt_db(e.sqnr_db)} | "
                          f"{fmt_db(e.weight_sqnr_db)} | {fmt_db(e.act_sqnr_db)} | {e.activation_share:.2f} |")
         lines += ["", "| category | layers | mean SQNR (dB) | min SQNR (dB) | mean act share |",
                   "|---|---|---|---|---|"]
-        from brevitas_ldm.sensitivity.local import CATEGORY_LABELS
+        from brevitas_ldm.analysis.layer_report import CATEGORY_LABELS
 
-        for category, s in module_report.category_summary().items():
+        for category, s in layer_report.category_summary().items():
             lines.append(f"| {CATEGORY_LABELS[category]} | {s['count']} | {fmt_db(s['mean_sqnr_db'])} | "
                          f"{fmt_db(s['min_sqnr_db'])} | {s['mean_activation_share']:.2f} |")
         lines += [""]
@@ -775,8 +775,8 @@ def write_report(args, argv, device, rec: Recorder, info: dict[str, Any], block_
         f"{single.seconds / multi.seconds:.2f}x the wall time (the rest is text encoding and pipeline overhead). "
         f"At 50 steps the call ratio would be 1/50.",
         "",
-        *cost_notes(fp_s, fq_s, fast_s, fill_s, block_report, module_report, rec),
-        *allocator_lines(info["allocator_probe"], fp_s, fq_s, rec, module_report is not None),
+        *cost_notes(fp_s, fq_s, fast_s, fill_s, block_report, layer_report, rec),
+        *allocator_lines(info["allocator_probe"], fp_s, fq_s, rec, layer_report is not None),
         "## Memory and time of every phase",
         "",
         "Peak RSS is the kernel's high-water mark (`VmHWM`), reset through `/proc/self/clear_refs` at the start "
@@ -807,9 +807,9 @@ class Setup:
 
 
 def make_setup(args: argparse.Namespace) -> Setup:
+    from brevitas_ldm.denoiser.sampling import SamplingSpec
     from brevitas_ldm.errors import BrevitasLDMError
     from brevitas_ldm.recipe import get_recipe
-    from brevitas_ldm.sampling import SamplingSpec
     from brevitas_ldm.zoo.data import prompt_for
 
     torch.set_num_threads(args.threads)
@@ -894,7 +894,7 @@ def main(argv: list[str] | None = None) -> int:
     setup = make_setup(args)
     device, prompts, seeds, spec = setup.device, setup.prompts, setup.seeds, setup.spec
     single_recipe, multi_recipe = setup.single_recipe, setup.multi_recipe
-    from brevitas_ldm.blocks import get_blocks, quantizable_modules
+    from brevitas_ldm.denoiser.blocks import get_blocks, quantizable_layers
     from brevitas_ldm.sqnr import sqnr_db
 
     rec = Recorder(device)
@@ -904,7 +904,7 @@ def main(argv: list[str] | None = None) -> int:
     with rec.phase("build model"):
         pipe = build_pipeline(args.latent_size, args.seed).to(device)
     info["params"] = sum(p.numel() for p in pipe.unet.parameters())
-    info["layers"] = len(quantizable_modules(pipe.unet))
+    info["layers"] = len(quantizable_layers(pipe.unet))
     info["blocks"] = len(get_blocks(pipe.unet))
     print(f"SD-1.5-shaped UNet: {info['params']:,} parameters, {info['layers']} layers, {info['blocks']} blocks")
     inputs = call_inputs(pipe, prompts, args.latent_size, args.steps, args.seed, device)
@@ -938,10 +938,10 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
 
     # 3: local analysis
-    module_report, local_error = None, "skipped (--skip-local)"
+    layer_report, local_error = None, "skipped (--skip-local)"
     if not args.skip_local:
         try:
-            module_report = run_local(pipe, single_recipe, prompts, seeds, spec, rec, device)
+            layer_report = run_local(pipe, single_recipe, prompts, seeds, spec, rec, device)
         except (RuntimeError, MemoryError, ImportError) as exc:
             local_error = f"{type(exc).__name__}: {exc}"
         gc.collect()
@@ -958,7 +958,7 @@ def main(argv: list[str] | None = None) -> int:
         figure = (args.figures or args.out.parent / "figures") / FIGURE_NAME
         save_blocks_figure(block_report, figure)
     info["total_s"] = time.perf_counter() - start_all
-    text = write_report(args, argv, device, rec, info, block_report, module_report, local_error, global_error,
+    text = write_report(args, argv, device, rec, info, block_report, layer_report, local_error, global_error,
                         figure)
     from brevitas_ldm.io import write_text_atomic
 

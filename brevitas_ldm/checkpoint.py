@@ -11,22 +11,23 @@ bit-identical latents.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
-import brevitas.graph  # noqa: F401  (must precede brevitas.nn.equalized_layer: Brevitas has an import cycle)
-from brevitas.nn.equalized_layer import EqualizedModule
 from brevitas.nn.quant_scale_bias import ScaleBias
 from safetensors.torch import load_file, save_file
 
+from brevitas_ldm.compat import EqualizedModule
+from brevitas_ldm.denoiser.sampling import get_denoiser
 from brevitas_ldm.errors import ModelError
 from brevitas_ldm.io import write_json_atomic, write_text_atomic
+from brevitas_ldm.planning.plan import PLAN_FILE, Plan
 from brevitas_ldm.precision import parse_precision
-from brevitas_ldm.quantize import quantize_denoiser, read_precisions
+from brevitas_ldm.quant.quantize import quantize_denoiser, read_precisions
 from brevitas_ldm.recipe import Recipe
-from brevitas_ldm.sampling import get_denoiser
 
 FORMAT_VERSION = 1
 STATE_FILE = "denoiser.safetensors"
@@ -43,20 +44,24 @@ def _smoothing_layout(denoiser: nn.Module) -> list[dict[str, Any]]:
             for name, module in denoiser.named_modules() if isinstance(module, EqualizedModule)]
 
 
-def save_checkpoint(result: Any, directory: Path, model: str | None = None) -> Path:
-    """Write the checkpoint of a :class:`~brevitas_ldm.pipeline.QuantizationResult` into ``directory``."""
-    denoiser = get_denoiser(result.pipeline)
+def save_checkpoint(denoiser: nn.Module, recipe: Recipe, directory: Path, model: str | None = None,
+                    smoothing_alphas: Mapping[str, float | None] | None = None, plan: Plan | None = None) -> Path:
+    """Write a quantized denoiser's checkpoint into ``directory``: its state, the recipe, the layer precisions,
+    the SmoothQuant layout and alphas, and the plan when there is one (``plan.json``, editable and reusable with
+    ``--plan``)."""
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in denoiser.state_dict().items()
              if isinstance(v, torch.Tensor)}
     save_file(state, str(directory / STATE_FILE))
-    write_text_atomic(directory / "recipe.toml", result.recipe.to_toml())
+    write_text_atomic(directory / "recipe.toml", recipe.to_toml())
     write_json_atomic(directory / "precisions.json", {n: str(p) for n, p in read_precisions(denoiser).items()})
     write_json_atomic(directory / "smoothing.json", {"layers": _smoothing_layout(denoiser),
-                                                     "alphas": (result.smoothing or {}).get("alphas", {})})
+                                                     "alphas": dict(smoothing_alphas or {})})
+    if plan is not None:
+        plan.save(directory / PLAN_FILE)
     write_json_atomic(directory / "meta.json", {
         "format_version": FORMAT_VERSION, "model": model, "denoiser_class": type(denoiser).__name__,
-        "denoiser_config": _config_of(denoiser), "recipe": result.recipe.name})
+        "denoiser_config": _config_of(denoiser), "recipe": recipe.name})
     return directory
 
 

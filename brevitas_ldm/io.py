@@ -1,21 +1,25 @@
-"""Atomic outputs: a run either leaves a complete folder/file behind or nothing at all.
+"""Files in and out: atomic outputs, and the one JSON codec every result file uses.
 
-Results are written into a hidden temporary sibling of the target and renamed into place at the very end, so an
+A run either leaves a complete folder/file behind or nothing at all: results are written into a hidden temporary sibling of the target and renamed into place at the very end, so an
 error, a Ctrl-C or a crash never leaves a half-written ``--out`` folder that looks like a finished run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from brevitas_ldm.errors import BrevitasLDMError
+
+T = TypeVar("T")
 
 
 def check_output_dir(out: Path, overwrite: bool) -> None:
@@ -96,3 +100,56 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, float):
         return value
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+# -- the one JSON codec for non-finite floats --------------------------------------------------------------------
+
+#: JSON has no infinity or NaN; the project's files write them as these strings (+inf SQNR means "no noise",
+#: NaN "not measured"), and read them back as the same floats.
+_NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+
+
+def encode_json_floats(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by ``"inf"``/``"-inf"``/``"nan"`` (tuples become lists)."""
+    if isinstance(obj, dict):
+        return {key: encode_json_floats(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [encode_json_floats(value) for value in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    return obj
+
+
+def decode_json_float(value: Any) -> float:
+    """One number written by :func:`encode_json_floats` (``null``, from files before the codec, reads as NaN)."""
+    if value is None:
+        return math.nan
+    if isinstance(value, str):
+        if value not in _NON_FINITE:
+            raise ValueError(f"{value!r} is not a number")
+        return _NON_FINITE[value]
+    return float(value)
+
+
+def decode_json_floats(obj: Any) -> Any:
+    """A numeric subtree (numbers, lists and dicts of them) written by :func:`encode_json_floats`."""
+    if isinstance(obj, dict):
+        return {key: decode_json_floats(value) for key, value in obj.items()}
+    if isinstance(obj, list):
+        return [decode_json_floats(value) for value in obj]
+    return decode_json_float(obj)
+
+
+def dataclass_from_dict(cls: type[T], data: Mapping[str, Any], what: str, derived: tuple[str, ...] = (),
+                        error: type[Exception] = BrevitasLDMError) -> T:
+    """``cls(**data)`` with the project's one unknown-key policy: keys in ``derived`` (written for readers,
+    recomputed on load) are dropped, any other unknown key is an error that names it."""
+    if not isinstance(data, Mapping):
+        raise error(f"{what} is a {type(data).__name__}, not a JSON object: pass the file brevitas-ldm wrote")
+    known = {f.name for f in dataclasses.fields(cls)}
+    values = {key: value for key, value in data.items() if key not in derived}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise error(f"{what} has unknown keys {', '.join(unknown)}; known keys: {', '.join(sorted(known))}: it was "
+                    f"written by another version or edited by hand; rewrite it")
+    return cls(**values)

@@ -65,20 +65,20 @@ def write_report(path: Path, metrics: dict[str, Any], result: Any, figures: dict
         for key in ("block_progressive", "block_heatmap"):
             if key in figures:
                 lines += [f"![{key}]({figures[key]})", ""]
-    if result.module_report is not None:
+    if result.layer_report is not None:
         lines += ["## Local analysis: the most sensitive layers", ""]
-        to_markdown = getattr(result.module_report, "to_markdown", None)
+        to_markdown = getattr(result.layer_report, "to_markdown", None)
         if to_markdown:
             lines += [to_markdown(top=15), ""]
         for key in ("module_ranked", "module_steps"):
             if key in figures:
                 lines += [f"![{key}]({figures[key]})", ""]
-    if result.smoothing.get("modules"):
+    if result.smoothing.layers:
         lines += ["## SmoothQuant", "", "| layer | alpha | relative SQNR before (dB) | after (dB) |", "|---|---|---|---|"]
-        for name in result.smoothing["modules"]:
-            lines.append(f"| {name} | {_fmt(result.smoothing.get('alphas', {}).get(name))} | "
-                         f"{_fmt(result.smoothing.get('sqnr_before_db', {}).get(name))} | "
-                         f"{_fmt(result.smoothing.get('sqnr_after_db', {}).get(name))} |")
+        for name in result.smoothing.layers:
+            lines.append(f"| {name} | {_fmt(result.smoothing.alphas.get(name))} | "
+                         f"{_fmt(result.smoothing.sqnr_before_db.get(name))} | "
+                         f"{_fmt(result.smoothing.sqnr_after_db.get(name))} |")
         lines.append("")
     lines += ["## Files", "", "- `metrics.json`: the numbers above", "- `plan.json`: the per-layer precision plan "
               "(editable; feed back with `--plan`)", "- `checkpoint/`: reload with `brevitas_ldm.load_quantized(pipe, "

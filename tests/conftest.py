@@ -13,6 +13,6 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def embedded_model_path() -> Path:
-    from brevitas_ldm.models import resolve_model_path
+    from brevitas_ldm.denoiser.loading import resolve_model_path
 
     return resolve_model_path("tiny-sd-digits")

@@ -7,8 +7,14 @@ real structure (cross-attention, class conditioning, patch embedding).
 from __future__ import annotations
 
 import torch
-from diffusers import (AutoencoderKL, DDIMScheduler, DiTTransformer2DModel, StableDiffusionPipeline, UNet2DConditionModel,
-                       UNet2DModel)
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DiTTransformer2DModel,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+    UNet2DModel,
+)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch.nn as nn
 from models import tiny_class_unet, tiny_dit, tiny_sd_unet
 
-from brevitas_ldm.blocks import get_blocks, module_to_block, quantizable_modules
+from brevitas_ldm.denoiser.blocks import get_blocks, layer_to_block, quantizable_layers
 from brevitas_ldm.errors import ModelError
 
 
@@ -13,12 +13,12 @@ def test_sd_unet_blocks_in_execution_order():
                                         "up_blocks.0", "up_blocks.1", "conv_out"]
     assert [b.kind for b in blocks] == ["input", "embedding", "down", "down", "mid", "up", "up", "output"]
     # Every Linear/Conv2d belongs to exactly one block; cross-attention projections are in down/mid/up blocks.
-    layers = [n for n, _ in quantizable_modules(unet)]
-    owners = module_to_block(blocks)
+    layers = [n for n, _ in quantizable_layers(unet)]
+    owners = layer_to_block(blocks)
     assert sorted(owners) == sorted(layers)
     assert owners["down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"] == "down_blocks.0"
     assert sum(b.param_count for b in blocks) == sum(
-        p.numel() for _, m in quantizable_modules(unet) for p in m.parameters(recurse=False))
+        p.numel() for _, m in quantizable_layers(unet) for p in m.parameters(recurse=False))
 
 
 def test_class_unet_and_dit_blocks():

@@ -14,14 +14,23 @@ import math
 import onnx
 import pytest
 import torch
-
-from brevitas_ldm.calibration import multi_step_calibration
-from brevitas_ldm.errors import BrevitasLDMError, CalibrationError, ModelError
-from brevitas_ldm.export import (EXPORT_FORMATS, MS_DOMAIN, OUTPUT_NAME, export_denoiser, export_float_onnx,
-                                 onnx_latency, onnx_quant_summary, verify_onnx, verify_torchscript)
-from brevitas_ldm.quantize import quant_layers, quantize_denoiser
-from brevitas_ldm.recipe import get_recipe
 from models import denoiser_inputs, tiny_class_unet, tiny_dit, tiny_sd_unet
+
+from brevitas_ldm.errors import BrevitasLDMError, CalibrationError, ModelError
+from brevitas_ldm.export import (
+    EXPORT_FORMATS,
+    MS_DOMAIN,
+    OUTPUT_NAME,
+    export_denoiser,
+    export_float_onnx,
+    onnx_latency,
+    onnx_quant_summary,
+    verify_onnx,
+    verify_torchscript,
+)
+from brevitas_ldm.quant.calibration import multi_step_calibration
+from brevitas_ldm.quant.quantize import quant_layers, quantize_denoiser
+from brevitas_ldm.recipe import get_recipe
 
 RECIPE = "minmax-w8a8"
 # tracing diffusers models warns about every shape-dependent branch; those branches are static for a denoiser

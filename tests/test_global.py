@@ -11,14 +11,17 @@ import pytest
 import torch
 from models import tiny_sd_pipeline
 
-from brevitas_ldm.blocks import get_blocks
-from brevitas_ldm.calibration import single_step_calibration
+from brevitas_ldm.analysis.block_report import BlockReport
+from brevitas_ldm.analysis.block_sensitivity import BlockSensitivity
+from brevitas_ldm.denoiser.blocks import get_blocks
+from brevitas_ldm.denoiser.sampling import SamplingSpec, generate
+from brevitas_ldm.denoiser.trajectory import fp_reference, measure
 from brevitas_ldm.errors import BrevitasLDMError, RecipeError
-from brevitas_ldm.quantize import quantize_denoiser
+from brevitas_ldm.planning.validation import measure_plan
+from brevitas_ldm.quant.calibration import single_step_calibration
+from brevitas_ldm.quant.precision_bank import PrecisionBank
+from brevitas_ldm.quant.quantize import quantize_denoiser
 from brevitas_ldm.recipe import get_recipe
-from brevitas_ldm.sampling import SamplingSpec, generate
-from brevitas_ldm.sensitivity.global_ import (BlockReport, BlockSensitivity, PrecisionBank, fp_reference, measure,
-                                              measure_plan)
 from brevitas_ldm.sqnr import sqnr_db
 
 PROMPTS = ["a handwritten digit seven", "a handwritten digit two"]

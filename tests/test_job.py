@@ -7,12 +7,12 @@ import pytest
 import torch
 from models import tiny_sd_pipeline
 
-from brevitas_ldm.cli import main
-from brevitas_ldm.export import emulator_available
 from brevitas_ldm.checkpoint import load_quantized
-from brevitas_ldm.models import load_pipeline
-from brevitas_ldm.pipeline import quantize_pipeline
-from brevitas_ldm.sampling import SamplingSpec, generate
+from brevitas_ldm.cli import main
+from brevitas_ldm.denoiser.loading import load_pipeline
+from brevitas_ldm.denoiser.sampling import SamplingSpec, generate
+from brevitas_ldm.export import emulator_available
+from brevitas_ldm.workflow import quantize_pipeline
 
 FAST = ["--num-samples", "4", "--steps", "3", "--batch-size", "4", "--calibration-prompts", "2"]
 
@@ -58,9 +58,9 @@ def test_checkpoint_reload_gives_bit_identical_latents(sd_dir, tmp_path):
     pipe = load_pipeline(sd_dir)
     spec = SamplingSpec(num_inference_steps=3, batch_size=2)
     result = quantize_pipeline(pipe, "smoothquant-w8a8", ["digit one", "digit two"], [5, 6], spec)
-    assert result.smoothing["modules"], "smoothquant-w8a8 smooths every activation-quantized layer"
+    assert result.smoothing.layers, "smoothquant-w8a8 smooths every activation-quantized layer"
     # SmoothQuant renames layers internally (x -> x.layer); the size must still count them as 8-bit.
-    from brevitas_ldm.footprint import footprint, weight_elements
+    from brevitas_ldm.quant.footprint import footprint, weight_elements
 
     fp_pipe = load_pipeline(sd_dir)
     size = footprint(pipe.unet, result.precisions, weight_elements(fp_pipe.unet), {}).size_bytes
@@ -171,8 +171,8 @@ def test_analyze_command_writes_reports_and_reuses_its_cache(sd_dir, tmp_path):
     summary = json.loads((tmp_path / "a1" / "analysis.json").read_text())
     assert not summary["global_from_cache"] and summary["denoiser_calls"]["global_analysis"] > 0
     assert list(summary["plan"]["precisions"].values()).count("w8a16") == 1
-    for name in ("block_report.json", "module_report.json", "plan.json", "report.md",
-                 "global_progressive_sqnr.png", "module_sqnr.png"):
+    for name in ("block_report.json", "layer_report.json", "plan.json", "report.md",
+                 "global_progressive_sqnr.png", "layer_sqnr.png"):
         assert (tmp_path / "a1" / name).is_file(), name
     assert main([*common, "--out", str(tmp_path / "a2")]) == 0
     again = json.loads((tmp_path / "a2" / "analysis.json").read_text())

@@ -10,14 +10,14 @@ import pytest
 import torch
 from models import tiny_dit, tiny_sd_pipeline, tiny_sd_unet
 
-from brevitas_ldm.blocks import quantizable_modules
-from brevitas_ldm.calibration import recipe_calibration
+from brevitas_ldm.analysis.layer_report import CATEGORIES, LayerReport, layer_category, select_for_smoothing
+from brevitas_ldm.analysis.layer_sensitivity import LayerSensitivity
+from brevitas_ldm.denoiser.blocks import quantizable_layers
+from brevitas_ldm.denoiser.sampling import SamplingSpec, denoiser_step_hook, generate, pipeline_denoiser
 from brevitas_ldm.errors import BrevitasLDMError, RecipeError
-from brevitas_ldm.quantize import quantize_denoiser
+from brevitas_ldm.quant.calibration import recipe_calibration
+from brevitas_ldm.quant.quantize import quantize_denoiser
 from brevitas_ldm.recipe import get_recipe
-from brevitas_ldm.sampling import SamplingSpec, denoiser_step_hook, generate
-from brevitas_ldm.sensitivity.local import (CATEGORIES, ModuleReport, ModuleSensitivity, module_category,
-                                            pipeline_denoiser, select_for_smoothing)
 from brevitas_ldm.sqnr import SQNRMeter
 
 PROMPTS = ["a handwritten digit seven", "a handwritten digit one", "a handwritten digit three",
@@ -44,7 +44,7 @@ def analysis(pipe):
 
     handle = unet.register_forward_pre_hook(hook)
     try:
-        report = ModuleSensitivity(RECIPE, PROMPTS, SEEDS, SPEC, precisions=PLAN, progress=False).run(pipe)
+        report = LayerSensitivity(RECIPE, PROMPTS, SEEDS, SPEC, precisions=PLAN, progress=False).run(pipe)
     finally:
         handle.remove()
     return report, counted["n"]
@@ -56,7 +56,7 @@ def test_one_fp_denoiser_call_per_step_and_batch(analysis, pipe):
     # all 82 quantized layers measured from 3 steps x 2 batches = 6 FP calls; calibration: 1 call per batch
     assert report.denoiser_calls == {"calibration": batches, "analysis": SPEC.num_inference_steps * batches}
     assert fp_calls == 6  # the float denoiser itself ran exactly once per step and batch
-    assert len(report.modules) == len(quantizable_modules(pipe.unet)) - 1 == 82  # conv_out stays float
+    assert len(report.modules) == len(quantizable_layers(pipe.unet)) - 1 == 82  # conv_out stays float
     assert len(report.timesteps) == 3 and report.timesteps == sorted(report.timesteps, reverse=True)
     assert all(len(e.step_sqnr_db) == 3 for e in report.modules)
 
@@ -75,7 +75,7 @@ def test_matches_brute_force_single_layer_quantization(analysis, pipe, name):
     """Quantize only ``name`` (others float), calibrate it the same way, replay every FP denoiser input."""
     report, _ = analysis
     unet = pipe.unet
-    others = {n: "float" for n, _ in quantizable_modules(unet) if n != name}  # `name` keeps the recipe's w8a8
+    others = {n: "float" for n, _ in quantizable_layers(unet) if n != name}  # `name` keeps the recipe's w8a8
     single = quantize_denoiser(copy.deepcopy(unet), RECIPE, others).eval()
     with pipeline_denoiser(pipe, single), recipe_calibration(single, RECIPE, SPEC.num_inference_steps):
         generate(pipe, PROMPTS, SEEDS, SPEC)
@@ -135,14 +135,15 @@ def test_time_sensitivity_flag_follows_the_criterion(analysis):
 def test_report_save_load_markdown(analysis, tmp_path):
     report, _ = analysis
     path = report.save(tmp_path)
-    assert path.name == "module_report.json"
-    assert (tmp_path / "module_sqnr.png").stat().st_size > 1000
-    assert (tmp_path / "module_sqnr_steps.png").stat().st_size > 1000
+    assert path.name == "layer_report.json"
+    assert (tmp_path / "layer_sqnr.png").stat().st_size > 1000
+    assert (tmp_path / "layer_sqnr_steps.png").stat().st_size > 1000
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left behind
     data = json.loads(path.read_text())
     assert data["denoiser_calls"] == report.denoiser_calls and len(data["modules"]) == 82
-    assert data["modules"][0]["name"] == "conv_in" and data["modules"][0]["act_sqnr_db"] is None  # inf -> null
-    loaded = ModuleReport.load(tmp_path)
+    assert data["modules"][0]["name"] == "conv_in" and data["modules"][0]["act_sqnr_db"] == "inf"  # no noise
+    loaded = LayerReport.load(tmp_path)
+    assert loaded["conv_in"].act_sqnr_db == math.inf
     assert [e.name for e in loaded.ranked()] == [e.name for e in report.ranked()]
     worst = report.ranked()[0]
     assert loaded[worst.name].sqnr_db == pytest.approx(worst.sqnr_db)
@@ -152,8 +153,18 @@ def test_report_save_load_markdown(analysis, tmp_path):
     summary = report.category_summary()
     assert sum(s["count"] for s in summary.values()) == 82
     assert summary["attn_q"]["count"] == 8 and summary["resnet_conv"]["count"] == 16
-    with pytest.raises(BrevitasLDMError, match="no module report"):
-        ModuleReport.load(tmp_path / "missing")
+    with pytest.raises(BrevitasLDMError, match="no layer report"):
+        LayerReport.load(tmp_path / "missing")
+
+
+def test_non_finite_figures_survive_a_round_trip(analysis, tmp_path):
+    """+inf (no noise) stays +inf and NaN (step not measured) stays NaN: the one JSON codec, for every report."""
+    report = copy.deepcopy(analysis[0])     # the fixture is shared: edit a copy
+    entry = report.modules[0]
+    entry.step_sqnr_db = [math.nan, math.inf, *entry.step_sqnr_db[2:]]
+    loaded = LayerReport.load(report.save(tmp_path))
+    assert math.isnan(loaded[entry.name].step_sqnr_db[0]) and loaded[entry.name].step_sqnr_db[1] == math.inf
+    assert json.loads((tmp_path / "layer_report.json").read_text())["modules"][0]["step_sqnr_db"][:2] == ["nan", "inf"]
 
 
 def test_select_for_smoothing(analysis):
@@ -171,7 +182,7 @@ def test_select_for_smoothing(analysis):
 
 
 def test_categories_of_diffusers_layers():
-    unet = {n: module_category(n) for n, _ in quantizable_modules(tiny_sd_unet())}
+    unet = {n: layer_category(n) for n, _ in quantizable_layers(tiny_sd_unet())}
     assert unet["conv_in"] == unet["conv_out"] == "in_out"
     assert unet["time_embedding.linear_1"] == unet["down_blocks.0.resnets.0.time_emb_proj"] == "time_embedding"
     assert unet["down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"] == "attn_k"
@@ -182,7 +193,7 @@ def test_categories_of_diffusers_layers():
     assert unet["down_blocks.1.resnets.0.conv_shortcut"] == "shortcut_conv"
     assert unet["down_blocks.0.downsamplers.0.conv"] == unet["up_blocks.0.upsamplers.0.conv"] == "sampler"
     assert "other" not in unet.values()
-    dit = {n: module_category(n) for n, _ in quantizable_modules(tiny_dit())}
+    dit = {n: layer_category(n) for n, _ in quantizable_layers(tiny_dit())}
     assert dit["pos_embed.proj"] == dit["proj_out_2"] == "in_out"
     assert dit["transformer_blocks.0.norm1.linear"] == "time_embedding"
     assert dit["transformer_blocks.0.attn1.to_q"] == "attn_q"
@@ -192,4 +203,4 @@ def test_categories_of_diffusers_layers():
 
 def test_rejects_mismatched_prompts_and_seeds(pipe):
     with pytest.raises(BrevitasLDMError, match="one seed per"):
-        ModuleSensitivity(RECIPE, PROMPTS, SEEDS[:2], SPEC, progress=False).run(pipe)
+        LayerSensitivity(RECIPE, PROMPTS, SEEDS[:2], SPEC, progress=False).run(pipe)

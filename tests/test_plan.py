@@ -11,15 +11,24 @@ import pytest
 import torch
 from models import tiny_sd_pipeline, tiny_sd_unet
 
-from brevitas_ldm.blocks import get_blocks
+from brevitas_ldm.analysis.block_report import BlockEntry, BlockReport
+from brevitas_ldm.analysis.block_sensitivity import BlockSensitivity
+from brevitas_ldm.denoiser.blocks import get_blocks
+from brevitas_ldm.denoiser.sampling import SamplingSpec
 from brevitas_ldm.errors import RecipeError
-from brevitas_ldm.plan import (Plan, average_bits, budget_plan, choose_plan, predict_sqnr_db, random_budget_plans,
-                               random_upgrade_plans, read_plan, top_k_plan)
+from brevitas_ldm.planning.plan import Plan, read_plan
+from brevitas_ldm.planning.planners import (
+    budget_plan,
+    choose_plan,
+    random_budget_plans,
+    random_upgrade_plans,
+    top_k_plan,
+)
+from brevitas_ldm.planning.prediction import average_bits, predict_sqnr_db
+from brevitas_ldm.planning.validation import measure_plan
 from brevitas_ldm.precision import parse_precision
-from brevitas_ldm.quantize import quantize_denoiser, read_precisions
+from brevitas_ldm.quant.quantize import quantize_denoiser, read_precisions
 from brevitas_ldm.recipe import PlanRule, get_recipe
-from brevitas_ldm.sampling import SamplingSpec
-from brevitas_ldm.sensitivity.global_ import BlockEntry, BlockReport, BlockSensitivity, measure_plan
 from brevitas_ldm.sqnr import noise_ratio_to_db
 
 MENU = ["float", "w8a16", "w8a8", "w4a8"]

@@ -11,13 +11,14 @@ from brevitas.graph.calibrate import calibration_mode
 from brevitas.nn.equalized_layer import EqualizedModule
 from models import denoiser_inputs, tiny_sd_unet
 
-from brevitas_ldm.blocks import quantizable_modules
+from brevitas_ldm.analysis.layer_sensitivity import analyze_layers
+from brevitas_ldm.denoiser.blocks import quantizable_layers
 from brevitas_ldm.errors import ModelError, RecipeError
-from brevitas_ldm.quantize import quant_layers, quantize_denoiser, read_precisions
+from brevitas_ldm.quant.quantize import quant_layers, quantize_denoiser, read_precisions
+from brevitas_ldm.quant.smoothquant import SmoothQuantStep, smoothing_scales
+from brevitas_ldm.denoiser.names import (internal_name, is_smoothed, to_internal_keys, user_facing_name,
+                                         user_facing_names)
 from brevitas_ldm.recipe import get_recipe
-from brevitas_ldm.sensitivity.local import analyze_modules
-from brevitas_ldm.smoothing import (SmoothQuantStep, internal_name, is_smoothed, smoothing_scales, to_internal_keys,
-                                    user_facing_name, user_facing_names)
 from brevitas_ldm.sqnr import sqnr_db
 
 RECIPE = get_recipe("sqnr-hybrid-w8a8")
@@ -66,10 +67,10 @@ def test_outlier_injection_keeps_the_function():
 def test_equalization_leaves_fp_output_unchanged_and_names_user_facing():
     unet = tiny_sd_unet()
     reference = fp_output(unet)
-    names_before = [n for n, _ in quantizable_modules(unet)]
+    names_before = [n for n, _ in quantizable_layers(unet)]
     result = SmoothQuantStep(None, alpha=0.5).apply(unet, calibrate)  # every Linear/Conv2d
-    assert result["modules"] == names_before and set(result["alphas"].values()) == {0.5}
-    assert result["passes"] == 1 and result["denoiser_calls"] == 2  # one pass of the calibration data
+    assert result.layers == names_before and set(result.alphas.values()) == {0.5}
+    assert result.passes == 1 and result.denoiser_calls == 2  # one pass of the calibration data
     assert sum(isinstance(m, EqualizedModule) for m in unet.modules()) == 83
     smoothed = fp_output(unet)
     assert torch.allclose(smoothed, reference, atol=1e-5, rtol=1e-4)
@@ -84,7 +85,7 @@ def test_restricted_to_selected_layers_and_quantizable_afterwards():
     unet = tiny_sd_unet()
     reference = fp_output(unet)
     result = SmoothQuantStep([PROJ_IN, TO_OUT], alpha=0.5).apply(unet, calibrate)
-    assert result["modules"] == [PROJ_IN, TO_OUT] and "sqnr_before_db" in result
+    assert result.layers == [PROJ_IN, TO_OUT] and result.sqnr_before_db
     assert is_smoothed(unet, PROJ_IN) and is_smoothed(unet, TO_OUT)
     assert sum(isinstance(m, EqualizedModule) for m in unet.modules()) == 2
     assert isinstance(unet.get_submodule("down_blocks.0.attentions.0.proj_out"), nn.Conv2d)  # untouched
@@ -105,25 +106,25 @@ def test_restricted_to_selected_layers_and_quantizable_afterwards():
 def test_smoothquant_raises_relative_sqnr_of_outlier_layers():
     """Outlier layers gain > 15 dB; the trial SQNRs agree with the local analysis run on the real model."""
     unet = outlier_unet()
-    before = analyze_modules(unet, RECIPE, calibrate, calibrate, calibration=calibration_mode,
+    before = analyze_layers(unet, RECIPE, calibrate, calibrate, calibration=calibration_mode,
                              modules=[PROJ_IN, TO_OUT])
     assert before[PROJ_IN].sqnr_db < 15 and before[PROJ_IN].activation_share > 0.95  # the outliers dominate
     step = SmoothQuantStep([PROJ_IN, TO_OUT], alpha_grid=(0.3, 0.5, 0.7, 0.9), recipe=RECIPE)
     result = step.apply(unet, calibrate)
-    assert result["modules"] == [PROJ_IN, TO_OUT] and result["skipped"] == {}
-    assert result["passes"] == 4  # equalize trials, calibrate trials, measure trials, apply (one distinct alpha)
+    assert result.layers == [PROJ_IN, TO_OUT] and result.skipped == {}
+    assert result.passes == 4  # equalize trials, calibrate trials, measure trials, apply (one distinct alpha)
     for name in (PROJ_IN, TO_OUT):
-        grid = result["alpha_sqnr_db"][name]
+        grid = result.alpha_sqnr_db[name]
         assert set(grid) == {"0.3", "0.5", "0.7", "0.9"}
-        assert result["sqnr_after_db"][name] == pytest.approx(max(grid.values()))
-        assert result["sqnr_after_db"][name] > result["sqnr_before_db"][name] + 15
-        assert result["sqnr_before_db"][name] == pytest.approx(before[name].sqnr_db, abs=0.1)
-        assert result["scale_mismatch"][name] < 1e-5
-    after = analyze_modules(unet, RECIPE, calibrate, calibrate, calibration=calibration_mode,
+        assert result.sqnr_after_db[name] == pytest.approx(max(grid.values()))
+        assert result.sqnr_after_db[name] > result.sqnr_before_db[name] + 15
+        assert result.sqnr_before_db[name] == pytest.approx(before[name].sqnr_db, abs=0.1)
+        assert result.scale_mismatch[name] < 1e-5
+    after = analyze_layers(unet, RECIPE, calibrate, calibrate, calibration=calibration_mode,
                             modules=[PROJ_IN, TO_OUT])
     assert [e.name for e in after.modules] == [PROJ_IN, TO_OUT]  # user-facing names in reports
     for name in (PROJ_IN, TO_OUT):
-        assert after[name].sqnr_db == pytest.approx(result["sqnr_after_db"][name], abs=0.1)
+        assert after[name].sqnr_db == pytest.approx(result.sqnr_after_db[name], abs=0.1)
     # and the quantized denoiser's output improves with it
     reference = fp_output(outlier_unet())
     plain = quantize_denoiser(outlier_unet(), RECIPE)
@@ -137,7 +138,7 @@ def test_smoothquant_raises_relative_sqnr_of_outlier_layers():
 def test_single_alpha_without_recipe_applies_without_measuring():
     unet = outlier_unet()
     result = SmoothQuantStep([PROJ_IN], alpha=0.7).apply(unet, calibrate)
-    assert result["alphas"] == {PROJ_IN: 0.7} and result["sqnr_before_db"] == {} and result["passes"] == 1
+    assert result.alphas == {PROJ_IN: 0.7} and result.sqnr_before_db == {} and result.passes == 1
     scale = smoothing_scales(unet)[PROJ_IN]
     assert scale.shape[-1] == 32 or scale.numel() == 32
     # the outlier channels are divided down the most
@@ -150,13 +151,13 @@ def test_grid_leaves_a_layer_unsmoothed_when_no_alpha_helps():
     worse = "time_embedding.linear_1"
     unet = outlier_unet()
     result = SmoothQuantStep([PROJ_IN, worse], alpha_grid=(1.0,), recipe=RECIPE).apply(unet, calibrate)
-    assert result["modules"] == [PROJ_IN] and result["alphas"] == {PROJ_IN: 1.0}
-    assert "improves" in result["skipped"][worse] and not is_smoothed(unet, worse) and is_smoothed(unet, PROJ_IN)
-    assert result["alpha_sqnr_db"][worse]["1"] < result["sqnr_before_db"][worse]
-    assert result["sqnr_after_db"][worse] == result["sqnr_before_db"][worse]
+    assert result.layers == [PROJ_IN] and result.alphas == {PROJ_IN: 1.0}
+    assert "improves" in result.skipped[worse] and not is_smoothed(unet, worse) and is_smoothed(unet, PROJ_IN)
+    assert result.alpha_sqnr_db[worse]["1"] < result.sqnr_before_db[worse]
+    assert result.sqnr_after_db[worse] == result.sqnr_before_db[worse]
     kept = SmoothQuantStep([worse], alpha_grid=(1.0,), recipe=RECIPE, keep_if_worse=True).apply(outlier_unet(),
                                                                                                 calibrate)
-    assert kept["modules"] == [worse] and kept["sqnr_after_db"][worse] < kept["sqnr_before_db"][worse]
+    assert kept.layers == [worse] and kept.sqnr_after_db[worse] < kept.sqnr_before_db[worse]
 
 
 def test_errors_name_the_problem():

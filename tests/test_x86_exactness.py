@@ -20,15 +20,25 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from models import denoiser_inputs, tiny_dit, tiny_sd_unet
 from onnx import numpy_helper
 
-from brevitas_ldm.calibration import multi_step_calibration
-from brevitas_ldm.export import (ExportMismatchError, check_agreement, cpu_info, emulator_available, export_denoiser,
-                                 integer_kernel_counts, onnx_quant_summary, overflowing_int8_weights, session_options,
-                                 store_for_x86, verify_onnx)
-from brevitas_ldm.quantize import quant_layers, quantize_denoiser
+from brevitas_ldm.export import (
+    ExportMismatchError,
+    check_agreement,
+    cpu_info,
+    emulator_available,
+    export_denoiser,
+    integer_kernel_counts,
+    onnx_quant_summary,
+    overflowing_int8_weights,
+    session_options,
+    store_for_x86,
+    verify_onnx,
+)
+from brevitas_ldm.quant.calibration import multi_step_calibration
+from brevitas_ldm.quant.quantize import quant_layers, quantize_denoiser
 from brevitas_ldm.recipe import get_recipe
-from models import denoiser_inputs, tiny_dit, tiny_sd_unet
 
 pytestmark = pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 needs_emulator = pytest.mark.skipif(not emulator_available(),

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from brevitas_ldm.denoiser.loading import load_pipeline
+from brevitas_ldm.denoiser.sampling import SamplingSpec
 from brevitas_ldm.evaluation.digits import DigitsEvaluator
 from brevitas_ldm.evaluation.fid import frechet_distance
 from brevitas_ldm.evaluation.prompts import evaluation_set
 from brevitas_ldm.evaluation.run import generate_with_latents
-from brevitas_ldm.models import load_pipeline
-from brevitas_ldm.sampling import SamplingSpec
 
 
 def test_embedded_model_is_a_real_sd_pipeline_that_loads_offline_fast(embedded_model_path):

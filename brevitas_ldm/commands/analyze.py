@@ -1,4 +1,4 @@
-"""``brevitas-ldm analyze``: the sensitivity analyses only (block report, plan, module report, figures)."""
+"""``brevitas-ldm analyze``: the sensitivity analyses only (block report, plan, layer report, figures)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import argparse
 import time
 
 from brevitas_ldm.commands.common import add_model_options, add_output_options, check_sampling_args, positive_int
+from brevitas_ldm.denoiser.loading import load_pipeline, model_display_name
+from brevitas_ldm.denoiser.sampling import SamplingSpec
 from brevitas_ldm.evaluation.prompts import calibration_set, read_prompt_file
 from brevitas_ldm.io import atomic_output_dir, check_output_dir, write_json_atomic
-from brevitas_ldm.models import load_pipeline, model_display_name
 from brevitas_ldm.recipe import get_recipe
-from brevitas_ldm.sampling import SamplingSpec
 
 
 def add_parser(subparsers) -> None:
@@ -40,10 +40,10 @@ def run(args: argparse.Namespace) -> int:
     spec = SamplingSpec(args.steps, args.guidance_scale, args.batch_size)
     model_name = model_display_name(args.model)
 
-    from brevitas_ldm.plan import choose_plan
-    from brevitas_ldm.quantize import resolve_precisions
-    from brevitas_ldm.sampling import get_denoiser
-    from brevitas_ldm.sensitivity.global_ import BlockSensitivity
+    from brevitas_ldm.analysis.block_sensitivity import BlockSensitivity
+    from brevitas_ldm.denoiser.sampling import get_denoiser
+    from brevitas_ldm.planning.planners import choose_plan
+    from brevitas_ldm.quant.quantize import resolve_precisions
 
     start = time.perf_counter()
     report = BlockSensitivity(recipe, list(samples.prompts), list(samples.seeds), spec, progress=True).run(
@@ -51,20 +51,20 @@ def run(args: argparse.Namespace) -> int:
     plan = choose_plan(report, recipe.plan, recipe.default_precision)
     plan.model, plan.recipe = model_name, recipe.name
     timing = {"global_analysis": time.perf_counter() - start}
-    module_report = None
+    layer_report = None
     if recipe.analysis.local or args.local:
-        from brevitas_ldm.sensitivity.local import ModuleSensitivity
+        from brevitas_ldm.analysis.layer_sensitivity import LayerSensitivity
 
         start = time.perf_counter()
         precisions = resolve_precisions(get_denoiser(pipe), recipe, plan.precisions)
-        module_report = ModuleSensitivity(recipe, list(samples.prompts), list(samples.seeds), spec,
+        layer_report = LayerSensitivity(recipe, list(samples.prompts), list(samples.seeds), spec,
                                           precisions=precisions, progress=True).run(pipe)
         timing["local_analysis"] = time.perf_counter() - start
     summary = {"model": model_name, "recipe": recipe.name, "num_prompts": len(samples), "steps": args.steps,
                "timing_s": timing,
                "denoiser_calls": {"global_analysis": report.denoiser_calls.get("total", 0),
-                                  **({"local_analysis": sum(module_report.denoiser_calls.values())}
-                                     if module_report is not None else {})},
+                                  **({"local_analysis": sum(layer_report.denoiser_calls.values())}
+                                     if layer_report is not None else {})},
                "global_from_cache": bool(getattr(report, "from_cache", False)),
                "plan": {"method": plan.method, "predicted_sqnr_db": plan.predicted_sqnr_db,
                         "avg_weight_bits": plan.avg_weight_bits, "avg_act_bits": plan.avg_act_bits,
@@ -72,13 +72,13 @@ def run(args: argparse.Namespace) -> int:
     with atomic_output_dir(args.out, args.overwrite) as staging:
         report.save(staging)
         plan.save(staging / "plan.json")
-        if module_report is not None:
-            module_report.save(staging)
+        if layer_report is not None:
+            layer_report.save(staging)
         write_json_atomic(staging / "analysis.json", summary)
         lines = [f"# SQNR analysis of {model_name} with `{recipe.name}`", "", "## Blocks", "", report.to_markdown(),
                  "", "## Plan", "", plan.to_markdown(), ""]
-        if module_report is not None:
-            lines += ["## Layers", "", module_report.to_markdown(top=20), ""]
+        if layer_report is not None:
+            lines += ["## Layers", "", layer_report.to_markdown(top=20), ""]
         lines += ["Figures: " + ", ".join(f"[{p.name}]({p.name})" for p in sorted(staging.glob("*.png"))), ""]
         from brevitas_ldm.io import write_text_atomic
 

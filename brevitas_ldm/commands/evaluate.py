@@ -6,14 +6,18 @@ import argparse
 import time
 from pathlib import Path
 
-from brevitas_ldm.commands.common import (add_model_options, add_output_options, add_sampling_options,
-                                          check_sampling_args)
+from brevitas_ldm.analysis.figures import grid_by_label
+from brevitas_ldm.commands.common import (
+    add_model_options,
+    add_output_options,
+    add_sampling_options,
+    check_sampling_args,
+)
+from brevitas_ldm.denoiser.loading import load_pipeline, model_display_name
+from brevitas_ldm.denoiser.sampling import SamplingSpec
 from brevitas_ldm.evaluation.prompts import evaluation_set, read_prompt_file
 from brevitas_ldm.evaluation.run import digits_metrics, generate_with_latents, has_digits_evaluator
-from brevitas_ldm.figures import grid_by_label
 from brevitas_ldm.io import atomic_output_dir, check_output_dir, write_json_atomic
-from brevitas_ldm.models import load_pipeline, model_display_name
-from brevitas_ldm.sampling import SamplingSpec
 
 
 def add_parser(subparsers) -> None:
@@ -63,11 +67,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _evaluate_checkpoint(args: argparse.Namespace, pipe, eval_set, spec: SamplingSpec) -> int:
     """FP reference, then the checkpoint loaded into the same pipeline (no analysis, no calibration)."""
+    from brevitas_ldm.analysis.figures import comparison_grid
     from brevitas_ldm.checkpoint import _check_checkpoint_dir, load_quantized, read_checkpoint_recipe
-    from brevitas_ldm.figures import comparison_grid
-    from brevitas_ldm.job import compare_quantized, fp_reference
-    from brevitas_ldm.quantize import read_precisions
-    from brevitas_ldm.sampling import get_denoiser
+    from brevitas_ldm.denoiser.sampling import get_denoiser
+    from brevitas_ldm.evaluation.comparison import compare_quantized, fp_reference
+    from brevitas_ldm.quant.quantize import read_precisions
 
     _check_checkpoint_dir(args.checkpoint)
     digits = has_digits_evaluator(args.model)

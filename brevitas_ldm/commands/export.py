@@ -40,8 +40,8 @@ def add_parser(subparsers) -> None:
 
 def capture_inputs(pipe, prompt: str, seed: int) -> dict:
     """Keyword tensors of the denoiser's first call when the pipeline samples ``prompt`` with ``seed``."""
+    from brevitas_ldm.denoiser.sampling import SamplingSpec, denoiser_step_hook, generate, get_denoiser
     from brevitas_ldm.export import call_inputs
-    from brevitas_ldm.sampling import SamplingSpec, denoiser_step_hook, generate, get_denoiser
 
     denoiser = get_denoiser(pipe)
     captured: dict = {}
@@ -57,10 +57,19 @@ def capture_inputs(pipe, prompt: str, seed: int) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from brevitas_ldm.checkpoint import _check_checkpoint_dir, load_quantized
-    from brevitas_ldm.export import (ONNXRUNTIME_FORMATS, check_agreement, cpu_info, export_denoiser, export_float_onnx,
-                                     integer_kernel_counts, onnx_latency, verify_onnx, verify_torchscript)
-    from brevitas_ldm.models import load_pipeline
-    from brevitas_ldm.sampling import get_denoiser
+    from brevitas_ldm.denoiser.loading import load_pipeline
+    from brevitas_ldm.denoiser.sampling import get_denoiser
+    from brevitas_ldm.export import (
+        ONNXRUNTIME_FORMATS,
+        check_agreement,
+        cpu_info,
+        export_denoiser,
+        export_float_onnx,
+        integer_kernel_counts,
+        onnx_latency,
+        verify_onnx,
+        verify_torchscript,
+    )
     from brevitas_ldm.zoo.data import prompt_for
 
     if args.format == "onnx-int8" and args.weight_storage != "portable":

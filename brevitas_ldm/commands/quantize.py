@@ -9,21 +9,24 @@ import sys
 import time
 from pathlib import Path
 
-from brevitas_ldm.commands.common import (add_model_options, add_output_options, add_sampling_options,
-                                          check_sampling_args)
+from brevitas_ldm.analysis.figures import comparison_grid, line_plot
+from brevitas_ldm.commands.common import (
+    add_model_options,
+    add_output_options,
+    add_sampling_options,
+    check_sampling_args,
+)
+from brevitas_ldm.denoiser.loading import load_pipeline, model_display_name
+from brevitas_ldm.denoiser.sampling import SamplingSpec
+from brevitas_ldm.evaluation.comparison import compare_quantized, fp_reference
 from brevitas_ldm.evaluation.prompts import calibration_set, evaluation_set, read_prompt_file
 from brevitas_ldm.evaluation.run import has_digits_evaluator
-from brevitas_ldm.figures import comparison_grid, line_plot
 from brevitas_ldm.io import atomic_output_dir, check_output_dir, write_json_atomic
-from brevitas_ldm.job import compare_quantized, fp_reference
-from brevitas_ldm.models import load_pipeline, model_display_name
 from brevitas_ldm.recipe import get_recipe
-from brevitas_ldm.sampling import SamplingSpec
-
 
 #: The PNGs the analysis reports write, by the key report.md links them under.
 ANALYSIS_FIGURES = {"block_progressive": "global_progressive_sqnr.png", "block_heatmap": "global_isolated_heatmap.png",
-                    "module_ranked": "module_sqnr.png", "module_steps": "module_sqnr_steps.png"}
+                    "module_ranked": "layer_sqnr.png", "module_steps": "layer_sqnr_steps.png"}
 
 
 def add_parser(subparsers) -> None:
@@ -62,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     reference = fp_reference(pipe, eval_set, spec, with_digits=digits)
     timing["fp_evaluation"] = time.perf_counter() - start
 
-    from brevitas_ldm.pipeline import quantize_pipeline
+    from brevitas_ldm.workflow import quantize_pipeline
 
     cal = calibration_set(args.calibration_prompts or recipe.calibration.num_prompts, prompts=prompts)
     cal_spec = SamplingSpec(args.steps, args.guidance_scale, recipe.calibration.batch_size)
@@ -100,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
 def write_outputs(staging: Path, metrics: dict, result, reference, generation, eval_set, per_step: list[float],
                   command: str, model_name: str) -> None:
-    from brevitas_ldm.plan import Plan
+    from brevitas_ldm.planning.plan import Plan
     from brevitas_ldm.report import write_report
 
     figures: dict[str, str] = {}
@@ -119,8 +122,8 @@ def write_outputs(staging: Path, metrics: dict, result, reference, generation, e
     figures["per_step"] = "figures/per_step_sqnr.png"
     if result.block_report is not None:
         result.block_report.save(staging / "analysis")
-    if result.module_report is not None:
-        result.module_report.save(staging / "analysis")
+    if result.layer_report is not None:
+        result.layer_report.save(staging / "analysis")
     for key, name in ANALYSIS_FIGURES.items():
         if (staging / "analysis" / name).is_file():
             figures[key] = f"analysis/{name}"

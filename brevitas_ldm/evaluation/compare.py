@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from brevitas_ldm.sampling import denoiser_step_hook, first_tensor, get_denoiser
+from brevitas_ldm.denoiser.sampling import denoiser_step_hook, first_tensor, get_denoiser
 from brevitas_ldm.sqnr import SQNRMeter
 
 

@@ -9,8 +9,10 @@ from typing import Any
 
 import torch
 
+from brevitas_ldm.denoiser.sampling import SamplingSpec, generate
+from brevitas_ldm.evaluation.digits import DigitsEvaluator
 from brevitas_ldm.evaluation.prompts import EvaluationSet
-from brevitas_ldm.sampling import SamplingSpec, generate
+from brevitas_ldm.zoo import EMBEDDED_MODELS
 
 
 @dataclass
@@ -45,7 +47,6 @@ def decode_latents(pipe: Any, latents: torch.Tensor, batch_size: int = 256) -> t
 
 
 def digits_metrics(images: torch.Tensor, eval_set: EvaluationSet) -> dict[str, float]:
-    from brevitas_ldm.evaluation.digits import DigitsEvaluator
 
     evaluator = DigitsEvaluator()
     return {"digits_fid": evaluator.digits_fid(images),
@@ -54,7 +55,5 @@ def digits_metrics(images: torch.Tensor, eval_set: EvaluationSet) -> dict[str, f
 
 def has_digits_evaluator(model: str | Path) -> bool:
     """Digits metrics apply to the embedded digits model only (other models draw other things)."""
-    from brevitas_ldm.evaluation.digits import DigitsEvaluator
-    from brevitas_ldm.zoo import EMBEDDED_MODELS
 
     return str(model) in EMBEDDED_MODELS and DigitsEvaluator.available()

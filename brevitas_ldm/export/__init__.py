@@ -26,8 +26,14 @@ from brevitas_ldm.export.exporters import export_denoiser, export_float_onnx
 from brevitas_ldm.export.features import EXPORT_FORMATS, ONNXRUNTIME_FORMATS, quant_features
 from brevitas_ldm.export.inspection import onnx_quant_summary, overflowing_int8_weights
 from brevitas_ldm.export.integer_kernels import INTEGER_KERNELS, lower_to_integer_kernels
-from brevitas_ldm.export.runtime import (ExportMismatchError, check_agreement, integer_kernel_counts, onnx_latency,
-                                         verify_onnx, verify_torchscript)
+from brevitas_ldm.export.runtime import (
+    ExportMismatchError,
+    check_agreement,
+    integer_kernel_counts,
+    onnx_latency,
+    verify_onnx,
+    verify_torchscript,
+)
 from brevitas_ldm.export.session import OUTPUT_NAME, session_options
 from brevitas_ldm.export.wide_qcdq import MS_DOMAIN
 from brevitas_ldm.export.wrapper import DenoiserForExport, call_inputs, export_signature

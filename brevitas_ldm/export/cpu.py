@@ -10,6 +10,8 @@ import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from brevitas_ldm.export.emulation import EMULATED_CPU_FLAGS
+
 #: Flags that decide onnxruntime's integer kernels: AVX2 (u8s8 saturates), VNNI/AMX (exact u8s8).
 ISA_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
 _VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
@@ -51,7 +53,6 @@ def cpu_info(emulated: str | None = None) -> CpuInfo:
             elif key.strip() == "flags" and not flags:
                 flags = set(value.split())
     if emulated is not None:
-        from brevitas_ldm.export.emulation import EMULATED_CPU_FLAGS
 
         flags = set(EMULATED_CPU_FLAGS[emulated])
     return CpuInfo(model=model, isa_flags=tuple(f for f in ISA_FLAGS if f in flags),

@@ -25,13 +25,15 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from brevitas_ldm.compat import reset_export_state
 from brevitas_ldm.errors import BrevitasLDMError, ModelError
 from brevitas_ldm.export.features import MAX_OPSET, MIN_OPSET, ONNXRUNTIME_FORMATS, check_exportable, layer_proxies
 from brevitas_ldm.export.integer_kernels import lower_to_integer_kernels
-from brevitas_ldm.export.wide_qcdq import WideQCDQONNXManager, move_wide_qdq_to_ms_domain
 from brevitas_ldm.export.session import OUTPUT_NAME
+from brevitas_ldm.export.wide_qcdq import WideQCDQONNXManager, move_wide_qdq_to_ms_domain
 from brevitas_ldm.export.wrapper import DenoiserForExport, export_signature
 from brevitas_ldm.export.x86_storage import WEIGHT_STORAGES, store_for_x86
+
 
 @contextmanager
 def _atomic_path(path: Path):
@@ -53,18 +55,11 @@ def _atomic_path(path: Path):
 
 @contextmanager
 def _clean_export_state(model: nn.Module):
-    """Leave no Brevitas export handler or export mode behind, even when an export fails half-way.
-
-    Brevitas attaches a handler to each quant proxy only if none is attached and detaches it when export mode is
-    switched off; an exception in between would leave stale handlers that break the next export in another format.
-    """
+    """Leave no Brevitas export handler or export mode behind, even when an export fails half-way."""
     try:
         yield
     finally:
-        for module in model.modules():
-            if hasattr(module, "export_handler") and hasattr(module, "_export_mode"):
-                module._export_mode = False
-                module.export_handler = None
+        reset_export_state(model)
 
 
 def _onnx_kwargs(names: tuple[str, ...], tensors: tuple[torch.Tensor, ...], opset: int) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+
 def tensor_types(model) -> dict[str, int]:
     """Element type of every initializer, Constant output and typed value in the graph."""
     types = {init.name: init.data_type for init in model.graph.initializer}

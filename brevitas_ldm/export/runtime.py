@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from brevitas_ldm.denoiser.sampling import first_tensor
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.export.cpu import cpu_info
 from brevitas_ldm.export.emulation import run_onnx_emulated
@@ -31,8 +32,8 @@ from brevitas_ldm.export.inspection import overflowing_int8_weights
 from brevitas_ldm.export.integer_kernels import INTEGER_KERNELS
 from brevitas_ldm.export.session import OUTPUT_NAME, session_options
 from brevitas_ldm.export.wrapper import export_signature
-from brevitas_ldm.sampling import first_tensor
 from brevitas_ldm.sqnr import sqnr_db
+
 
 def _session(path: str | Path, threads: int | None = None):
     import onnxruntime as ort

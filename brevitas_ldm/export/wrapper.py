@@ -17,7 +17,6 @@ import torch.nn as nn
 
 from brevitas_ldm.errors import ModelError
 
-
 _SAMPLE_KEYS = ("sample", "hidden_states")
 _REQUIRED_INPUTS = {
     "UNet2DConditionModel": ("sample", "timestep", "encoder_hidden_states"),

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from brevitas_ldm.blocks import quantizable_modules
+from brevitas_ldm.denoiser.blocks import quantizable_layers
+from brevitas_ldm.denoiser.names import user_facing_names
 from brevitas_ldm.precision import FLOAT_BITS, Precision
 
 
@@ -22,7 +23,7 @@ def activation_elements(denoiser: nn.Module, call: Any) -> dict[str, int]:
     """Input elements per sample of every quantizable layer during one denoiser call (``call()`` runs it)."""
     counts: dict[str, int] = {}
     handles = []
-    for name, module in quantizable_modules(denoiser):
+    for name, module in quantizable_layers(denoiser):
         def hook(mod, args, name=name):
             x = args[0]
             counts[name] = counts.get(name, 0) + x.numel() // max(1, x.shape[0])
@@ -36,7 +37,7 @@ def activation_elements(denoiser: nn.Module, call: Any) -> dict[str, int]:
 
 
 def weight_elements(denoiser: nn.Module) -> dict[str, int]:
-    return {name: module.weight.numel() for name, module in quantizable_modules(denoiser)}
+    return {name: module.weight.numel() for name, module in quantizable_layers(denoiser)}
 
 
 @dataclass(frozen=True)
@@ -63,13 +64,12 @@ def footprint(denoiser: nn.Module, precisions: Mapping[str, Precision], weights:
     counted = [n for n in activations if n in precisions]
     total_a = sum(activations[n] for n in counted)
     avg_a = sum(activations[n] * precisions[n].effective_act_bits() for n in counted) / max(1, total_a)
-    from brevitas_ldm.smoothing import user_facing_names
 
     all_params = sum(p.numel() for p in denoiser.parameters() if p.dtype.is_floating_point)
     quantized_bits = 0
     quantized_elements = 0
     to_user = user_facing_names(denoiser)  # SmoothQuant-wrapped layers are listed as "x.layer" internally
-    for internal, module in quantizable_modules(denoiser):
+    for internal, module in quantizable_layers(denoiser):
         name = to_user.get(internal, internal)
         bits = precisions[name].weight_bits if name in precisions else None
         weight = module.weight

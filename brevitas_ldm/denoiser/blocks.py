@@ -39,7 +39,7 @@ class Block:
         return len(self.module_names)
 
 
-def quantizable_modules(module: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
+def quantizable_layers(module: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
     """(qualified name, layer) for every Linear/Conv2d under ``module``, in registration order."""
     out = []
     for name, child in module.named_modules():
@@ -65,7 +65,7 @@ def _kind(attr: str) -> str:
 
 
 def _make_block(name: str, module: nn.Module, kind: str) -> Block | None:
-    layers = quantizable_modules(module, name)
+    layers = quantizable_layers(module, name)
     if not layers:
         return None
     params = sum(p.numel() for layer_name, layer in layers for p in layer.parameters(recurse=False))
@@ -129,9 +129,9 @@ def get_blocks(model: nn.Module, block_names: list[str] | None = None) -> list[B
             blocks.append(block)
             covered.add(name)
     seen = {m for b in blocks for m in b.module_names}
-    leftovers = [n for n, _ in quantizable_modules(model) if n not in seen]
+    leftovers = [n for n, _ in quantizable_layers(model) if n not in seen]
     if leftovers:
-        params = sum(p.numel() for n, m in quantizable_modules(model) if n in leftovers
+        params = sum(p.numel() for n, m in quantizable_layers(model) if n in leftovers
                      for p in m.parameters(recurse=False))
         blocks.append(Block("other", tuple(leftovers), params, "other"))
     if not blocks:
@@ -139,6 +139,6 @@ def get_blocks(model: nn.Module, block_names: list[str] | None = None) -> list[B
     return blocks
 
 
-def module_to_block(blocks: list[Block]) -> dict[str, str]:
+def layer_to_block(blocks: list[Block]) -> dict[str, str]:
     """Qualified layer name -> the name of the block that holds it."""
     return {module: block.name for block in blocks for module in block.module_names}

@@ -37,6 +37,13 @@ def get_denoiser(pipe: Any) -> nn.Module:
                      f"with a denoiser, e.g. StableDiffusionPipeline or DiTPipeline")
 
 
+def num_train_timesteps(pipe: Any) -> int:
+    """The scheduler's number of training timesteps (T; t = T - 1 is maximum noise), 1000 when it has none."""
+    config = getattr(getattr(pipe, "scheduler", None), "config", None) or {}
+    value = config.get("num_train_timesteps") if hasattr(config, "get") else getattr(config, "num_train_timesteps", None)
+    return int(value) if value is not None else 1000
+
+
 def set_denoiser(pipe: Any, denoiser: nn.Module) -> None:
     attr = "unet" if isinstance(getattr(pipe, "unet", None), nn.Module) else "transformer"
     setattr(pipe, attr, denoiser)
@@ -181,3 +188,14 @@ class CallCounter:
 
     def __exit__(self, *exc: Any) -> None:
         self._handle.remove()
+
+
+@contextmanager
+def pipeline_denoiser(pipe: Any, denoiser: nn.Module) -> Iterator[Any]:
+    """Temporarily make ``denoiser`` the pipeline's denoiser."""
+    original = get_denoiser(pipe)
+    set_denoiser(pipe, denoiser)
+    try:
+        yield pipe
+    finally:
+        set_denoiser(pipe, original)

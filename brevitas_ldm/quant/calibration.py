@@ -24,8 +24,16 @@ import torch.nn as nn
 from brevitas.graph.calibrate import calibration_mode
 from brevitas.proxy.runtime_quant import ActQuantProxyFromInjectorBase
 
+from brevitas_ldm.denoiser.sampling import (
+    StepTracker,
+    find_timestep,
+    first_tensor,
+    generate,
+    get_denoiser,
+    num_train_timesteps,
+)
 from brevitas_ldm.errors import CalibrationError
-from brevitas_ldm.sampling import StepTracker, find_timestep, first_tensor
+
 
 def _replace_timestep(args: tuple, kwargs: dict, where: str | int, value: int) -> tuple[tuple, dict]:
     old = kwargs[where] if isinstance(where, str) else args[where]
@@ -189,11 +197,8 @@ def calibrate_pipeline(pipe, recipe, prompts: Sequence, seeds: Sequence[int], sp
                        progress: bool = False) -> _StepCalibration:
     """Run the calibration set through ``pipe`` under the recipe's calibration context; return the context
     (its ``calls``/``observed_calls`` say what calibration cost)."""
-    from brevitas_ldm.sampling import generate, get_denoiser
-
     denoiser = get_denoiser(pipe)
-    num_train_timesteps = int(getattr(pipe.scheduler.config, "num_train_timesteps", 1000))
-    context = recipe_calibration(denoiser, recipe, spec.num_inference_steps, num_train_timesteps)
+    context = recipe_calibration(denoiser, recipe, spec.num_inference_steps, num_train_timesteps(pipe))
     with context:
         generate(pipe, list(prompts), list(seeds), spec, output_type="latent", progress=progress,
                  desc=f"calibration ({recipe.calibration.mode})")

@@ -16,20 +16,33 @@ from functools import lru_cache
 
 from brevitas.core.stats.stats_op import NegativeMinOrZero
 from brevitas.inject.enum import StatsOp
-from brevitas.quant.experimental.float_quant_ocp import (Fp8e4m3OCPActPerTensorFloat, Fp8e4m3OCPActPerTensorFloatMSE,
-                                                         Fp8e4m3OCPWeightPerChannelFloat,
-                                                         Fp8e4m3OCPWeightPerChannelFloatMSE,
-                                                         Fp8e4m3OCPWeightPerTensorFloat,
-                                                         Fp8e4m3OCPWeightPerTensorFloatMSE, Fp8e5m2OCPActPerTensorFloat,
-                                                         Fp8e5m2OCPWeightPerChannelFloat,
-                                                         Fp8e5m2OCPWeightPerTensorFloat)
-from brevitas.quant.scaled_int import (Int8ActPerTensorFloat, Int8ActPerTensorFloatMSE, Int8WeightPerChannelFloat,
-                                       Int8WeightPerChannelFloatMSE, Int8WeightPerTensorFloat,
-                                       Int8WeightPerTensorFloatMSE)
-from brevitas.quant.shifted_scaled_int import (ShiftedUint8ActPerTensorFloat, ShiftedUint8ActPerTensorFloatMSE,
-                                               ShiftedUint8WeightPerChannelFloat,
-                                               ShiftedUint8WeightPerChannelFloatMSE, ShiftedUint8WeightPerTensorFloat,
-                                               ShiftedUint8WeightPerTensorFloatMSE)
+from brevitas.quant.experimental.float_quant_ocp import (
+    Fp8e4m3OCPActPerTensorFloat,
+    Fp8e4m3OCPActPerTensorFloatMSE,
+    Fp8e4m3OCPWeightPerChannelFloat,
+    Fp8e4m3OCPWeightPerChannelFloatMSE,
+    Fp8e4m3OCPWeightPerTensorFloat,
+    Fp8e4m3OCPWeightPerTensorFloatMSE,
+    Fp8e5m2OCPActPerTensorFloat,
+    Fp8e5m2OCPWeightPerChannelFloat,
+    Fp8e5m2OCPWeightPerTensorFloat,
+)
+from brevitas.quant.scaled_int import (
+    Int8ActPerTensorFloat,
+    Int8ActPerTensorFloatMSE,
+    Int8WeightPerChannelFloat,
+    Int8WeightPerChannelFloatMSE,
+    Int8WeightPerTensorFloat,
+    Int8WeightPerTensorFloatMSE,
+)
+from brevitas.quant.shifted_scaled_int import (
+    ShiftedUint8ActPerTensorFloat,
+    ShiftedUint8ActPerTensorFloatMSE,
+    ShiftedUint8WeightPerChannelFloat,
+    ShiftedUint8WeightPerChannelFloatMSE,
+    ShiftedUint8WeightPerTensorFloat,
+    ShiftedUint8WeightPerTensorFloatMSE,
+)
 
 from brevitas_ldm.errors import RecipeError
 from brevitas_ldm.recipe import TensorQuant

@@ -1,213 +1,30 @@
 """From a global block report to a per-block precision plan.
 
-**Noise-additivity model.** Let ``n_b(p)`` be the output noise-to-signal power ratio measured with block ``b``
-alone quantized at precision ``p`` (``10^(-SQNR_dB/10)``). A configuration's output noise ratio is predicted as
-
-    N(config) = sum_b n_b(p_b),        SQNR(config) = -10 log10 N(config).
-
-Why it holds: quantization noise is small next to the signal, so the sampler's output responds to it almost
-linearly; the noise each block injects is a (nearly) zero-mean error from rounding its own weights and inputs, so
-the contributions of different blocks are close to uncorrelated, and the powers of uncorrelated errors add. The
-model breaks when noise is large (non-linear response; it becomes optimistic) or when blocks' errors correlate
-(e.g. shared biases of the same sign). The benchmark (``docs/global-analysis.md``) and the tests report its error
-against measurement. It is exactly what the budget planner needs: minimising the predicted noise is a sum over
-blocks, so the exact optimum is a small integer program, solved with ``scipy.optimize.milp`` (HiGHS).
+Every planner ranks configurations with the noise-additivity model of :mod:`.prediction`; minimising the
+predicted noise is a sum over blocks, so the budget planner's exact optimum is a small integer program, solved with
+``scipy.optimize.milp`` (HiGHS).
 
 Planners (``recipe.plan.method``): ``uniform`` (every block at the recipe's base precision), ``threshold``
 (blocks whose progressive ``share_db`` exceeds ``threshold_db`` go to ``high_precision``), ``top_k`` (the ``k``
 blocks whose move to ``high_precision`` removes the most predicted noise), ``budget`` (maximise predicted SQNR
-under average weight/activation-bit budgets, weighted by parameter count and activation elements). A :class:`Plan`
-is plain JSON the user may edit and feed back: ``Plan.load(path).precisions`` goes straight into
-``quantize_denoiser(denoiser, recipe, precisions=...)``.
+under average weight/activation-bit budgets, weighted by parameter count and activation elements). Each returns a
+:class:`~brevitas_ldm.planning.plan.Plan`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from brevitas_ldm.analysis.block_report import BlockReport
 from brevitas_ldm.errors import RecipeError
-from brevitas_ldm.io import read_json_file
+from brevitas_ldm.planning.plan import Plan, _evidence
+from brevitas_ldm.planning.prediction import average_bits, predict_noise_ratio, predict_sqnr_db
 from brevitas_ldm.precision import FLOAT_BITS, Precision, parse_precision
 from brevitas_ldm.recipe import PlanRule
-from brevitas_ldm.sensitivity.global_ import BlockReport, write_atomic
 from brevitas_ldm.sqnr import noise_ratio_to_db
-
-PLAN_FILE = "plan.json"
-PrecisionsLike = Mapping[str, str | Precision]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Prediction and accounting
-# ---------------------------------------------------------------------------------------------------------------
-def _full_assignment(report: BlockReport, precisions: PrecisionsLike,
-                     default: str | Precision | None = None) -> dict[str, Precision]:
-    """Every block's precision: listed ones as given, the rest at ``default`` (the report's base precision)."""
-    unknown = [name for name in precisions if name not in report.block_names]
-    if unknown:
-        raise RecipeError(f"plan names unknown blocks {', '.join(map(repr, unknown))}: the model's blocks are "
-                          f"{', '.join(report.block_names)}")
-    base = parse_precision(default or report.default_precision, "default precision")
-    return {name: parse_precision(precisions.get(name, base), f"precision of {name!r}") for name in report.block_names}
-
-
-def predict_noise_ratio(report: BlockReport, precisions: PrecisionsLike, default: str | None = None) -> float:
-    """Predicted output noise-to-signal ratio: the sum of the blocks' isolated noise ratios."""
-    assignment = _full_assignment(report, precisions, default)
-    return math.fsum(report.block(name).noise_ratio(p) for name, p in assignment.items())
-
-
-def predict_sqnr_db(report: BlockReport, precisions: PrecisionsLike, default: str | None = None) -> float:
-    """Predicted final-latent SQNR (dB) of a per-block configuration (unlisted blocks at the base precision)."""
-    return noise_ratio_to_db(predict_noise_ratio(report, precisions, default))
-
-
-def average_bits(report: BlockReport, precisions: PrecisionsLike, default: str | None = None) -> tuple[float, float]:
-    """(average weight bits weighted by parameter count, average activation bits weighted by input elements).
-
-    Float costs 32 bits; layers the recipe skips count as float.
-    """
-    assignment = _full_assignment(report, precisions, default)
-    params = [report.block(n).param_count for n in assignment]
-    acts = [report.block(n).act_elements for n in assignment]
-    weight = sum(c * p.effective_weight_bits() for c, p in zip(params, assignment.values()))
-    act = sum(c * p.effective_act_bits() for c, p in zip(acts, assignment.values()))
-    weight += FLOAT_BITS * report.skipped_param_count
-    act += FLOAT_BITS * report.skipped_act_elements
-    total_params = sum(params) + report.skipped_param_count
-    total_acts = sum(acts) + report.skipped_act_elements
-    return (weight / total_params if total_params else 0.0, act / total_acts if total_acts else 0.0)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The plan
-# ---------------------------------------------------------------------------------------------------------------
-@dataclass
-class Plan:
-    """Which precision each block gets, how it was chosen, and the SQNR figures behind each choice.
-
-    ``precisions`` maps block names to precision strings (``"w8a8"``, ``"w8a16"``, ``"float"``); blocks that are
-    not listed get the recipe's base precision, as in :func:`brevitas_ldm.quantize.quantize_denoiser`.
-    ``evidence[block]`` holds the block's isolated SQNR per precision, its progressive drop/share and a one-line
-    reason.
-    """
-
-    precisions: dict[str, str]
-    method: str = "manual"
-    default: str = "w8a8"
-    predicted_sqnr_db: float = math.nan
-    avg_weight_bits: float = math.nan
-    avg_act_bits: float = math.nan
-    budget: dict[str, float] = field(default_factory=dict)
-    evidence: dict[str, dict[str, Any]] = field(default_factory=dict)
-    measured_sqnr_db: float | None = None
-    model: str = ""
-    recipe: str = ""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.precisions, Mapping):
-            raise RecipeError("plan precisions must be a table block name -> precision string")
-        self.precisions = {str(k): parse_precision(v, f"plan precision of {k!r}").name
-                           for k, v in self.precisions.items()}
-        self.default = parse_precision(self.default, "plan default").name
-
-    # -- checks ----------------------------------------------------------------------------------------------
-    def check(self, report: BlockReport, menu: Sequence[str | Precision] | None = None) -> "Plan":
-        """Raise RecipeError naming any block the model lacks or any precision outside ``menu``."""
-        unknown = [name for name in self.precisions if name not in report.block_names]
-        if unknown:
-            raise RecipeError(f"plan names unknown blocks {', '.join(map(repr, unknown))}: the model's blocks are "
-                              f"{', '.join(report.block_names)}")
-        allowed = {parse_precision(p, "menu").name for p in (menu if menu is not None else report.menu)}
-        allowed.add(self.default)
-        outside = sorted({f"{b}={p}" for b, p in self.precisions.items() if p not in allowed})
-        if outside:
-            raise RecipeError(f"plan uses precisions outside the menu ({', '.join(outside)}): choose from "
-                              f"{', '.join(sorted(allowed))} or add them to plan.menu and rerun the analysis")
-        return self
-
-    def refresh(self, report: BlockReport) -> "Plan":
-        """Recompute the predicted SQNR, average bits and evidence (e.g. after editing the JSON by hand)."""
-        self.check(report)
-        self.predicted_sqnr_db = predict_sqnr_db(report, self.precisions, self.default)
-        self.avg_weight_bits, self.avg_act_bits = average_bits(report, self.precisions, self.default)
-        for name in report.block_names:
-            self.evidence.setdefault(name, _evidence(report, name, "set by hand"))
-        return self
-
-    # -- persistence -----------------------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        for key in ("predicted_sqnr_db", "avg_weight_bits", "avg_act_bits", "measured_sqnr_db"):
-            value = data[key]
-            if isinstance(value, float) and not math.isfinite(value):
-                data[key] = None if math.isnan(value) else ("inf" if value > 0 else "-inf")
-        data["evidence"] = _json_safe(data["evidence"])
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "plan") -> "Plan":
-        if not isinstance(data, Mapping) or "precisions" not in data:
-            raise RecipeError(f"{source} is not a plan: it needs a \"precisions\" table block -> precision")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise RecipeError(f"{source}: unknown plan keys {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
-        values = dict(data)
-        for key in ("predicted_sqnr_db", "avg_weight_bits", "avg_act_bits"):
-            values[key] = math.nan if values.get(key) is None else float(values[key])
-        if values.get("measured_sqnr_db") is not None:
-            values["measured_sqnr_db"] = float(values["measured_sqnr_db"])
-        return cls(**values)
-
-    def save(self, path: str | Path) -> Path:
-        """Write the plan as JSON (atomically); a folder gets ``plan.json`` inside it."""
-        path = Path(path)
-        if path.is_dir() or not path.suffix:
-            path = path / PLAN_FILE
-        write_atomic(path, (json.dumps(self.to_dict(), indent=1) + "\n").encode())
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Plan":
-        path, data = read_json_file(path, PLAN_FILE, "plan", "pass a plan.json written by brevitas-ldm (or its folder)",
-                                    "fix the edit or rerun the planner", RecipeError)
-        return cls.from_dict(data, source=str(path))
-
-    def to_markdown(self) -> str:
-        lines = [f"Plan ({self.method}): predicted output SQNR {self.predicted_sqnr_db:.2f} dB, "
-                 f"avg weight bits {self.avg_weight_bits:.2f}, avg act bits {self.avg_act_bits:.2f}", "",
-                 "| block | precision | reason |", "|---|---|---|"]
-        for name, precision in self.precisions.items():
-            lines.append(f"| {name} | {precision} | {self.evidence.get(name, {}).get('reason', '')} |")
-        return "\n".join(lines)
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, float) and math.isinf(obj):
-        return "inf" if obj > 0 else "-inf"
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    return obj
-
-
-def _evidence(report: BlockReport, name: str, reason: str) -> dict[str, Any]:
-    entry = report.block(name)
-    default = report.default_precision
-    return {"isolated_db": dict(entry.isolated_db), "progressive_db": entry.progressive_db.get(default),
-            "progressive_drop_db": entry.progressive_drop_db.get(default), "share_db": entry.share_db.get(default),
-            "param_count": entry.param_count, "act_elements": entry.act_elements, "reason": reason}
 
 
 def _make_plan(report: BlockReport, assignment: Mapping[str, Precision], method: str, default: Precision,
@@ -447,17 +264,3 @@ def choose_plan(report: BlockReport, rule: PlanRule, default: str | Precision | 
     else:  # PlanRule.validate() makes this unreachable
         raise RecipeError(f"plan.method = {rule.method!r} is not a planner: use uniform, threshold, top_k or budget")
     return plan.check(report, [*menu, default])
-
-
-def read_plan(path: str | Path, report: BlockReport | None = None, menu: Sequence[str] | None = None) -> Plan:
-    """Load a (possibly hand-edited) plan; with a report, check it and refresh its predictions."""
-    plan = Plan.load(path)
-    if report is not None:
-        plan.check(report, menu)
-        plan.refresh(report)
-    return plan
-
-
-__all__ = ["Plan", "average_bits", "block_share_db", "budget_plan", "choose_plan", "predict_noise_ratio",
-           "predict_sqnr_db", "random_budget_plans", "random_upgrade_plans", "read_plan", "threshold_plan",
-           "top_k_plan", "uniform_plan", "upgrade_gain"]

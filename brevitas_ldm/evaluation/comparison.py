@@ -13,15 +13,15 @@ from typing import Any
 
 import torch
 
-from brevitas_ldm.blocks import get_blocks
+from brevitas_ldm.denoiser.blocks import get_blocks
+from brevitas_ldm.denoiser.sampling import SamplingSpec, generate, get_denoiser
 from brevitas_ldm.errors import ModelError
 from brevitas_ldm.evaluation.compare import TrajectoryRecorder, psnr_db
 from brevitas_ldm.evaluation.prompts import EvaluationSet
 from brevitas_ldm.evaluation.run import Generation, decode_latents, digits_metrics
-from brevitas_ldm.footprint import Footprint, activation_elements, footprint, weight_elements
 from brevitas_ldm.precision import Precision
-from brevitas_ldm.quantize import fast_inference
-from brevitas_ldm.sampling import SamplingSpec, generate, get_denoiser
+from brevitas_ldm.quant.footprint import Footprint, activation_elements, footprint, weight_elements
+from brevitas_ldm.quant.quantize import fast_inference
 from brevitas_ldm.sqnr import sqnr_db
 
 

@@ -19,12 +19,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from brevitas_ldm.calibration import calibrate_pipeline, recipe_calibration
+from brevitas_ldm.analysis.block_report import BlockReport
+from brevitas_ldm.analysis.block_sensitivity import BlockSensitivity
+from brevitas_ldm.analysis.layer_report import LayerReport, select_for_smoothing
+from brevitas_ldm.analysis.layer_sensitivity import LayerSensitivity
+from brevitas_ldm.checkpoint import save_checkpoint
+from brevitas_ldm.denoiser.blocks import get_blocks
+from brevitas_ldm.denoiser.sampling import SamplingSpec, generate, get_denoiser, num_train_timesteps
 from brevitas_ldm.evaluation.prompts import calibration_set
+from brevitas_ldm.planning.plan import Plan, read_plan
+from brevitas_ldm.planning.planners import choose_plan
 from brevitas_ldm.precision import Precision
-from brevitas_ldm.quantize import quantize_denoiser, resolve_precisions
+from brevitas_ldm.quant.calibration import calibrate_pipeline, recipe_calibration
+from brevitas_ldm.quant.quantize import quantize_denoiser, resolve_precisions
+from brevitas_ldm.quant.smoothquant import SmoothingResult, SmoothQuantStep
 from brevitas_ldm.recipe import Recipe, get_recipe
-from brevitas_ldm.sampling import SamplingSpec, generate, get_denoiser
+
+#: What ``plan=`` accepts: a Plan, a plan.json path, or a block/layer name -> precision mapping.
+PlanLike = Plan | str | Path | Mapping[str, str | Precision]
 
 
 @dataclass
@@ -34,40 +46,34 @@ class QuantizationResult:
     pipeline: Any
     recipe: Recipe
     precisions: dict[str, Precision]
-    plan: Any = None              # brevitas_ldm.plan.Plan when the global analysis chose it
-    block_report: Any = None      # brevitas_ldm.sensitivity.global_.BlockReport
-    module_report: Any = None     # brevitas_ldm.sensitivity.local.ModuleReport
-    smoothing: dict[str, Any] = field(default_factory=dict)
+    plan: Plan | None = None                   # the plan given or chosen by the global analysis
+    block_report: BlockReport | None = None    # the global analysis, when it ran
+    layer_report: LayerReport | None = None    # the local analysis, when it ran
+    smoothing: SmoothingResult = field(default_factory=SmoothingResult)
     timing_s: dict[str, float] = field(default_factory=dict)
     denoiser_calls: dict[str, int] = field(default_factory=dict)
 
     def save(self, directory: str | Path, model: str | None = None) -> Path:
         """Checkpoint (quantized denoiser state + recipe + plan), reloadable with :func:`load_quantized`."""
-        from brevitas_ldm.checkpoint import save_checkpoint
+        return save_checkpoint(get_denoiser(self.pipeline), self.recipe, Path(directory), model=model,
+                               smoothing_alphas=self.smoothing.alphas, plan=self.plan)
 
-        return save_checkpoint(self, Path(directory), model=model)
 
-
-def _block_plan(pipe: Any, recipe: Recipe, plan: Any, prompts: Sequence, seeds: Sequence[int], spec: SamplingSpec,
-                progress: bool, cache_dir: str | Path | None, result: QuantizationResult) -> Mapping[str, Any] | None:
+def _block_plan(pipe: Any, recipe: Recipe, plan: PlanLike | None, prompts: Sequence, seeds: Sequence[int],
+                spec: SamplingSpec, progress: bool, cache_dir: str | Path | None,
+                result: QuantizationResult) -> Mapping[str, Any] | None:
     """Block/layer -> precision overrides: a given plan, the global analysis' choice, or None (uniform)."""
-    from brevitas_ldm.plan import Plan, choose_plan, read_plan
-
     if plan is not None:
         if isinstance(plan, (str, Path)):
             plan = read_plan(plan)
         if isinstance(plan, Plan):
             result.plan = plan
             # Blocks the plan does not list take the plan's default (which may differ from the recipe's).
-            from brevitas_ldm.blocks import get_blocks
-
             filled = {block.name: plan.default for block in get_blocks(get_denoiser(pipe))}
             return {**filled, **plan.precisions}
         return dict(plan)
     if not recipe.analysis.global_:
         return None
-    from brevitas_ldm.sensitivity.global_ import BlockSensitivity
-
     start = time.perf_counter()
     report = BlockSensitivity(recipe, prompts, seeds, spec, progress=progress).run(pipe, cache_dir=cache_dir)
     result.block_report = report
@@ -79,13 +85,13 @@ def _block_plan(pipe: Any, recipe: Recipe, plan: Any, prompts: Sequence, seeds: 
 
 def quantize_pipeline(pipe: Any, recipe: Recipe | str, calibration_prompts: Sequence[str] | None = None,
                       calibration_seeds: Sequence[int] | None = None, spec: SamplingSpec | None = None,
-                      plan: Any = None, progress: bool = False,
+                      plan: PlanLike | None = None, progress: bool = False,
                       cache_dir: str | Path | None = None) -> QuantizationResult:
     """Quantize ``pipe``'s denoiser in place following ``recipe``; see the module docstring for the steps.
 
     ``calibration_prompts``/``calibration_seeds`` feed calibration, SmoothQuant statistics and the analyses
     (default: ``recipe.calibration.num_prompts`` digit prompts with seeds from 10000, disjoint from evaluation's).
-    ``plan``: a :class:`~brevitas_ldm.plan.Plan`, a plan.json path, or a name -> precision mapping; it replaces
+    ``plan``: a :class:`~brevitas_ldm.planning.plan.Plan`, a plan.json path, or a name -> precision mapping; it replaces
     the global analysis. ``cache_dir`` stores the global analysis so re-planning is fast.
     """
     recipe = get_recipe(recipe)
@@ -105,20 +111,18 @@ def quantize_pipeline(pipe: Any, recipe: Recipe | str, calibration_prompts: Sequ
     layer_precisions = resolve_precisions(denoiser, recipe, overrides)
 
     if recipe.analysis.local:
-        from brevitas_ldm.sensitivity.local import ModuleSensitivity
-
         start = time.perf_counter()
-        report = ModuleSensitivity(recipe, analysis_prompts, analysis_seeds, spec, precisions=layer_precisions,
+        report = LayerSensitivity(recipe, analysis_prompts, analysis_seeds, spec, precisions=layer_precisions,
                                    progress=progress).run(pipe)
-        result.module_report = report
+        result.layer_report = report
         result.timing_s["local_analysis"] = time.perf_counter() - start
-        result.denoiser_calls["local_analysis"] = int(sum(getattr(report, "denoiser_calls", {}).values()))
+        result.denoiser_calls["local_analysis"] = int(sum(report.denoiser_calls.values()))
 
     if recipe.smoothquant.enabled:
-        result.smoothing = _smooth(pipe, recipe, layer_precisions, result.module_report, calibration_prompts,
+        result.smoothing = _smooth(pipe, recipe, layer_precisions, result.layer_report, calibration_prompts,
                                    calibration_seeds, spec, progress)
-        result.timing_s["smoothing"] = float(result.smoothing.get("wall_time_s", 0.0))
-        result.denoiser_calls["smoothing"] = int(result.smoothing.get("denoiser_calls", 0))
+        result.timing_s["smoothing"] = result.smoothing.wall_time_s
+        result.denoiser_calls["smoothing"] = result.smoothing.denoiser_calls
 
     start = time.perf_counter()
     quantize_denoiser(denoiser, recipe, layer_precisions)
@@ -136,22 +140,19 @@ def quantize_pipeline(pipe: Any, recipe: Recipe | str, calibration_prompts: Sequ
     return result
 
 
-def _smooth(pipe: Any, recipe: Recipe, layer_precisions: Mapping[str, Precision], module_report: Any,
-            prompts: list, seeds: list[int], spec: SamplingSpec, progress: bool) -> dict[str, Any]:
+def _smooth(pipe: Any, recipe: Recipe, layer_precisions: Mapping[str, Precision], layer_report: LayerReport | None,
+            prompts: list, seeds: list[int], spec: SamplingSpec, progress: bool) -> SmoothingResult:
     """SmoothQuant on the float denoiser: all activation-quantized layers, or the local analysis' worst ones."""
-    from brevitas_ldm.sensitivity.local import select_for_smoothing
-    from brevitas_ldm.smoothing import SmoothQuantStep
-
     section = recipe.smoothquant
     quantized_inputs = [name for name, p in layer_precisions.items() if p.act_bits is not None]
     if section.scope == "sensitive":
-        selected = select_for_smoothing(module_report, section.max_modules, section.min_activation_share)
+        selected = select_for_smoothing(layer_report, section.max_modules, section.min_activation_share)
         modules = [name for name in selected if name in set(quantized_inputs)]
     else:
         modules = quantized_inputs
     if not modules:
-        return {"modules": [], "alphas": {}, "denoiser_calls": 0, "wall_time_s": 0.0}
-    num_train = int(getattr(pipe.scheduler.config, "num_train_timesteps", 1000))
+        return SmoothingResult()
+    num_train = num_train_timesteps(pipe)
 
     def run_calibration_data(denoiser) -> None:
         generate(pipe, prompts, seeds, spec, output_type="latent", progress=progress, desc="SmoothQuant statistics")

@@ -9,7 +9,7 @@ then wraps each layer as ``EqualizedModule(scale=ScaleBias(1/s), layer=<layer wi
 that transform to the layers the local SQNR analysis picked (everything else goes on Brevitas' ``blacklist_layers``),
 and optionally picks alpha per layer from a grid by the layer's relative SQNR after quantization.
 
-It must run on the FLOAT denoiser, before :func:`brevitas_ldm.quantize.quantize_denoiser`: the wrapped layer is a
+It must run on the FLOAT denoiser, before :func:`brevitas_ldm.quant.quantize.quantize_denoiser`: the wrapped layer is a
 plain ``nn.Linear``/``nn.Conv2d`` that ``layerwise_quantize`` then replaces by a Brevitas quant layer, whose input
 quantizer sees the smoothed input ``x / s``. The wrapping renames the layer (``proj_in`` -> ``proj_in.layer``);
 the helpers at the top of this module map between those *internal* names and the *user-facing* names that reports,
@@ -26,21 +26,29 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ContextManager, Iterator
 
 import torch
 import torch.nn as nn
 from brevitas.graph.calibrate import calibration_mode
 from brevitas.graph.equalize import activation_equalization_mode
-from brevitas.nn.equalized_layer import EqualizedModule
 
-from brevitas_ldm.blocks import quantizable_modules
+from brevitas_ldm.compat import EqualizedModule
+from brevitas_ldm.denoiser.blocks import quantizable_layers
+from brevitas_ldm.denoiser.names import (
+    equalized_prefixes,
+    internal_name,
+    is_smoothed,
+    to_internal_keys,
+    user_facing_name,
+    user_facing_names,
+)
+from brevitas_ldm.denoiser.sampling import CallCounter, denoiser_step_hook
 from brevitas_ldm.errors import ModelError, RecipeError
-from brevitas_ldm.sampling import CallCounter
+from brevitas_ldm.quant.probes import TwinProbe
+from brevitas_ldm.quant.quantize import quantize_denoiser, resolve_precisions
 
-#: Attribute under which Brevitas' EqualizedModule keeps the wrapped layer.
-EQUALIZED_CHILD = "layer"
 #: Temporary child of the denoiser that holds the alpha-trial layers while they are calibrated (see _trial_holders).
 _TRIALS_ATTR = "_brevitas_ldm_smoothquant_trials"
 
@@ -52,50 +60,6 @@ except ImportError:  # pragma: no cover - depends on the Brevitas version
     _BREVITAS_EQ_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
                            nn.ConvTranspose3d, nn.MultiheadAttention)
 _NOT_REGIONS = (nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-
-
-# -- names: internal (what named_modules() says) <-> user-facing (what reports and plans say) ------------------------
-def equalized_prefixes(model: nn.Module) -> set[str]:
-    """Qualified names of the Brevitas ``EqualizedModule`` wrappers in ``model`` (the user-facing layer names)."""
-    return {name for name, module in model.named_modules() if isinstance(module, EqualizedModule)}
-
-
-def user_facing_name(model: nn.Module, name: str, prefixes: set[str] | None = None) -> str:
-    """``down_blocks.0.attentions.0.proj_in.layer`` -> ``down_blocks.0.attentions.0.proj_in`` (identity otherwise).
-
-    Names below the wrapped layer keep their tail (``X.layer.weight_quant`` -> ``X.weight_quant``).
-    """
-    prefixes = equalized_prefixes(model) if prefixes is None else prefixes
-    parts = name.split(".")
-    for i in range(len(parts) - 1, 0, -1):
-        if parts[i] == EQUALIZED_CHILD and ".".join(parts[:i]) in prefixes:
-            return ".".join(parts[:i] + parts[i + 1:])
-    return name
-
-
-def internal_name(model: nn.Module, name: str, prefixes: set[str] | None = None) -> str:
-    """The ``named_modules()`` name of a user-facing layer name (adds ``.layer`` under an EqualizedModule)."""
-    prefixes = equalized_prefixes(model) if prefixes is None else prefixes
-    return f"{name}.{EQUALIZED_CHILD}" if name in prefixes else name
-
-
-def user_facing_names(model: nn.Module) -> dict[str, str]:
-    """Internal -> user-facing name of every quantizable (Linear/Conv2d, incl. Brevitas quant) layer of ``model``."""
-    prefixes = equalized_prefixes(model)
-    return {name: user_facing_name(model, name, prefixes) for name, _ in quantizable_modules(model)}
-
-
-def to_internal_keys(model: nn.Module, mapping: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """Translate the keys of a plan/precision map from user-facing to internal names (block names pass through)."""
-    if mapping is None:
-        return None
-    prefixes = equalized_prefixes(model)
-    return {internal_name(model, key, prefixes): value for key, value in mapping.items()}
-
-
-def is_smoothed(model: nn.Module, name: str) -> bool:
-    """Whether the user-facing layer ``name`` is already wrapped by SmoothQuant."""
-    return name in equalized_prefixes(model)
 
 
 def smoothing_scales(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -110,6 +74,29 @@ CalibrationContext = Callable[[nn.Module], ContextManager]
 
 
 @dataclass
+@dataclass
+class SmoothingResult:
+    """What one SmoothQuant step did. Layer names are user-facing; SQNRs (dB) only when alphas were searched.
+
+    ``layers``: the smoothed layers, in order; ``alphas``: the alpha each got (None: Brevitas' default);
+    ``skipped``: layer -> why it was left alone; ``sqnr_before_db``/``sqnr_after_db``: each layer's relative SQNR
+    unsmoothed and at the chosen alpha; ``alpha_sqnr_db``: layer -> alpha -> SQNR of every alpha tried;
+    ``scale_mismatch``: relative difference between trial and final scales (non-zero means a non-deterministic
+    calibration); ``denoiser_calls``, ``passes``, ``wall_time_s``: what it cost.
+    """
+
+    layers: list[str] = field(default_factory=list)
+    alphas: dict[str, float | None] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    sqnr_before_db: dict[str, float] = field(default_factory=dict)
+    sqnr_after_db: dict[str, float] = field(default_factory=dict)
+    alpha_sqnr_db: dict[str, dict[str, float]] = field(default_factory=dict)
+    scale_mismatch: dict[str, float] = field(default_factory=dict)
+    denoiser_calls: int = 0
+    passes: int = 0
+    wall_time_s: float = 0.0
+
+
 class SmoothQuantStep:
     """SmoothQuant (Brevitas layerwise activation equalization) on chosen layers of a float denoiser.
 
@@ -158,60 +145,57 @@ class SmoothQuantStep:
     def apply(self, denoiser: nn.Module, calibration_fn: CalibrationFn) -> dict[str, Any]:
         """Smooth the selected layers of ``denoiser`` in place; ``calibration_fn(denoiser)`` runs calibration data.
 
-        Returns what was done: ``modules`` (smoothed, user-facing names), ``alphas``, ``skipped`` (name -> why),
-        ``sqnr_before_db``/``sqnr_after_db`` and ``alpha_sqnr_db`` (per alpha tried) when a recipe was given,
-        ``denoiser_calls``, ``passes`` and ``wall_time_s``.
+        Returns a :class:`SmoothingResult` (what was smoothed, with which alpha, what it measured and cost).
         """
         start = time.perf_counter()
         selected = self._select(denoiser)
         calls = _CallCounter(denoiser)
-        result: dict[str, Any] = {"modules": [], "alphas": {}, "skipped": {}, "sqnr_before_db": {},
-                                  "sqnr_after_db": {}, "alpha_sqnr_db": {}, "denoiser_calls": 0, "passes": 0}
+        result = SmoothingResult()
         if not selected:
-            result["wall_time_s"] = time.perf_counter() - start
+            result.wall_time_s = time.perf_counter() - start
             return result
         with calls:
             chosen: dict[str, float | None]
             trial_scales: dict[float, dict[str, torch.Tensor]] = {}
             if self.recipe is not None:
                 sqnr, trial_scales, skipped = self._trials(denoiser, selected, calibration_fn, calls)
-                result["skipped"].update(skipped)
+                result.skipped.update(skipped)
                 chosen = {}
                 for name in selected:
                     if name in skipped:
                         continue
                     by_alpha = sqnr[name]
-                    result["alpha_sqnr_db"][name] = {_alpha_key(a): db for a, db in by_alpha.items()
+                    result.alpha_sqnr_db[name] = {_alpha_key(a): db for a, db in by_alpha.items()
                                                      if a is not None}
-                    result["sqnr_before_db"][name] = by_alpha[None]
+                    result.sqnr_before_db[name] = by_alpha[None]
                     candidates = [a for a in by_alpha if a is not None]
                     best = max(candidates, key=lambda a: (by_alpha[a], -candidates.index(a)))
                     if self.alpha_grid and not self.keep_if_worse and by_alpha[best] <= by_alpha[None]:
-                        result["skipped"][name] = (f"no alpha in {list(self.alpha_grid)} improves its SQNR "
+                        result.skipped[name] = (f"no alpha in {list(self.alpha_grid)} improves its SQNR "
                                                    f"({by_alpha[None]:.2f} dB unsmoothed)")
-                        result["sqnr_after_db"][name] = by_alpha[None]
+                        result.sqnr_after_db[name] = by_alpha[None]
                         continue
                     chosen[name] = best
-                    result["sqnr_after_db"][name] = by_alpha[best]
+                    result.sqnr_after_db[name] = by_alpha[best]
             else:
                 chosen = {name: float(self.alpha) for name in selected}
             self._equalize(denoiser, chosen, calibration_fn, calls)
-        result["modules"] = [name for name in selected if name in chosen]
-        result["alphas"] = {name: chosen[name] for name in result["modules"]}
-        result["scale_mismatch"] = _scale_mismatch(denoiser, chosen, trial_scales)
-        if result["scale_mismatch"] and max(result["scale_mismatch"].values()) > 1e-3:
+        result.layers = [name for name in selected if name in chosen]
+        result.alphas = {name: chosen[name] for name in result.layers}
+        result.scale_mismatch = _scale_mismatch(denoiser, chosen, trial_scales)
+        if result.scale_mismatch and max(result.scale_mismatch.values()) > 1e-3:
             warnings.warn("SmoothQuant scales differ between the alpha trial and the final pass: calibration_fn is "
                           "not deterministic (seed its sampling), so the reported SQNR may not match the model")
-        result["denoiser_calls"] = calls.count
-        result["passes"] = calls.passes
-        result["wall_time_s"] = time.perf_counter() - start
+        result.denoiser_calls = calls.count
+        result.passes = calls.passes
+        result.wall_time_s = time.perf_counter() - start
         return result
 
     # -- steps ----------------------------------------------------------------------------------------------------
     def _select(self, denoiser: nn.Module) -> list[str]:
         """User-facing names of the layers to smooth, validated against the denoiser."""
         prefixes = equalized_prefixes(denoiser)
-        layers = {user_facing_name(denoiser, n, prefixes): n for n, _ in quantizable_modules(denoiser)}
+        layers = {user_facing_name(denoiser, n, prefixes): n for n, _ in quantizable_layers(denoiser)}
         if self.modules is None:
             return [name for name in layers if name not in prefixes]
         out = []
@@ -228,7 +212,6 @@ class SmoothQuantStep:
         return out
 
     def _layer_precisions(self, denoiser: nn.Module) -> dict[str, Any]:
-        from brevitas_ldm.quantize import resolve_precisions
 
         return resolve_precisions(denoiser, self.recipe, self.precisions)  # keyed by user-facing names
 
@@ -241,9 +224,6 @@ class SmoothQuantStep:
         ``quantize_denoiser``, pass 2 calibrates their activation ranges, pass 3 measures their output SQNR
         against the FP layer output. The float denoiser is never modified here.
         """
-        from brevitas_ldm.quantize import quantize_denoiser
-        from brevitas_ldm.sampling import denoiser_step_hook
-        from brevitas_ldm.sensitivity.local import TwinProbe
 
         precisions = self._layer_precisions(denoiser)
         skipped = {name: "planned as float: nothing to smooth" for name in selected if precisions[name].is_float}

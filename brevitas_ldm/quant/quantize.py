@@ -16,12 +16,12 @@ import torch.nn as nn
 from brevitas.graph.quantize import layerwise_quantize
 from brevitas.nn.quant_layer import QuantWeightBiasInputOutputLayer
 
-from brevitas_ldm.blocks import Block, get_blocks
+from brevitas_ldm.denoiser.blocks import Block, get_blocks
+from brevitas_ldm.denoiser.names import user_facing_names
 from brevitas_ldm.errors import RecipeError
 from brevitas_ldm.precision import FLOAT, Precision, parse_precision
-from brevitas_ldm.quantizers import act_quantizer, weight_quantizer
+from brevitas_ldm.quant.quantizers import act_quantizer, weight_quantizer
 from brevitas_ldm.recipe import Recipe
-from brevitas_ldm.smoothing import user_facing_names
 
 PrecisionMap = dict[str, Precision]
 
@@ -76,7 +76,7 @@ def quantize_denoiser(denoiser: nn.Module, recipe: Recipe,
     """Replace the denoiser's layers in place with Brevitas quant layers following ``precisions``.
 
     ``precisions`` may be partial (block or layer names); see :func:`resolve_precisions`. Activation scales are
-    uninitialised until the model is calibrated (:mod:`brevitas_ldm.calibration`).
+    uninitialised until the model is calibrated (:mod:`brevitas_ldm.quant.calibration`).
     """
     plan = resolve_precisions(denoiser, recipe, precisions)
     # Brevitas hands the hooks internal names (``x.layer`` under a SmoothQuant wrapper); plans use user-facing ones.

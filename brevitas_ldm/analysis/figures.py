@@ -12,10 +12,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from brevitas_ldm.io import write_bytes_atomic
+
 
 def save_figure(fig, path: Path) -> None:
     """Save a PNG atomically (rendered to memory, then one rename)."""
-    from brevitas_ldm.io import write_bytes_atomic
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")

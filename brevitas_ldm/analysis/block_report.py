@@ -1,0 +1,226 @@
+"""The global analysis' result: per-block sensitivities, ready for planning, saved and reloaded as JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from brevitas_ldm.analysis.figures import save_figure
+from brevitas_ldm.errors import BrevitasLDMError, RecipeError
+from brevitas_ldm.io import (
+    dataclass_from_dict,
+    decode_json_floats,
+    encode_json_floats,
+    read_json_file,
+    write_bytes_atomic,
+)
+from brevitas_ldm.precision import Precision, parse_precision
+from brevitas_ldm.sqnr import db_to_noise_ratio
+
+REPORT_FILE = "block_report.json"
+PROGRESSIVE_PNG = "global_progressive_sqnr.png"
+HEATMAP_PNG = "global_isolated_heatmap.png"
+#: Bumped whenever the analysis changes what it measures, so stale caches are not reused.
+ANALYSIS_VERSION = 1
+
+
+@dataclass
+class BlockEntry:
+    """Everything measured about one block. SQNRs are in dB, keyed by precision name (``"w8a8"``).
+
+    * ``isolated_db``: final-latent SQNR with only this block quantized; ``isolated_steps_db`` per sampling step.
+    * ``progressive_db``: final-latent SQNR with this block and all blocks before it quantized.
+    * ``progressive_drop_db``: SQNR of the previous prefix minus this one (+inf for the first block: the empty
+      prefix is the FP model). It depends on the order and overstates early blocks, whose predecessors are nearly
+      noise free, so the threshold rule uses ``share_db`` instead.
+    * ``share_db``: how many dB the fully quantized model's SQNR would recover without the noise power this block
+      adds in the progressive sweep, 10 log10(N_full / (N_full - max(N_k - N_{k-1}, 0))).
+    """
+
+    name: str
+    kind: str
+    param_count: int
+    act_elements: float
+    num_layers: int
+    isolated_db: dict[str, float] = field(default_factory=dict)
+    isolated_steps_db: dict[str, list[float]] = field(default_factory=dict)
+    progressive_db: dict[str, float] = field(default_factory=dict)
+    progressive_steps_db: dict[str, list[float]] = field(default_factory=dict)
+    progressive_drop_db: dict[str, float] = field(default_factory=dict)
+    share_db: dict[str, float] = field(default_factory=dict)
+
+    def noise_ratio(self, precision: Precision | str) -> float:
+        """Isolated output noise-to-signal ratio at ``precision`` (0 for float)."""
+        precision = parse_precision(precision)
+        if precision.is_float:
+            return 0.0
+        if precision.name not in self.isolated_db:
+            raise RecipeError(f"block {self.name!r} was not analysed at {precision.name}: add it to plan.menu and "
+                              f"rerun the global analysis")
+        return db_to_noise_ratio(self.isolated_db[precision.name])
+
+
+@dataclass
+class BlockReport:
+    """The global analysis of one model under one recipe: per-block sensitivities, ready for planning."""
+
+    model: str
+    recipe: str
+    default_precision: str
+    high_precision: str
+    precisions: list[str]
+    progressive_precisions: list[str]
+    num_prompts: int
+    seeds: list[int]
+    steps: int
+    guidance_scale: float
+    blocks: list[BlockEntry]
+    full_db: dict[str, float] = field(default_factory=dict)
+    full_steps_db: dict[str, list[float]] = field(default_factory=dict)
+    skipped_param_count: int = 0
+    skipped_act_elements: float = 0.0
+    timing_s: dict[str, float] = field(default_factory=dict)
+    denoiser_calls: dict[str, int] = field(default_factory=dict)
+    cache_key: str = ""
+    from_cache: bool = False
+
+    # -- queries ---------------------------------------------------------------------------------------------
+    @property
+    def block_names(self) -> list[str]:
+        return [b.name for b in self.blocks]
+
+    def block(self, name: str) -> BlockEntry:
+        for entry in self.blocks:
+            if entry.name == name:
+                return entry
+        raise RecipeError(f"unknown block {name!r}: the report has {', '.join(self.block_names)}")
+
+    @property
+    def menu(self) -> list[str]:
+        """Every precision a plan may use with this report: float plus the analysed ones."""
+        return ["float", *[p for p in self.precisions if p != "float"]]
+
+    def ranking(self, precision: str | None = None) -> list[str]:
+        """Block names, most sensitive first (lowest isolated SQNR at ``precision``, default: the recipe's)."""
+        name = parse_precision(precision or self.default_precision).name
+        return sorted(self.block_names, key=lambda b: self.block(b).isolated_db.get(name, math.inf))
+
+    # -- persistence -----------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.pop("from_cache")
+        data["version"] = ANALYSIS_VERSION
+        return encode_json_floats(data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "BlockReport":
+        data = dict(data)
+        data.pop("version", None)
+        blocks = []
+        for raw in data.pop("blocks"):
+            raw = dict(raw)
+            for key in ("isolated_db", "isolated_steps_db", "progressive_db", "progressive_steps_db",
+                        "progressive_drop_db", "share_db"):
+                raw[key] = decode_json_floats(raw.get(key, {}))
+            blocks.append(BlockEntry(**raw))
+        data["full_db"] = decode_json_floats(data.get("full_db", {}))
+        data["full_steps_db"] = decode_json_floats(data.get("full_steps_db", {}))
+        return dataclass_from_dict(cls, {**data, "blocks": blocks}, "block report")
+
+    def save(self, directory: str | Path, figures: bool = True) -> Path:
+        """Write ``block_report.json`` (and the PNG figures) into ``directory``, each file atomically."""
+        directory = Path(directory)
+        path = directory / REPORT_FILE
+        write_bytes_atomic(path, json.dumps(self.to_dict(), indent=1).encode())
+        if figures:
+            self.save_figures(directory)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "BlockReport":
+        """Load a report from ``block_report.json`` or the folder holding it."""
+        path, data = read_json_file(path, REPORT_FILE, "block report", "run the global analysis (brevitas-ldm analyze) first",
+                                    "rerun the global analysis")
+        if data.get("version") != ANALYSIS_VERSION:
+            raise BrevitasLDMError(f"{path} was written by analysis version {data.get('version')}, this is "
+                                   f"{ANALYSIS_VERSION}: rerun the global analysis")
+        return cls.from_dict(data)
+
+    # -- presentation ----------------------------------------------------------------------------------------
+    def to_markdown(self) -> str:
+        """One row per block in execution order: size, isolated SQNR per precision, progressive SQNR and drop."""
+        default = self.default_precision
+        rank = {name: i + 1 for i, name in enumerate(self.ranking())}
+        analysed = [p for p in self.precisions if p != "float"]
+        header = ["block", "kind", "params", "act elems", "rank"] + [f"isolated {p} (dB)" for p in analysed]
+        header += [f"progressive {default} (dB)", "drop (dB)", "share (dB)"]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+        def fmt(value: float | None) -> str:
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                return "-"
+            return "inf" if math.isinf(value) else f"{value:.2f}"
+
+        for entry in self.blocks:
+            row = [entry.name, entry.kind, f"{entry.param_count:,}", f"{entry.act_elements:,.0f}", str(rank[entry.name])]
+            row += [fmt(entry.isolated_db.get(p)) for p in analysed]
+            row += [fmt(entry.progressive_db.get(default)), fmt(entry.progressive_drop_db.get(default)),
+                    fmt(entry.share_db.get(default))]
+            lines.append("| " + " | ".join(row) + " |")
+        if default in self.full_db:
+            lines.append("")
+            lines.append(f"Fully quantized at {default}: {fmt(self.full_db[default])} dB output SQNR.")
+        return "\n".join(lines)
+
+    def save_figures(self, directory: str | Path) -> list[Path]:
+        """Progressive SQNR per block, and a block x step heatmap of isolated SQNR (matplotlib, Agg)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        directory = Path(directory)
+        names = self.block_names
+        written = []
+
+        def save(fig, filename):
+            save_figure(fig, directory / filename)
+            written.append(directory / filename)
+
+        directory.mkdir(parents=True, exist_ok=True)
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(names)), 4.0))
+        x = list(range(len(names)))
+        for precision in self.progressive_precisions:
+            values = [self.block(n).progressive_db.get(precision, math.nan) for n in names]
+            ax.plot(x, values, marker="o", label=f"progressive {precision}")
+        for precision in self.precisions:
+            if precision == "float":
+                continue
+            values = [self.block(n).isolated_db.get(precision, math.nan) for n in names]
+            ax.plot(x, values, linestyle=":", marker=".", label=f"isolated {precision}")
+        ax.set_xticks(x, names, rotation=60, ha="right")
+        ax.set_ylabel("output SQNR (dB)")
+        ax.set_title("Global analysis: SQNR of the final latents vs FP")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        save(fig, PROGRESSIVE_PNG)
+
+        precision = self.default_precision
+        rows = [self.block(n).isolated_steps_db.get(precision) for n in names]
+        if all(rows):
+            fig, ax = plt.subplots(figsize=(max(6.0, 0.3 * len(rows[0])), max(3.0, 0.35 * len(names))))
+            finite = [v for row in rows for v in row if math.isfinite(v)]
+            image = ax.imshow([[v if math.isfinite(v) else (max(finite) if finite else 0.0) for v in row]
+                               for row in rows], aspect="auto", cmap="viridis")
+            ax.set_yticks(range(len(names)), names)
+            ax.set_xticks(range(0, len(rows[0]), max(1, len(rows[0]) // 10)))
+            ax.set_xlabel("sampling step")
+            ax.set_title(f"Isolated {precision}: denoiser-output SQNR (dB) per step")
+            fig.colorbar(image, ax=ax)
+            save(fig, HEATMAP_PNG)
+        return written
