@@ -6,46 +6,62 @@ Public API (imported lazily, so ``brevitas-ldm recipes`` does not pay for torch/
     result = brevitas_ldm.quantize_pipeline(pipe, recipe, progress=True)
     result.save("out/")                                 # checkpoint + plan + recipe
     pipe = brevitas_ldm.load_quantized(pipe, "out/")    # later, no analysis or calibration
+
+Names are defined in the package's layers (``denoiser/``, ``quant/``, ``analysis/``, ``planning/``, the
+workflow, ``export/``; see ``docs/design.md``) and re-exported here.
 """
 
 from __future__ import annotations
 
 import importlib
 import warnings
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
 # Brevitas warns at import time when an optional GPU kernel package is absent; it changes nothing on CPU.
 warnings.filterwarnings("ignore", message="fast_hadamard_transform package not found")
 
+#: The public API: name -> the module that defines it. The one list: ``__all__``, the lazy loader below, the
+#: ``TYPE_CHECKING`` imports (kept equal by a test) and ``docs/gen_api.py`` all read it.
 _EXPORTS = {
+    "BrevitasLDMError": "brevitas_ldm.errors",
     "Recipe": "brevitas_ldm.recipe",
     "get_recipe": "brevitas_ldm.recipe",
     "list_recipes": "brevitas_ldm.recipe",
     "register_recipe": "brevitas_ldm.recipe",
     "Precision": "brevitas_ldm.precision",
     "parse_precision": "brevitas_ldm.precision",
-    "sqnr_db": "brevitas_ldm.sqnr",
     "SQNRMeter": "brevitas_ldm.sqnr",
+    "sqnr_db": "brevitas_ldm.sqnr",
+    "load_pipeline": "brevitas_ldm.denoiser.loading",
     "get_blocks": "brevitas_ldm.denoiser.blocks",
+    "SamplingSpec": "brevitas_ldm.denoiser.sampling",
+    "generate": "brevitas_ldm.denoiser.sampling",
     "quantize_denoiser": "brevitas_ldm.quant.quantize",
     "read_precisions": "brevitas_ldm.quant.quantize",
-    "single_step_calibration": "brevitas_ldm.quant.calibration",
     "multi_step_calibration": "brevitas_ldm.quant.calibration",
-    "load_pipeline": "brevitas_ldm.denoiser.loading",
-    "BrevitasLDMError": "brevitas_ldm.errors",
-    "BlockSensitivity": "brevitas_ldm.analysis.block_sensitivity",
-    "BlockReport": "brevitas_ldm.analysis.block_sensitivity",
-    "LayerSensitivity": "brevitas_ldm.analysis.layer_sensitivity",
-    "LayerReport": "brevitas_ldm.analysis.layer_sensitivity",
+    "single_step_calibration": "brevitas_ldm.quant.calibration",
     "SmoothQuantStep": "brevitas_ldm.quant.smoothquant",
-    "Plan": "brevitas_ldm.planning.planners",
+    "SmoothingResult": "brevitas_ldm.quant.smoothquant",
+    "BlockReport": "brevitas_ldm.analysis.block_report",
+    "BlockSensitivity": "brevitas_ldm.analysis.block_sensitivity",
+    "LayerReport": "brevitas_ldm.analysis.layer_report",
+    "LayerSensitivity": "brevitas_ldm.analysis.layer_sensitivity",
+    "Plan": "brevitas_ldm.planning.plan",
+    "read_plan": "brevitas_ldm.planning.plan",
     "choose_plan": "brevitas_ldm.planning.planners",
-    "quantize_pipeline": "brevitas_ldm.workflow",
+    "measure_plan": "brevitas_ldm.planning.validation",
+    "validate_plan": "brevitas_ldm.planning.validation",
     "QuantizationResult": "brevitas_ldm.workflow",
+    "quantize_pipeline": "brevitas_ldm.workflow",
     "load_quantized": "brevitas_ldm.checkpoint",
     "export_denoiser": "brevitas_ldm.export",
+    "verify_onnx": "brevitas_ldm.export",
 }
+
+if TYPE_CHECKING:  # what IDEs and type checkers see; at run time names load on first use (__getattr__)
+    pass
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 

@@ -180,10 +180,6 @@ class PlanRule:
     def high_precision_value(self) -> Precision:
         return parse_precision(self.high_precision, "plan.high_precision")
 
-    @property
-    def menu_precisions(self) -> tuple[Precision, ...]:
-        return tuple(parse_precision(p, "plan.menu") for p in self.menu)
-
 
 _SECTIONS: dict[str, type] = {
     "weights": TensorQuant,

@@ -10,29 +10,18 @@ import inspect
 import sys
 from pathlib import Path
 
-MODULES = [
-    ("brevitas_ldm", None),
-    ("brevitas_ldm.recipe", ["Recipe", "get_recipe", "register_recipe", "list_recipes"]),
-    ("brevitas_ldm.precision", ["Precision", "parse_precision"]),
-    ("brevitas_ldm.sqnr", ["sqnr_db", "SQNRMeter"]),
-    ("brevitas_ldm.denoiser.blocks", ["get_blocks", "Block", "quantizable_layers"]),
-    ("brevitas_ldm.quant.quantize", ["quantize_denoiser", "resolve_precisions", "read_precisions", "fast_inference"]),
-    ("brevitas_ldm.quant.calibration", ["single_step_calibration", "multi_step_calibration", "recipe_calibration",
-                                  "calibrate_pipeline"]),
-    ("brevitas_ldm.denoiser.sampling", ["generate", "SamplingSpec", "denoiser_step_hook", "StepTracker", "get_denoiser"]),
-    ("brevitas_ldm.analysis.block_sensitivity", ["BlockSensitivity", "BlockReport"]),
-    ("brevitas_ldm.planning.planners", ["Plan", "choose_plan", "predict_sqnr_db", "budget_plan", "top_k_plan", "threshold_plan"]),
-    ("brevitas_ldm.analysis.layer_sensitivity", ["LayerSensitivity", "LayerReport", "select_for_smoothing"]),
-    ("brevitas_ldm.quant.smoothquant", ["SmoothQuantStep"]),
-    ("brevitas_ldm.workflow", ["quantize_pipeline", "QuantizationResult"]),
-    ("brevitas_ldm.checkpoint", ["load_quantized", "save_checkpoint"]),
-    ("brevitas_ldm.export", ["export_denoiser", "export_float_onnx", "verify_onnx", "check_agreement",
-                             "integer_kernel_counts", "onnx_latency", "onnx_quant_summary", "session_options",
-                             "cpu_info", "run_onnx_emulated", "store_for_x86", "lower_to_integer_kernels"]),
-    ("brevitas_ldm.evaluation.fid", ["frechet_distance", "fid"]),
-    ("brevitas_ldm.evaluation.digits", ["DigitsEvaluator"]),
-    ("brevitas_ldm.denoiser.loading", ["load_pipeline"]),
-]
+def public_modules() -> list[tuple[str, list[str]]]:
+    """(module, names) of the public API, in the order of ``brevitas_ldm._EXPORTS``, then the export helpers."""
+    import brevitas_ldm
+
+    grouped: dict[str, list[str]] = {}
+    for name, module in brevitas_ldm._EXPORTS.items():
+        grouped.setdefault(module, []).append(name)
+    grouped["brevitas_ldm.export"] = ["export_denoiser", "export_float_onnx", "verify_onnx", "check_agreement",
+                                      "integer_kernel_counts", "onnx_latency", "onnx_quant_summary",
+                                      "session_options", "cpu_info", "run_onnx_emulated", "store_for_x86",
+                                      "lower_to_integer_kernels"]
+    return [("brevitas_ldm", [])] + list(grouped.items())
 
 
 def _signature(obj) -> str:
@@ -44,7 +33,7 @@ def _signature(obj) -> str:
 
 def render() -> str:
     lines = ["# API reference", "", "Generated from the docstrings by `python docs/gen_api.py`; do not edit by hand.", ""]
-    for module_name, names in MODULES:
+    for module_name, names in public_modules():
         module = importlib.import_module(module_name)
         lines += [f"## `{module_name}`", "", inspect.cleandoc(module.__doc__ or ""), ""]
         for name in names or []:

@@ -102,3 +102,17 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     fake.write_text("from brevitas_ldm.workflow import quantize_pipeline\n")
     targets = imports_of(fake, {**project_modules(), "brevitas_ldm.denoiser.bad": fake})
     assert targets == {"brevitas_ldm.workflow"} and floor("brevitas_ldm.denoiser.bad") < floor("brevitas_ldm.workflow")
+
+
+def test_public_api_is_one_list():
+    """``__all__``, the lazy loader and the TYPE_CHECKING imports IDEs read name the same objects."""
+    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+    checking = next(node for node in tree.body if isinstance(node, ast.If) and getattr(node.test, "id", "") ==
+                    "TYPE_CHECKING")
+    seen = {alias.name: node.module for node in checking.body if isinstance(node, ast.ImportFrom)
+            for alias in node.names}
+    assert seen == brevitas_ldm._EXPORTS
+    assert set(brevitas_ldm.__all__) == set(brevitas_ldm._EXPORTS) | {"__version__"}
+    for name, module in brevitas_ldm._EXPORTS.items():
+        value = getattr(brevitas_ldm, name)
+        assert value.__module__ == module or module == "brevitas_ldm.export", name

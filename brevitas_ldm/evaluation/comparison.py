@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 
-from brevitas_ldm.denoiser.blocks import get_blocks
 from brevitas_ldm.denoiser.sampling import SamplingSpec, generate, get_denoiser
 from brevitas_ldm.errors import ModelError
 from brevitas_ldm.evaluation.compare import TrajectoryRecorder, psnr_db
@@ -82,10 +81,3 @@ def compare_quantized(pipe: Any, eval_set: EvaluationSet, spec: SamplingSpec, re
         **size.as_dict(),
     })
     return metrics, generation, reference.recorder.per_step_db()
-
-
-def block_names(pipe: Any) -> list[str]:
-    return [b.name for b in get_blocks(get_denoiser(pipe))]
-
-
-__all__ = ["Reference", "block_names", "compare_quantized", "fp_reference"]

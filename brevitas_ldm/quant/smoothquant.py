@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ContextManager, Iterator
@@ -38,14 +38,11 @@ from brevitas_ldm.compat import EqualizedModule
 from brevitas_ldm.denoiser.blocks import quantizable_layers
 from brevitas_ldm.denoiser.names import (
     equalized_prefixes,
-    internal_name,
-    is_smoothed,
-    to_internal_keys,
     user_facing_name,
-    user_facing_names,
 )
 from brevitas_ldm.denoiser.sampling import CallCounter, denoiser_step_hook
 from brevitas_ldm.errors import ModelError, RecipeError
+from brevitas_ldm.recipe import Recipe
 from brevitas_ldm.quant.probes import TwinProbe
 from brevitas_ldm.quant.quantize import quantize_denoiser, resolve_precisions
 
@@ -74,7 +71,6 @@ CalibrationContext = Callable[[nn.Module], ContextManager]
 
 
 @dataclass
-@dataclass
 class SmoothingResult:
     """What one SmoothQuant step did. Layer names are user-facing; SQNRs (dB) only when alphas were searched.
 
@@ -97,6 +93,7 @@ class SmoothingResult:
     wall_time_s: float = 0.0
 
 
+@dataclass
 class SmoothQuantStep:
     """SmoothQuant (Brevitas layerwise activation equalization) on chosen layers of a float denoiser.
 
@@ -115,7 +112,7 @@ class SmoothQuantStep:
     modules: Sequence[str] | None = None
     alpha: float = 0.5
     alpha_grid: Sequence[float] = ()
-    recipe: Any = None  # brevitas_ldm.recipe.Recipe; typed loosely to keep this module import-light
+    recipe: Recipe | None = None
     precisions: Mapping[str, Any] | None = None
     calibration: CalibrationContext | None = None
     keep_if_worse: bool = False
@@ -132,7 +129,7 @@ class SmoothQuantStep:
                              "in a list")
 
     @classmethod
-    def from_recipe(cls, recipe: Any, modules: Sequence[str] | None = None,
+    def from_recipe(cls, recipe: Recipe, modules: Sequence[str] | None = None,
                     precisions: Mapping[str, Any] | None = None,
                     calibration: CalibrationContext | None = None) -> "SmoothQuantStep":
         """The step a recipe's ``[smoothquant]`` section asks for (``modules`` from the local analysis when the
@@ -142,7 +139,7 @@ class SmoothQuantStep:
                    recipe=recipe, precisions=precisions, calibration=calibration)
 
     # -- public ---------------------------------------------------------------------------------------------------
-    def apply(self, denoiser: nn.Module, calibration_fn: CalibrationFn) -> dict[str, Any]:
+    def apply(self, denoiser: nn.Module, calibration_fn: CalibrationFn) -> SmoothingResult:
         """Smooth the selected layers of ``denoiser`` in place; ``calibration_fn(denoiser)`` runs calibration data.
 
         Returns a :class:`SmoothingResult` (what was smoothed, with which alpha, what it measured and cost).
@@ -353,14 +350,3 @@ class _CallCounter(CallCounter):
         self.passes += 1
 
 
-def select_layers(denoiser: nn.Module, patterns: Iterable[str]) -> list[str]:
-    """User-facing names of the quantizable layers matching any fnmatch pattern (for scope/user selection)."""
-    import fnmatch
-
-    names = list(user_facing_names(denoiser).values())
-    patterns = list(patterns)
-    return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
-
-
-__all__ = ["SmoothQuantStep", "equalized_prefixes", "user_facing_name", "internal_name", "user_facing_names",
-           "to_internal_keys", "is_smoothed", "smoothing_scales", "select_layers"]
