@@ -1,9 +1,9 @@
 import pytest
 import torch.nn as nn
-from models import tiny_class_unet, tiny_dit, tiny_sd_unet
 
 from brevitas_ldm.denoiser.blocks import get_blocks, layer_to_block, quantizable_layers
 from brevitas_ldm.errors import ModelError
+from brevitas_ldm.zoo.tiny import tiny_class_unet, tiny_dit, tiny_sd_unet
 
 
 def test_sd_unet_blocks_in_execution_order():

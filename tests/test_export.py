@@ -14,7 +14,7 @@ import math
 import onnx
 import pytest
 import torch
-from models import denoiser_inputs, tiny_class_unet, tiny_dit, tiny_sd_unet
+from calibrated import quantized
 
 from brevitas_ldm.errors import BrevitasLDMError, CalibrationError, ModelError
 from brevitas_ldm.export import (
@@ -31,6 +31,7 @@ from brevitas_ldm.export import (
 from brevitas_ldm.quant.calibration import multi_step_calibration
 from brevitas_ldm.quant.quantize import quant_layers, quantize_denoiser
 from brevitas_ldm.recipe import get_recipe
+from brevitas_ldm.zoo.tiny import denoiser_inputs, tiny_class_unet, tiny_dit, tiny_sd_unet
 
 RECIPE = "minmax-w8a8"
 # tracing diffusers models warns about every shape-dependent branch; those branches are static for a denoiser
@@ -46,21 +47,11 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def quantized(model, plan=None, calibrate=True):
-    """Quantize with the W8A8 baseline recipe and calibrate on three random denoiser calls (all observed)."""
-    quantize_denoiser(model, get_recipe(RECIPE), plan)
-    if calibrate:
-        with multi_step_calibration(model):
-            for seed in range(3):
-                model(**denoiser_inputs(model, batch=4, seed=10 + seed))
-    return model
-
-
 @pytest.fixture(scope="module")
 def sd_export(tmp_path_factory):
     """W8A8 tiny SD UNet with ``conv_out`` planned as float, exported to ONNX QCDQ (traced at batch 2)."""
     torch.manual_seed(0)
-    model = quantized(tiny_sd_unet(), {"conv_out": "float"})
+    model = quantized(tiny_sd_unet(), plan={"conv_out": "float"})
     path = export_denoiser(model, denoiser_inputs(model, batch=2), tmp_path_factory.mktemp("sd") / "unet.onnx")
     return model, path
 
@@ -68,7 +59,7 @@ def sd_export(tmp_path_factory):
 @pytest.fixture(scope="module")
 def dit_w8a16():
     """Tiny DiT, W8A8 except transformer_blocks.1 at W8A16."""
-    return quantized(tiny_dit(), {"transformer_blocks.1": "w8a16"})
+    return quantized(tiny_dit(), plan={"transformer_blocks.1": "w8a16"})
 
 
 def test_onnx_qcdq_matches_fake_quantized_torch(sd_export):

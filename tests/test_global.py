@@ -9,7 +9,6 @@ import time
 
 import pytest
 import torch
-from models import tiny_sd_pipeline
 
 from brevitas_ldm.analysis.block_report import BlockReport
 from brevitas_ldm.analysis.block_sensitivity import BlockSensitivity
@@ -23,6 +22,7 @@ from brevitas_ldm.quant.precision_bank import PrecisionBank
 from brevitas_ldm.quant.quantize import quantize_denoiser
 from brevitas_ldm.recipe import get_recipe
 from brevitas_ldm.sqnr import sqnr_db
+from brevitas_ldm.zoo.tiny import tiny_sd_pipeline
 
 PROMPTS = ["a handwritten digit seven", "a handwritten digit two"]
 SEEDS = [3, 11]

@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-from models import tiny_sd_pipeline
 
 from brevitas_ldm.checkpoint import load_quantized
 from brevitas_ldm.cli import main
@@ -13,6 +12,7 @@ from brevitas_ldm.denoiser.loading import load_pipeline
 from brevitas_ldm.denoiser.sampling import SamplingSpec, generate
 from brevitas_ldm.export import emulator_available
 from brevitas_ldm.workflow import quantize_pipeline
+from brevitas_ldm.zoo.tiny import tiny_sd_pipeline
 
 FAST = ["--num-samples", "4", "--steps", "3", "--batch-size", "4", "--calibration-prompts", "2"]
 

@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-from models import tiny_dit, tiny_sd_pipeline, tiny_sd_unet
 
 from brevitas_ldm.analysis.layer_report import CATEGORIES, LayerReport, layer_category, select_for_smoothing
 from brevitas_ldm.analysis.layer_sensitivity import LayerSensitivity
@@ -19,6 +18,7 @@ from brevitas_ldm.quant.calibration import recipe_calibration
 from brevitas_ldm.quant.quantize import quantize_denoiser
 from brevitas_ldm.recipe import get_recipe
 from brevitas_ldm.sqnr import SQNRMeter
+from brevitas_ldm.zoo.tiny import tiny_dit, tiny_sd_pipeline, tiny_sd_unet
 
 PROMPTS = ["a handwritten digit seven", "a handwritten digit one", "a handwritten digit three",
            "a handwritten digit zero"]

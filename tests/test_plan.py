@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from models import tiny_sd_pipeline, tiny_sd_unet
 
 from brevitas_ldm.analysis.block_report import BlockEntry, BlockReport
 from brevitas_ldm.analysis.block_sensitivity import BlockSensitivity
@@ -30,6 +29,7 @@ from brevitas_ldm.precision import parse_precision
 from brevitas_ldm.quant.quantize import quantize_denoiser, read_precisions
 from brevitas_ldm.recipe import PlanRule, get_recipe
 from brevitas_ldm.sqnr import noise_ratio_to_db
+from brevitas_ldm.zoo.tiny import tiny_sd_pipeline, tiny_sd_unet
 
 MENU = ["float", "w8a16", "w8a8", "w4a8"]
 

@@ -9,17 +9,22 @@ import torch
 import torch.nn as nn
 from brevitas.graph.calibrate import calibration_mode
 from brevitas.nn.equalized_layer import EqualizedModule
-from models import denoiser_inputs, tiny_sd_unet
 
 from brevitas_ldm.analysis.layer_sensitivity import analyze_layers
 from brevitas_ldm.denoiser.blocks import quantizable_layers
+from brevitas_ldm.denoiser.names import (
+    internal_name,
+    is_smoothed,
+    to_internal_keys,
+    user_facing_name,
+    user_facing_names,
+)
 from brevitas_ldm.errors import ModelError, RecipeError
 from brevitas_ldm.quant.quantize import quant_layers, quantize_denoiser, read_precisions
 from brevitas_ldm.quant.smoothquant import SmoothQuantStep, smoothing_scales
-from brevitas_ldm.denoiser.names import (internal_name, is_smoothed, to_internal_keys, user_facing_name,
-                                         user_facing_names)
 from brevitas_ldm.recipe import get_recipe
 from brevitas_ldm.sqnr import sqnr_db
+from brevitas_ldm.zoo.tiny import denoiser_inputs, tiny_sd_unet
 
 RECIPE = get_recipe("sqnr-hybrid-w8a8")
 PROJ_IN = "down_blocks.0.attentions.0.proj_in"  # Conv2d 1x1 after a GroupNorm

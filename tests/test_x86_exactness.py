@@ -20,7 +20,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from models import denoiser_inputs, tiny_dit, tiny_sd_unet
+from calibrated import quantized
 from onnx import numpy_helper
 
 from brevitas_ldm.export import (
@@ -36,22 +36,13 @@ from brevitas_ldm.export import (
     store_for_x86,
     verify_onnx,
 )
-from brevitas_ldm.quant.calibration import multi_step_calibration
-from brevitas_ldm.quant.quantize import quant_layers, quantize_denoiser
-from brevitas_ldm.recipe import get_recipe
+from brevitas_ldm.quant.quantize import quant_layers
+from brevitas_ldm.zoo.tiny import denoiser_inputs, tiny_dit, tiny_sd_unet
 
 pytestmark = pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 needs_emulator = pytest.mark.skipif(not emulator_available(),
                                     reason="qemu-x86_64 missing (apt-get install qemu-user; .ci/run installs it)")
 AVX2 = "Haswell"
-
-
-def quantized(model, recipe="minmax-w8a8", plan=None):
-    quantize_denoiser(model, get_recipe(recipe), plan)
-    with multi_step_calibration(model):
-        for seed in range(3):
-            model(**denoiser_inputs(model, batch=4, seed=10 + seed))
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tiny random-weight instances of the real diffusers classes the product supports, for tests.
+"""Tiny random-weight instances of the real diffusers classes the product supports, for tests and benchmarks.
 
 Seeded so every test run builds the same weights. Each is small enough for a CPU test but keeps its class's
 real structure (cross-attention, class conditioning, patch embedding).
