@@ -61,7 +61,26 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:  # what IDEs and type checkers see; at run time names load on first use (__getattr__)
-    pass
+    from brevitas_ldm.errors import BrevitasLDMError  # noqa: F401
+    from brevitas_ldm.recipe import Recipe, get_recipe, list_recipes, register_recipe  # noqa: F401
+    from brevitas_ldm.precision import Precision, parse_precision  # noqa: F401
+    from brevitas_ldm.sqnr import SQNRMeter, sqnr_db  # noqa: F401
+    from brevitas_ldm.denoiser.loading import load_pipeline  # noqa: F401
+    from brevitas_ldm.denoiser.blocks import get_blocks  # noqa: F401
+    from brevitas_ldm.denoiser.sampling import SamplingSpec, generate  # noqa: F401
+    from brevitas_ldm.quant.quantize import quantize_denoiser, read_precisions  # noqa: F401
+    from brevitas_ldm.quant.calibration import multi_step_calibration, single_step_calibration  # noqa: F401
+    from brevitas_ldm.quant.smoothquant import SmoothQuantStep, SmoothingResult  # noqa: F401
+    from brevitas_ldm.analysis.block_report import BlockReport  # noqa: F401
+    from brevitas_ldm.analysis.block_sensitivity import BlockSensitivity  # noqa: F401
+    from brevitas_ldm.analysis.layer_report import LayerReport  # noqa: F401
+    from brevitas_ldm.analysis.layer_sensitivity import LayerSensitivity  # noqa: F401
+    from brevitas_ldm.planning.plan import Plan, read_plan  # noqa: F401
+    from brevitas_ldm.planning.planners import choose_plan  # noqa: F401
+    from brevitas_ldm.planning.validation import measure_plan, validate_plan  # noqa: F401
+    from brevitas_ldm.workflow import QuantizationResult, quantize_pipeline  # noqa: F401
+    from brevitas_ldm.checkpoint import load_quantized  # noqa: F401
+    from brevitas_ldm.export import export_denoiser, verify_onnx  # noqa: F401
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
