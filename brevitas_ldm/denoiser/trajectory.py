@@ -72,7 +72,7 @@ class FPReference:
 
 @torch.no_grad()
 def fp_reference(pipe: Any, conditions: Sequence[Condition], seeds: Sequence[int], spec: SamplingSpec,
-                 progress: bool = False) -> FPReference:
+                 progress: bool = False, desc: str = "FP reference") -> FPReference:
     """Run the FP pipeline once with hooks that keep the per-step denoiser outputs and count layer inputs."""
     denoiser = get_denoiser(pipe)
     outputs: dict[tuple[int, int], torch.Tensor] = {}
@@ -100,7 +100,7 @@ def fp_reference(pipe: Any, conditions: Sequence[Condition], seeds: Sequence[int
     try:
         with denoiser_step_hook(denoiser, on_step) as tracker:
             holder["tracker"] = tracker
-            latents = generate(pipe, list(conditions), list(seeds), spec, progress=progress, desc="FP reference")
+            latents = generate(pipe, list(conditions), list(seeds), spec, progress=progress, desc=desc)
     finally:
         for handle in handles:
             handle.remove()
@@ -111,8 +111,9 @@ def fp_reference(pipe: Any, conditions: Sequence[Condition], seeds: Sequence[int
 
 @dataclass
 class Measurement:
-    """Streamed SQNR of one configuration: final latents and the denoiser output at each step."""
+    """Streamed SQNR of one configuration (final latents and the denoiser output at each step), and its latents."""
 
+    latents: torch.Tensor
     final: SQNRMeter
     steps: list[SQNRMeter]
     calls: int
@@ -129,7 +130,8 @@ class Measurement:
 
 @torch.no_grad()
 def measure(pipe: Any, reference: FPReference, bank: Configurable | None = None,
-            layer_precisions: LayerPrecisions | None = None) -> Measurement:
+            layer_precisions: LayerPrecisions | None = None, progress: bool = False,
+            desc: str = "sampling") -> Measurement:
     """Sample with ``layer_precisions`` applied from ``bank`` (a precision bank) and compare with ``reference``
     at equal seeds."""
     denoiser = get_denoiser(pipe)
@@ -154,6 +156,6 @@ def measure(pipe: Any, reference: FPReference, bank: Configurable | None = None,
         if bank is not None:
             stack.enter_context(bank.configured(layer_precisions))
         holder["tracker"] = stack.enter_context(denoiser_step_hook(denoiser, on_step))
-        latents = generate(pipe, reference.conditions, reference.seeds, reference.spec)
+        latents = generate(pipe, reference.conditions, reference.seeds, reference.spec, progress=progress, desc=desc)
     final = SQNRMeter().update(reference.latents, latents)
-    return Measurement(final, steps, calls[0], time.perf_counter() - start)
+    return Measurement(latents, final, steps, calls[0], time.perf_counter() - start)

@@ -1,8 +1,10 @@
-"""The main job: FP reference, quantization, comparison at equal seeds, report and checkpoint, in one folder.
+"""The main job's comparison: FP reference, then the quantized pipeline on the same prompts and seeds.
 
-Used by ``brevitas-ldm quantize`` and by the benchmarks, so both measure the same way: the FP pipeline runs the
-evaluation set first (its per-step denoiser outputs are kept as the reference trajectory), then the same pipeline
-object is quantized in place and runs the same prompts and seeds again.
+Used by ``brevitas-ldm quantize``/``evaluate`` and by the benchmarks, so all measure the same way: the FP pipeline
+runs the evaluation set once (:func:`~brevitas_ldm.denoiser.trajectory.fp_reference` keeps its per-step denoiser
+outputs and counts every layer's input elements), then the same pipeline object is quantized in place and runs the
+same prompts and seeds again (:func:`~brevitas_ldm.denoiser.trajectory.measure`), the very recorder and measurer
+the global analysis uses.
 """
 
 from __future__ import annotations
@@ -13,54 +15,44 @@ from typing import Any
 
 import torch
 
-from brevitas_ldm.denoiser.sampling import SamplingSpec, generate, get_denoiser
+from brevitas_ldm.denoiser.sampling import SamplingSpec, get_denoiser
+from brevitas_ldm.denoiser.trajectory import FPReference, fp_reference as record_trajectory, measure
 from brevitas_ldm.errors import ModelError
-from brevitas_ldm.evaluation.compare import TrajectoryRecorder, psnr_db
+from brevitas_ldm.evaluation.compare import psnr_db
 from brevitas_ldm.evaluation.prompts import EvaluationSet
 from brevitas_ldm.evaluation.run import Generation, decode_latents, digits_metrics
 from brevitas_ldm.precision import Precision
-from brevitas_ldm.quant.footprint import Footprint, activation_elements, footprint, weight_elements
+from brevitas_ldm.quant.footprint import Footprint, footprint, weight_elements
 from brevitas_ldm.quant.quantize import fast_inference
 from brevitas_ldm.sqnr import sqnr_db
 
 
 @dataclass
 class Reference:
-    """The FP side of a comparison: generations, per-step denoiser outputs and layer sizes."""
+    """The FP side of a comparison: generations, the recorded trajectory and layer sizes."""
 
     generation: Generation
-    recorder: TrajectoryRecorder
+    trajectory: FPReference
     weights: dict[str, int]
-    activations: dict[str, int]
     metrics: dict[str, float] = field(default_factory=dict)
 
-
-def _sample(pipe: Any, eval_set: EvaluationSet, spec: SamplingSpec, recorder: TrajectoryRecorder, record: bool,
-            desc: str) -> Generation:
-    start = time.perf_counter()
-    box: dict[str, torch.Tensor] = {}
-
-    def run() -> None:
-        box["latents"] = generate(pipe, list(eval_set.prompts), list(eval_set.seeds), spec, output_type="latent",
-                                  progress=True, desc=desc)
-
-    (recorder.record if record else recorder.compare)(pipe, run)
-    images = decode_latents(pipe, box["latents"])
-    return Generation(images=images, latents=box["latents"], seconds=time.perf_counter() - start)
+    @property
+    def activations(self) -> dict[str, float]:
+        """Input elements per sample per denoiser call of every layer (what activation bits are weighted by)."""
+        return self.trajectory.act_elements
 
 
 def fp_reference(pipe: Any, eval_set: EvaluationSet, spec: SamplingSpec, with_digits: bool) -> Reference:
     """Run the FP pipeline on the evaluation set and measure what the quantized run is compared against."""
-    recorder = TrajectoryRecorder()
-    generation = _sample(pipe, eval_set, spec, recorder, record=True, desc="FP sampling")
-    if not torch.isfinite(generation.latents).all():
+    start = time.perf_counter()
+    trajectory = record_trajectory(pipe, list(eval_set.prompts), list(eval_set.seeds), spec, progress=True,
+                                   desc="FP sampling")
+    if not torch.isfinite(trajectory.latents).all():
         raise ModelError("the FP pipeline produced NaN/Inf latents: the model weights or the sampling settings "
                          "(--guidance-scale, prompts) are broken; fix them before quantizing")
-    denoiser = get_denoiser(pipe)
-    one = EvaluationSet(eval_set.prompts[:1], eval_set.seeds[:1])
-    activations = activation_elements(denoiser, lambda: generate(
-        pipe, list(one.prompts), list(one.seeds), SamplingSpec(1, spec.guidance_scale, 1)))
-    reference = Reference(generation, recorder, weight_elements(denoiser), activations)
+    images = decode_latents(pipe, trajectory.latents)
+    generation = Generation(images=images, latents=trajectory.latents, seconds=time.perf_counter() - start)
+    reference = Reference(generation, trajectory, weight_elements(get_denoiser(pipe)))
     if with_digits:
         reference.metrics.update(digits_metrics(generation.images, eval_set))
     return reference
@@ -69,8 +61,11 @@ def fp_reference(pipe: Any, eval_set: EvaluationSet, spec: SamplingSpec, with_di
 def compare_quantized(pipe: Any, eval_set: EvaluationSet, spec: SamplingSpec, reference: Reference,
                       precisions: dict[str, Precision], with_digits: bool) -> tuple[dict[str, Any], Generation, list[float]]:
     """Quantized pipeline on the same evaluation set: output SQNR, image PSNR, per-step SQNR, footprint."""
+    start = time.perf_counter()
     with fast_inference(get_denoiser(pipe)):
-        generation = _sample(pipe, eval_set, spec, reference.recorder, record=False, desc="quantized sampling")
+        measurement = measure(pipe, reference.trajectory, progress=True, desc="quantized sampling")
+    images = decode_latents(pipe, measurement.latents)
+    generation = Generation(images=images, latents=measurement.latents, seconds=time.perf_counter() - start)
     size: Footprint = footprint(get_denoiser(pipe), precisions, reference.weights, reference.activations)
     metrics: dict[str, Any] = {}
     if with_digits:
@@ -80,4 +75,4 @@ def compare_quantized(pipe: Any, eval_set: EvaluationSet, spec: SamplingSpec, re
         "image_psnr_db": psnr_db(reference.generation.images, generation.images),
         **size.as_dict(),
     })
-    return metrics, generation, reference.recorder.per_step_db()
+    return metrics, generation, measurement.steps_db

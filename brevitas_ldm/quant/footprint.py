@@ -8,32 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-import torch
 import torch.nn as nn
 
 from brevitas_ldm.denoiser.blocks import quantizable_layers
 from brevitas_ldm.denoiser.names import user_facing_names
 from brevitas_ldm.precision import FLOAT_BITS, Precision
-
-
-@torch.no_grad()
-def activation_elements(denoiser: nn.Module, call: Any) -> dict[str, int]:
-    """Input elements per sample of every quantizable layer during one denoiser call (``call()`` runs it)."""
-    counts: dict[str, int] = {}
-    handles = []
-    for name, module in quantizable_layers(denoiser):
-        def hook(mod, args, name=name):
-            x = args[0]
-            counts[name] = counts.get(name, 0) + x.numel() // max(1, x.shape[0])
-        handles.append(module.register_forward_pre_hook(hook))
-    try:
-        call()
-    finally:
-        for handle in handles:
-            handle.remove()
-    return counts
 
 
 def weight_elements(denoiser: nn.Module) -> dict[str, int]:
@@ -80,4 +60,4 @@ def footprint(denoiser: nn.Module, precisions: Mapping[str, Precision], weights:
     return Footprint(avg_weight_bits=avg_w, avg_act_bits=avg_a, size_bytes=size, float_size_bytes=all_params * 4)
 
 
-__all__ = ["FLOAT_BITS", "Footprint", "activation_elements", "footprint", "weight_elements"]
+__all__ = ["FLOAT_BITS", "Footprint", "footprint", "weight_elements"]
