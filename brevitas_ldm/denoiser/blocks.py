@@ -9,11 +9,13 @@ classes use; anything quantizable left over is reported as its own block so that
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch.nn as nn
 
-from brevitas_ldm.errors import ModelError
+from brevitas_ldm.errors import ModelError, RecipeError
 
 QUANTIZABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
 
@@ -142,3 +144,32 @@ def get_blocks(model: nn.Module, block_names: list[str] | None = None) -> list[B
 def layer_to_block(blocks: list[Block]) -> dict[str, str]:
     """Qualified layer name -> the name of the block that holds it."""
     return {module: block.name for block in blocks for module in block.module_names}
+
+
+def expand_to_layers(denoiser: nn.Module, entries: Mapping[str, Any], layer_names: Mapping[str, str] | None = None,
+                     blocks: Sequence[Block] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a plan-style mapping (block or layer name -> value) into (block entries expanded to their layers,
+    layer entries), both keyed by layer name; callers decide which of the two wins.
+
+    ``layer_names`` maps ``named_modules()`` names to the names the caller uses (user-facing names under
+    SmoothQuant, :func:`brevitas_ldm.denoiser.names.user_facing_names`); identity by default. A key that names
+    neither a block nor a layer is an error that lists the block names.
+    """
+    to_caller = dict(layer_names) if layer_names is not None else {n: n for n, _ in quantizable_layers(denoiser)}
+    known_layers = set(to_caller.values())
+    from_blocks: dict[str, Any] = {}
+    from_layers: dict[str, Any] = {}
+    members: dict[str, tuple[str, ...]] | None = None
+    for key, value in entries.items():
+        if key in known_layers:
+            from_layers[key] = value
+            continue
+        if members is None:
+            members = {b.name: tuple(to_caller.get(m, m) for m in b.module_names)
+                       for b in (blocks or get_blocks(denoiser))}
+        if key not in members:
+            raise RecipeError(f"plan entry {key!r} names no block or quantizable layer of "
+                              f"{type(denoiser).__name__}: use block names ({', '.join(list(members)[:5])}, ...) "
+                              f"or layer names")
+        from_blocks.update({name: value for name in members[key]})
+    return from_blocks, from_layers

@@ -20,9 +20,9 @@ from typing import Any
 
 import torch.nn as nn
 
-from brevitas_ldm.denoiser.blocks import Block, get_blocks, quantizable_layers
+from brevitas_ldm.denoiser.blocks import Block, expand_to_layers, quantizable_layers
 from brevitas_ldm.denoiser.sampling import Condition, SamplingSpec, generate, get_denoiser, num_train_timesteps
-from brevitas_ldm.errors import BrevitasLDMError, RecipeError
+from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.precision import Precision, parse_precision
 from brevitas_ldm.quant.calibration import recipe_calibration
 from brevitas_ldm.quant.quantize import quantize_denoiser, resolve_precisions
@@ -91,18 +91,9 @@ class PrecisionBank:
     def layer_precisions(self, block_precisions: Mapping[str, Precision | str],
                          blocks: Sequence[Block] | None = None) -> dict[str, Precision]:
         """Expand block names (or layer names) to a layer -> precision map; unlisted layers stay float."""
-        members = {b.name: b.module_names for b in (blocks or get_blocks(self.denoiser))}
-        out: dict[str, Precision] = {}
-        for key, value in block_precisions.items():
-            precision = parse_precision(value, f"precision of {key!r}")
-            if key in members:
-                out.update({name: precision for name in members[key]})
-            elif key in self.fp_layers:
-                out[key] = precision
-            else:
-                raise RecipeError(f"{key!r} names no block or quantizable layer of {type(self.denoiser).__name__}:"
-                                  f" use block names such as {', '.join(list(members)[:4])}")
-        return out
+        typed = {key: parse_precision(value, f"precision of {key!r}") for key, value in block_precisions.items()}
+        from_blocks, from_layers = expand_to_layers(self.denoiser, typed, blocks=blocks)
+        return {**from_blocks, **from_layers}
 
     @contextmanager
     def configured(self, layer_precisions: LayerPrecisions, inference_mode: bool = True) -> Iterator[nn.Module]:

@@ -16,9 +16,8 @@ import torch.nn as nn
 from brevitas.graph.quantize import layerwise_quantize
 from brevitas.nn.quant_layer import QuantWeightBiasInputOutputLayer
 
-from brevitas_ldm.denoiser.blocks import Block, get_blocks
+from brevitas_ldm.denoiser.blocks import Block, expand_to_layers
 from brevitas_ldm.denoiser.names import user_facing_names
-from brevitas_ldm.errors import RecipeError
 from brevitas_ldm.precision import FLOAT, Precision, parse_precision
 from brevitas_ldm.quant.quantizers import act_quantizer, weight_quantizer
 from brevitas_ldm.recipe import Recipe
@@ -37,24 +36,9 @@ def resolve_precisions(denoiser: nn.Module, recipe: Recipe,
     """
     layer_names = list(user_facing_names(denoiser).values())
     precisions: PrecisionMap = {name: recipe.default_precision for name in layer_names}
-    layer_overrides: PrecisionMap = {}
-    if overrides:
-        block_members: dict[str, tuple[str, ...]] = {}
-        if any(key not in precisions for key in overrides):
-            internal_to_user = user_facing_names(denoiser)
-            block_members = {b.name: tuple(internal_to_user.get(m, m) for m in b.module_names)
-                             for b in (blocks or get_blocks(denoiser))}
-        for key, value in overrides.items():
-            precision = parse_precision(value, f"precision of {key!r}")
-            if key in precisions:
-                layer_overrides[key] = precision
-            elif key in block_members:
-                for name in block_members[key]:
-                    precisions[name] = precision
-            else:
-                raise RecipeError(f"plan entry {key!r} names no block or quantizable layer of "
-                                  f"{type(denoiser).__name__}: use block names "
-                                  f"({', '.join(list(block_members)[:5])}, ...) or layer names")
+    typed = {key: parse_precision(value, f"precision of {key!r}") for key, value in (overrides or {}).items()}
+    from_blocks, layer_overrides = expand_to_layers(denoiser, typed, user_facing_names(denoiser), blocks)
+    precisions.update(from_blocks)
     # Order: recipe default < block entries < type_precisions < the recipe's skip_layers < explicit layer entries.
     if recipe.type_precisions:
         by_type = {t: parse_precision(p, f"type_precisions.{t}") for t, p in recipe.type_precisions}
