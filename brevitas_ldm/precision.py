@@ -8,6 +8,7 @@ read and to edit by hand.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from brevitas_ldm.errors import RecipeError
@@ -74,3 +75,18 @@ def parse_precision(text: str | Precision, key: str = "precision") -> Precision:
     if any(not MIN_BITS <= b <= MAX_BITS for b in bits):
         raise RecipeError(f"{key} = {text!r} is out of range: bit widths must be from {MIN_BITS} to {MAX_BITS}")
     return Precision(bits[0], bits[1] if len(bits) > 1 else None)
+
+
+def mean_bits(weight_counts: Iterable[tuple[float, Precision]],
+              act_counts: Iterable[tuple[float, Precision]]) -> tuple[float, float]:
+    """(average weight bits, average activation bits): each precision's bits weighted by its count (parameters
+    for weights, input elements for activations); float costs :data:`FLOAT_BITS`. The one average the planner's
+    prediction and the measured footprint both use, so a plan's budget and the run's report agree."""
+    def mean(counts: Iterable[tuple[float, Precision]], bits) -> float:
+        total = weighted = 0
+        for count, precision in counts:
+            total += count
+            weighted += count * bits(precision)
+        return weighted / total if total else 0.0
+
+    return (mean(weight_counts, Precision.effective_weight_bits), mean(act_counts, Precision.effective_act_bits))

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 
 from brevitas_ldm.analysis.block_report import BlockReport
 from brevitas_ldm.errors import RecipeError
-from brevitas_ldm.precision import FLOAT_BITS, Precision, parse_precision
+from brevitas_ldm.precision import FLOAT, Precision, mean_bits, parse_precision
 from brevitas_ldm.sqnr import noise_ratio_to_db
 
 PrecisionsLike = Mapping[str, str | Precision]
@@ -53,12 +53,6 @@ def average_bits(report: BlockReport, precisions: PrecisionsLike, default: str |
     Float costs 32 bits; layers the recipe skips count as float.
     """
     assignment = _full_assignment(report, precisions, default)
-    params = [report.block(n).param_count for n in assignment]
-    acts = [report.block(n).act_elements for n in assignment]
-    weight = sum(c * p.effective_weight_bits() for c, p in zip(params, assignment.values()))
-    act = sum(c * p.effective_act_bits() for c, p in zip(acts, assignment.values()))
-    weight += FLOAT_BITS * report.skipped_param_count
-    act += FLOAT_BITS * report.skipped_act_elements
-    total_params = sum(params) + report.skipped_param_count
-    total_acts = sum(acts) + report.skipped_act_elements
-    return (weight / total_params if total_params else 0.0, act / total_acts if total_acts else 0.0)
+    weights = [(report.block(n).param_count, p) for n, p in assignment.items()]
+    acts = [(report.block(n).act_elements, p) for n, p in assignment.items()]
+    return mean_bits(weights + [(report.skipped_param_count, FLOAT)], acts + [(report.skipped_act_elements, FLOAT)])

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from brevitas_ldm.denoiser.blocks import quantizable_layers
 from brevitas_ldm.denoiser.names import user_facing_names
-from brevitas_ldm.precision import FLOAT_BITS, Precision
+from brevitas_ldm.precision import FLOAT_BITS, Precision, mean_bits
 
 
 def weight_elements(denoiser: nn.Module) -> dict[str, int]:
@@ -39,11 +39,8 @@ def footprint(denoiser: nn.Module, precisions: Mapping[str, Precision], weights:
     Size: quantized weights at their bit width plus one float32 scale per output channel, every other parameter
     (biases, norms, embeddings, float layers) at 4 bytes.
     """
-    total_w = sum(weights.values())
-    avg_w = sum(weights[n] * precisions[n].effective_weight_bits() for n in weights) / max(1, total_w)
-    counted = [n for n in activations if n in precisions]
-    total_a = sum(activations[n] for n in counted)
-    avg_a = sum(activations[n] * precisions[n].effective_act_bits() for n in counted) / max(1, total_a)
+    avg_w, avg_a = mean_bits([(weights[n], precisions[n]) for n in weights],
+                             [(activations[n], precisions[n]) for n in activations if n in precisions])
 
     all_params = sum(p.numel() for p in denoiser.parameters() if p.dtype.is_floating_point)
     quantized_bits = 0
