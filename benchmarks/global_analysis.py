@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     add(f"uniform {default}", uniform, uniform_db, fid_of.get("uniform"))
     add("SQNR plan", plan.precisions, plan.measured_sqnr_db, fid_of.get("plan"))
     for i, (p, db) in enumerate(zip(upgrades, upgrade_db)):
-        upgraded = [n for n, v in p.precisions.items() if v != default]
+        upgraded = [n for n, v in p.precisions.items() if str(v) != str(default)]
         add(f"{default} + {high} at random blocks #{i + 1} ({', '.join(upgraded) or 'none'})", p.precisions, db,
             fid_of["random"][i] if fid_of else None)
     add(f"top-{k} most sensitive at {high}", most.precisions, most_db, fid_of.get("most"))

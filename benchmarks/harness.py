@@ -78,7 +78,7 @@ def run_rows(model: str, configurations: list[Configuration], num_samples: int, 
         rows.append({"label": config.label, "recipe": recipe.name, **metrics, "prep_s": prep,
                      "timing_s": result.timing_s, "denoiser_calls": result.denoiser_calls,
                      "per_step_sqnr_db": per_step,
-                     "plan": result.plan.precisions if result.plan is not None else None,
+                     "plan": result.plan.to_dict()["precisions"] if result.plan is not None else None,
                      "smoothed": list(result.smoothing.layers)})
     context = {"model": model, "num_samples": num_samples, "steps": steps, "guidance_scale": guidance,
                "seed": seed, "fp_sampling_s": fp_seconds, "machine": machine()}

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from brevitas_ldm.errors import RecipeError
-from brevitas_ldm.precision import Precision, check_bits, parse_precision
+from brevitas_ldm.precision import FLOAT, Precision, check_bits, parse_precision
 
 FORMATS = ("int", "e4m3", "e5m2")
 GRANULARITIES = ("per_channel", "per_tensor")
@@ -151,20 +151,25 @@ class PlanRule:
     """
 
     method: str = "uniform"
-    high_precision: str = "w8a16"
-    menu: tuple[str, ...] = ("float", "w8a16", "w8a8", "w4a8")
+    high_precision: Precision = Precision(8, 16)
+    menu: tuple[Precision, ...] = (FLOAT, Precision(8, 16), Precision(8, 8), Precision(4, 8))
     threshold_db: float = 1.0
     top_k: int = 2
     avg_weight_bits: float = 0.0
     avg_act_bits: float = 0.0
 
+    def __post_init__(self) -> None:
+        # Precisions are parsed once, here, from the TOML/Python strings, and held typed from then on.
+        object.__setattr__(self, "high_precision", parse_precision(self.high_precision, "plan.high_precision"))
+        if isinstance(self.menu, str) or not isinstance(self.menu, (list, tuple)):
+            raise RecipeError(f"plan.menu = {self.menu!r} must be a list of precisions, e.g. [\"w8a8\", \"w8a16\"]")
+        object.__setattr__(self, "menu", tuple(parse_precision(item, f"plan.menu[{i}]")
+                                               for i, item in enumerate(self.menu)))
+
     def validate(self) -> None:
         _check_choice(self.method, PLAN_METHODS, "plan.method")
-        parse_precision(self.high_precision, "plan.high_precision")
         if not self.menu:
             raise RecipeError("plan.menu is empty: list at least one precision, e.g. [\"w8a8\", \"w8a16\"]")
-        for i, item in enumerate(self.menu):
-            parse_precision(item, f"plan.menu[{i}]")
         _check_type(self.threshold_db, (int, float), "plan.threshold_db", "a number of dB")
         value = _check_type(self.top_k, int, "plan.top_k", "a non-negative integer")
         if value < 0:
@@ -176,9 +181,15 @@ class PlanRule:
         if self.method == "budget" and not (self.avg_weight_bits or self.avg_act_bits):
             raise RecipeError("plan.method = \"budget\" needs plan.avg_weight_bits and/or plan.avg_act_bits")
 
-    @property
-    def high_precision_value(self) -> Precision:
-        return parse_precision(self.high_precision, "plan.high_precision")
+
+
+def _plain(value: Any) -> Any:
+    """A section value as TOML writes it: precisions by name, tuples as lists (the edge where types go)."""
+    if isinstance(value, Precision):
+        return value.name
+    if isinstance(value, (tuple, list)):
+        return [_plain(item) for item in value]
+    return value
 
 
 _SECTIONS: dict[str, type] = {
@@ -207,10 +218,13 @@ class Recipe:
     plan: PlanRule = field(default_factory=PlanRule)
     skip_layers: tuple[str, ...] = ()
     #: Layer class name (``Linear``, ``Conv2d``) -> precision, e.g. weight-only Linear layers (``{Linear = "w8"}``).
-    type_precisions: tuple[tuple[str, str], ...] = ()
+    type_precisions: tuple[tuple[str, Precision], ...] = ()
 
     def __post_init__(self) -> None:
         self.validate()
+        object.__setattr__(self, "type_precisions", tuple(
+            (type_name, parse_precision(precision, f"type_precisions.{type_name}"))
+            for type_name, precision in self.type_precisions))
 
     def validate(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -286,10 +300,10 @@ class Recipe:
         if self.skip_layers:
             out["skip_layers"] = list(self.skip_layers)
         if self.type_precisions:
-            out["type_precisions"] = dict(self.type_precisions)
+            out["type_precisions"] = {type_name: str(p) for type_name, p in self.type_precisions}
         for section in _SECTIONS:
-            value = dataclasses.asdict(getattr(self, section))
-            out[section] = {_TOML_KEY.get(k, k): list(v) if isinstance(v, tuple) else v for k, v in value.items()}
+            fields = {f.name: getattr(getattr(self, section), f.name) for f in dataclasses.fields(_SECTIONS[section])}
+            out[section] = {_TOML_KEY.get(k, k): _plain(v) for k, v in fields.items()}
         return out
 
     def to_toml(self) -> str:

@@ -53,7 +53,7 @@ def write_report(path: Path, metrics: dict[str, Any], result: Any, figures: dict
                  else ""), ""]
     if result.plan is not None:
         lines += ["## Precision plan", "", f"Chosen by `{recipe.plan.method}` from the global SQNR analysis "
-                  f"(menu {', '.join(recipe.plan.menu)}).", ""]
+                  f"(menu {', '.join(map(str, recipe.plan.menu))}).", ""]
         to_markdown = getattr(result.plan, "to_markdown", None)
         if to_markdown:
             lines += [to_markdown(), ""]

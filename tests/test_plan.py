@@ -25,7 +25,7 @@ from brevitas_ldm.planning.planners import (
 )
 from brevitas_ldm.planning.prediction import average_bits, predict_sqnr_db
 from brevitas_ldm.planning.validation import measure_plan
-from brevitas_ldm.precision import parse_precision
+from brevitas_ldm.precision import FLOAT, parse_precision
 from brevitas_ldm.quant.quantize import quantize_denoiser, read_precisions
 from brevitas_ldm.recipe import PlanRule, get_recipe
 from brevitas_ldm.sqnr import noise_ratio_to_db
@@ -131,18 +131,18 @@ def test_random_plans_share_the_budget_and_are_distinct():
     assert all(p.predicted_sqnr_db <= optimum + 1e-9 for p in plans)
     upgrades = random_upgrade_plans(report, 3, 0.0, 9.0, "w8a16", seed=0)
     for plan in upgrades:
-        assert set(plan.precisions.values()) <= {"w8a8", "w8a16"}
+        assert {str(p) for p in plan.precisions.values()} <= {"w8a8", "w8a16"}
         assert average_bits(report, plan.precisions)[1] <= 9.0 + 1e-9
 
 
 def test_choose_plan_dispatches_on_method():
     report = synthetic_report(5, 4)
     uniform = choose_plan(report, PlanRule(method="uniform"), "w8a8")
-    assert set(uniform.precisions.values()) == {"w8a8"} and uniform.method == "uniform"
+    assert {str(p) for p in uniform.precisions.values()} == {"w8a8"} and uniform.method == "uniform"
 
     top = choose_plan(report, PlanRule(method="top_k", top_k=2, high_precision="w8a16"), "w8a8")
     gains = {n: report.block(n).noise_ratio("w8a8") - report.block(n).noise_ratio("w8a16") for n in report.block_names}
-    assert {n for n, p in top.precisions.items() if p == "w8a16"} == set(sorted(gains, key=gains.get)[-2:])
+    assert {n for n, p in top.precisions.items() if str(p) == "w8a16"} == set(sorted(gains, key=gains.get)[-2:])
     least = top_k_plan(report, 2, "w8a16", "w8a8", least=True)
     assert least.predicted_sqnr_db < top.predicted_sqnr_db
 
@@ -151,12 +151,12 @@ def test_choose_plan_dispatches_on_method():
     share = -10 * math.log10(1 - report.block(worst).noise_ratio("w8a8") / total)
     threshold = choose_plan(report, PlanRule(method="threshold", threshold_db=share - 1e-6,
                                              high_precision="float"), "w8a8")
-    assert threshold.precisions[worst] == "float"
+    assert threshold.precisions[worst] == FLOAT
     assert "share" in threshold.evidence[worst]["reason"]
 
     budget = choose_plan(report, PlanRule(method="budget", avg_weight_bits=8.0, avg_act_bits=9.0,
                                           menu=("w8a16", "w8a8")), "w8a8")
-    assert set(budget.precisions.values()) <= {"w8a16", "w8a8"} and budget.budget["avg_act_bits"] == 9.0
+    assert {str(p) for p in budget.precisions.values()} <= {"w8a16", "w8a8"} and budget.budget["avg_act_bits"] == 9.0
 
 
 def test_unknown_names_and_precisions_are_errors():
@@ -180,7 +180,7 @@ def test_plan_json_round_trip_feeds_quantize_denoiser(tmp_path):
     path = plan.save(tmp_path)
     assert path.name == "plan.json"
     data = json.loads(path.read_text())
-    assert data["precisions"] == plan.precisions and data["method"] == "budget"
+    assert data["precisions"] == {b: str(p) for b, p in plan.precisions.items()} and data["method"] == "budget"
     loaded = Plan.load(tmp_path)
     assert loaded.to_dict() == plan.to_dict()
     # a user edit: one block to float; reading it back checks and re-predicts

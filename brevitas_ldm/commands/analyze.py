@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
                "global_from_cache": bool(getattr(report, "from_cache", False)),
                "plan": {"method": plan.method, "predicted_sqnr_db": plan.predicted_sqnr_db,
                         "avg_weight_bits": plan.avg_weight_bits, "avg_act_bits": plan.avg_act_bits,
-                        "precisions": plan.precisions}}
+                        "precisions": {block: str(p) for block, p in plan.precisions.items()}}}
     with atomic_output_dir(args.out, args.overwrite) as staging:
         report.save(staging)
         plan.save(staging / "plan.json")

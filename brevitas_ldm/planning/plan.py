@@ -6,6 +6,7 @@ A :class:`Plan` is plain JSON the user may edit and feed back: ``Plan.load(path)
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -34,15 +35,16 @@ PLAN_FILE = "plan.json"
 class Plan:
     """Which precision each block gets, how it was chosen, and the SQNR figures behind each choice.
 
-    ``precisions`` maps block names to precision strings (``"w8a8"``, ``"w8a16"``, ``"float"``); blocks that are
+    ``precisions`` maps block names to :class:`~brevitas_ldm.precision.Precision` (given as strings such as
+    ``"w8a8"``, ``"w8a16"``, ``"float"`` and parsed once, here; ``plan.json`` holds the strings); blocks that are
     not listed get the recipe's base precision, as in :func:`brevitas_ldm.quant.quantize.quantize_denoiser`.
     ``evidence[block]`` holds the block's isolated SQNR per precision, its progressive drop/share and a one-line
     reason.
     """
 
-    precisions: dict[str, str]
+    precisions: dict[str, Precision]
     method: str = "manual"
-    default: str = "w8a8"
+    default: Precision = Precision(8, 8)
     predicted_sqnr_db: float = math.nan
     avg_weight_bits: float = math.nan
     avg_act_bits: float = math.nan
@@ -55,9 +57,9 @@ class Plan:
     def __post_init__(self) -> None:
         if not isinstance(self.precisions, Mapping):
             raise RecipeError("plan precisions must be a table block name -> precision string")
-        self.precisions = {str(k): parse_precision(v, f"plan precision of {k!r}").name
+        self.precisions = {str(k): parse_precision(v, f"plan precision of {k!r}")
                            for k, v in self.precisions.items()}
-        self.default = parse_precision(self.default, "plan default").name
+        self.default = parse_precision(self.default, "plan default")
 
     # -- checks ----------------------------------------------------------------------------------------------
     def check(self, report: BlockReport, menu: Sequence[str | Precision] | None = None) -> "Plan":
@@ -66,12 +68,14 @@ class Plan:
         if unknown:
             raise RecipeError(f"plan names unknown blocks {', '.join(map(repr, unknown))}: the model's blocks are "
                               f"{', '.join(report.block_names)}")
-        allowed = {parse_precision(p, "menu").name for p in (menu if menu is not None else report.menu)}
+        allowed = {parse_precision(p, "menu") for p in (menu if menu is not None else report.menu)}
         allowed.add(self.default)
-        outside = sorted({f"{b}={p}" for b, p in self.precisions.items() if p not in allowed})
+        precisions = {b: parse_precision(p, f"plan precision of {b!r}") for b, p in self.precisions.items()}
+        outside = sorted({f"{b}={p}" for b, p in precisions.items() if p not in allowed})
         if outside:
             raise RecipeError(f"plan uses precisions outside the menu ({', '.join(outside)}): choose from "
-                              f"{', '.join(sorted(allowed))} or add them to plan.menu and rerun the analysis")
+                              f"{', '.join(sorted(map(str, allowed)))} or add them to plan.menu and rerun the "
+                              f"analysis")
         return self
 
     def refresh(self, report: BlockReport) -> "Plan":
@@ -85,7 +89,10 @@ class Plan:
 
     # -- persistence -----------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return encode_json_floats(dataclasses.asdict(self))
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["precisions"] = {block: str(precision) for block, precision in self.precisions.items()}
+        data["default"] = str(self.default)
+        return encode_json_floats(copy.deepcopy(data))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "plan") -> "Plan":

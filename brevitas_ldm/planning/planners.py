@@ -29,12 +29,12 @@ from brevitas_ldm.sqnr import noise_ratio_to_db
 
 def _make_plan(report: BlockReport, assignment: Mapping[str, Precision], method: str, default: Precision,
                reasons: Mapping[str, str], budget: Mapping[str, float] | None = None) -> Plan:
-    precisions = {name: assignment[name].name for name in report.block_names}
-    plan = Plan(precisions=precisions, method=method, default=default.name, budget=dict(budget or {}),
+    precisions = {name: assignment[name] for name in report.block_names}
+    plan = Plan(precisions=precisions, method=method, default=default, budget=dict(budget or {}),
                 evidence={n: _evidence(report, n, reasons.get(n, "")) for n in report.block_names},
                 model=report.model, recipe=report.recipe)
-    plan.predicted_sqnr_db = predict_sqnr_db(report, precisions, default.name)
-    plan.avg_weight_bits, plan.avg_act_bits = average_bits(report, precisions, default.name)
+    plan.predicted_sqnr_db = predict_sqnr_db(report, precisions, default)
+    plan.avg_weight_bits, plan.avg_act_bits = average_bits(report, precisions, default)
     return plan
 
 
@@ -249,7 +249,7 @@ def random_upgrade_plans(report: BlockReport, count: int, avg_weight_bits: float
 def choose_plan(report: BlockReport, rule: PlanRule, default: str | Precision | None = None) -> Plan:
     """The plan ``rule`` (``recipe.plan``) picks from ``report``; ``default`` is ``recipe.default_precision``."""
     default = parse_precision(default or report.default_precision, "default precision")
-    high = rule.high_precision_value
+    high = rule.high_precision
     menu = _menu(report, rule.menu, extra=[default, high] if rule.method != "budget" else [])
     if rule.method == "uniform":
         plan = uniform_plan(report, default)

@@ -41,7 +41,7 @@ def resolve_precisions(denoiser: nn.Module, recipe: Recipe,
     precisions.update(from_blocks)
     # Order: recipe default < block entries < type_precisions < the recipe's skip_layers < explicit layer entries.
     if recipe.type_precisions:
-        by_type = {t: parse_precision(p, f"type_precisions.{t}") for t, p in recipe.type_precisions}
+        by_type = dict(recipe.type_precisions)
         internal_to_user = user_facing_names(denoiser)
         modules = dict(denoiser.named_modules())
         for internal, user in internal_to_user.items():
