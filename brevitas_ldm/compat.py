@@ -12,7 +12,15 @@ import brevitas.graph  # noqa: F401  (must precede brevitas.nn.equalized_layer: 
 import torch.nn as nn
 from brevitas.nn.equalized_layer import EqualizedModule
 
-__all__ = ["EqualizedModule", "hookless_deepcopy", "reset_export_state"]
+# Module types Brevitas' layerwise equalization treats as regions; the tuple is private in Brevitas, so fall back
+# to the types it contained in 0.13.
+try:
+    from brevitas.graph.equalize import _supported_layers as BREVITAS_EQUALIZATION_LAYERS
+except ImportError:  # pragma: no cover - depends on the Brevitas version
+    BREVITAS_EQUALIZATION_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d,
+                                    nn.ConvTranspose2d, nn.ConvTranspose3d, nn.MultiheadAttention)
+
+__all__ = ["BREVITAS_EQUALIZATION_LAYERS", "EqualizedModule", "hookless_deepcopy", "reset_export_state"]
 
 
 def hookless_deepcopy(module: nn.Module) -> nn.Module:

@@ -34,6 +34,7 @@ import torch.nn as nn
 from brevitas.graph.calibrate import calibration_mode
 from brevitas.graph.equalize import activation_equalization_mode
 
+from brevitas_ldm.compat import BREVITAS_EQUALIZATION_LAYERS as _BREVITAS_EQ_LAYERS
 from brevitas_ldm.compat import EqualizedModule
 from brevitas_ldm.denoiser.blocks import quantizable_layers
 from brevitas_ldm.denoiser.names import (
@@ -42,20 +43,16 @@ from brevitas_ldm.denoiser.names import (
 )
 from brevitas_ldm.denoiser.sampling import CallCounter, denoiser_step_hook
 from brevitas_ldm.errors import ModelError, RecipeError
-from brevitas_ldm.recipe import Recipe
+from brevitas_ldm.precision import Precision
 from brevitas_ldm.quant.probes import TwinProbe
 from brevitas_ldm.quant.quantize import quantize_denoiser, resolve_precisions
+from brevitas_ldm.recipe import Recipe
 
 #: Temporary child of the denoiser that holds the alpha-trial layers while they are calibrated (see _trial_holders).
 _TRIALS_ATTR = "_brevitas_ldm_smoothquant_trials"
 
-# Module types Brevitas' layerwise equalization treats as regions (it stops its search at these). Everything of
-# these types that is not selected goes on the blacklist, so only the selected layers are touched.
-try:  # the tuple is private in Brevitas; fall back to the types it contained in 0.13.
-    from brevitas.graph.equalize import _supported_layers as _BREVITAS_EQ_LAYERS
-except ImportError:  # pragma: no cover - depends on the Brevitas version
-    _BREVITAS_EQ_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
-                           nn.ConvTranspose3d, nn.MultiheadAttention)
+# Brevitas' layerwise equalization stops its region search at _BREVITAS_EQ_LAYERS; every layer of those types that is
+# not selected goes on the blacklist, so only the selected layers are touched. These types are never regions.
 _NOT_REGIONS = (nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
@@ -113,7 +110,7 @@ class SmoothQuantStep:
     alpha: float = 0.5
     alpha_grid: Sequence[float] = ()
     recipe: Recipe | None = None
-    precisions: Mapping[str, Any] | None = None
+    precisions: Mapping[str, Precision | str] | None = None
     calibration: CalibrationContext | None = None
     keep_if_worse: bool = False
 
@@ -130,7 +127,7 @@ class SmoothQuantStep:
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, modules: Sequence[str] | None = None,
-                    precisions: Mapping[str, Any] | None = None,
+                    precisions: Mapping[str, Precision | str] | None = None,
                     calibration: CalibrationContext | None = None) -> "SmoothQuantStep":
         """The step a recipe's ``[smoothquant]`` section asks for (``modules`` from the local analysis when the
         scope is ``sensitive``)."""
