@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import copy
 import gc
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -153,11 +151,11 @@ def build_pipeline(latent_size: int, seed: int):
     returns latents. The text encoder is a one-layer random CLIPTextModel with hidden size 768, so the UNet's
     cross-attention sees SD-1.5-shaped states (16 tokens, the project tokenizer's length, instead of 77).
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
     from brevitas_ldm.errors import ModelError
-    from brevitas_ldm.zoo.tokenizer import MODEL_MAX_LENGTH, write_tokenizer_files
+    from brevitas_ldm.zoo.tiny import sd_pipeline_around
+    from brevitas_ldm.zoo.tokenizer import MODEL_MAX_LENGTH
 
     if latent_size < 8 or latent_size % 8:
         raise ModelError(f"--latent-size {latent_size}: the SD-1.5 UNet downsamples 3 times, pass a multiple of 8")
@@ -167,21 +165,8 @@ def build_pipeline(latent_size: int, seed: int):
                         up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 8, 8),
                         layers_per_block=1, latent_channels=4, norm_num_groups=4,
                         sample_size=8 * latent_size).eval()
-    with tempfile.TemporaryDirectory() as tmp:
-        vocab_size = write_tokenizer_files(Path(tmp))
-        tokenizer = CLIPTokenizer.from_pretrained(tmp)
-    vocab = tokenizer.get_vocab()
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=768, intermediate_size=1024, projection_dim=768, num_hidden_layers=1,
-        num_attention_heads=12, max_position_embeddings=MODEL_MAX_LENGTH, bos_token_id=vocab["<|startoftext|>"],
-        eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"])).eval()
-    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return sd_pipeline_around(unet, vae, hidden_size=768, intermediate_size=1024, heads=12,
+                              max_positions=MODEL_MAX_LENGTH)
 
 
 @torch.no_grad()

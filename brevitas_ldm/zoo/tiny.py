@@ -6,6 +6,9 @@ real structure (cross-attention, class conditioning, patch embedding).
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import torch
 from diffusers import (
     AutoencoderKL,
@@ -16,6 +19,8 @@ from diffusers import (
     UNet2DModel,
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from brevitas_ldm.zoo.tokenizer import write_tokenizer_files
 
 
 def tiny_sd_unet(seed: int = 0) -> UNet2DConditionModel:
@@ -64,23 +69,26 @@ def denoiser_inputs(model, batch: int = 4, seed: int = 1) -> dict:
 
 def tiny_sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     """A complete random-weight StableDiffusionPipeline (for pipelines other than the embedded model)."""
-    import tempfile
-    from pathlib import Path
-
-    from brevitas_ldm.zoo.tokenizer import write_tokenizer_files
-
     torch.manual_seed(seed)
     unet = tiny_sd_unet(seed)
     vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(16, 32), layers_per_block=1,
                         latent_channels=4, norm_num_groups=8, sample_size=16).eval()
+    return sd_pipeline_around(unet, vae, hidden_size=32, intermediate_size=64, heads=2, max_positions=16)
+
+
+def sd_pipeline_around(unet: UNet2DConditionModel, vae: AutoencoderKL, hidden_size: int, intermediate_size: int,
+                       heads: int, max_positions: int) -> StableDiffusionPipeline:
+    """A StableDiffusionPipeline around ``unet`` and ``vae``: the project's own CLIP tokenizer files, a one-layer
+    random CLIP text encoder of ``hidden_size`` (the UNet's cross-attention width) and SD's DDIM scheduler."""
     with tempfile.TemporaryDirectory() as tmp:
         vocab_size = write_tokenizer_files(Path(tmp))
         tokenizer = CLIPTokenizer.from_pretrained(tmp)
     vocab = tokenizer.get_vocab()
     text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, projection_dim=32, num_hidden_layers=1,
-        num_attention_heads=2, max_position_embeddings=16, bos_token_id=vocab["<|startoftext|>"],
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
+        projection_dim=hidden_size, num_hidden_layers=1, num_attention_heads=heads,
+        max_position_embeddings=max_positions, bos_token_id=vocab["<|startoftext|>"],
         eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"])).eval()
     scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
                               set_alpha_to_one=False, steps_offset=1)
