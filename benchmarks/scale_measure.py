@@ -143,8 +143,9 @@ class Recorder:
 # ---------------------------------------------------------------------------------------------------------------
 # The SD-1.5-shaped model
 # ---------------------------------------------------------------------------------------------------------------
-def build_pipeline(latent_size: int, seed: int):
-    """A StableDiffusionPipeline around a random SD-1.5-shaped UNet; nothing is downloaded.
+def build_pipeline(latent_size: int, seed: int, block_out_channels: tuple[int, ...] | None = None):
+    """A StableDiffusionPipeline around a random SD-1.5-shaped UNet (SD-1.5's channel widths unless
+    ``block_out_channels`` says otherwise); nothing is downloaded.
 
     The VAE is a tiny random AutoencoderKL with 4 levels (so ``vae_scale_factor`` is 8, as in SD-1.5, and the
     pipeline's default image size gives ``latent_size`` latents); it is never run because every sampling run here
@@ -160,7 +161,8 @@ def build_pipeline(latent_size: int, seed: int):
     if latent_size < 8 or latent_size % 8:
         raise ModelError(f"--latent-size {latent_size}: the SD-1.5 UNet downsamples 3 times, pass a multiple of 8")
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(sample_size=latent_size, **SD15_UNET_CONFIG).eval()
+    config = dict(SD15_UNET_CONFIG, **({"block_out_channels": block_out_channels} if block_out_channels else {}))
+    unet = UNet2DConditionModel(sample_size=latent_size, **config).eval()
     vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
                         up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 8, 8),
                         layers_per_block=1, latent_channels=4, norm_num_groups=4,

@@ -142,6 +142,24 @@ class Analysis:
 
 
 @dataclass(frozen=True)
+class Deploy:
+    """What the quantized model must be for its deployment kernels (part of the model every phase measures).
+
+    ``requantize_conv_outputs``: every Conv2d with 8-bit (or narrower) activations also quantizes its output to
+    the recipe's activation format and its bias to int32 at ``s_x * s_w`` (Brevitas ``output_quant`` +
+    ``Int32Bias``). onnxruntime then fuses each such convolution into ``QLinearConv``, its fastest CPU kernel, and
+    because the analysis, calibration and evaluation run this very model, every reported SQNR is the deployed
+    one. Pair it with weights of 7 bits or fewer (``|q| <= 63``) and the fast u8s8 kernel is exact on AVX2 CPUs
+    too; 8-bit weights are stored as uint8 by the portable export (exact everywhere, slower).
+    """
+
+    requantize_conv_outputs: bool = False
+
+    def validate(self) -> None:
+        _check_type(self.requantize_conv_outputs, bool, "deploy.requantize_conv_outputs", "true or false")
+
+
+@dataclass(frozen=True)
 class PlanRule:
     """How the per-block precision plan is chosen from the analyses.
 
@@ -199,6 +217,7 @@ _SECTIONS: dict[str, type] = {
     "smoothquant": SmoothQuant,
     "analysis": Analysis,
     "plan": PlanRule,
+    "deploy": Deploy,
 }
 _TOML_KEY = {"global_": "global"}
 _FIELD_FOR_TOML_KEY = {v: k for k, v in _TOML_KEY.items()}
@@ -216,6 +235,7 @@ class Recipe:
     smoothquant: SmoothQuant = field(default_factory=SmoothQuant)
     analysis: Analysis = field(default_factory=Analysis)
     plan: PlanRule = field(default_factory=PlanRule)
+    deploy: Deploy = field(default_factory=Deploy)
     skip_layers: tuple[str, ...] = ()
     #: Layer class name (``Linear``, ``Conv2d``) -> precision, e.g. weight-only Linear layers (``{Linear = "w8"}``).
     type_precisions: tuple[tuple[str, Precision], ...] = ()
@@ -236,6 +256,10 @@ class Recipe:
         self.smoothquant.validate()
         self.analysis.validate()
         self.plan.validate()
+        self.deploy.validate()
+        if self.deploy.requantize_conv_outputs and self.activations.format != "int":
+            raise RecipeError(f"deploy.requantize_conv_outputs needs integer activations (activations.format = "
+                              f"{self.activations.format!r}): set activations.format = \"int\" or drop the key")
         for i, pattern in enumerate(self.skip_layers):
             _check_type(pattern, str, f"skip_layers[{i}]", "a module-name pattern string")
         for type_name, precision in self.type_precisions:

@@ -5,7 +5,8 @@ from brevitas_ldm.errors import RecipeError
 from brevitas_ldm.precision import FLOAT, Precision, parse_precision
 from brevitas_ldm.recipe import Recipe, get_recipe, list_recipes, register_recipe
 
-REQUIRED = ["minmax-w8a8", "smoothquant-w8a8", "qdiffusion-w8a8", "sqnr-hybrid-w8a8", "sqnr-hybrid-w4a8"]
+REQUIRED = ["minmax-w8a8", "smoothquant-w8a8", "qdiffusion-w8a8", "sqnr-hybrid-w8a8", "sqnr-hybrid-w4a8",
+            "minmax-w7a8-x86", "sqnr-hybrid-w7a8-x86"]
 
 
 def test_builtin_recipes_are_registered_and_round_trip_through_toml():
@@ -33,6 +34,9 @@ def test_builtin_recipes_are_registered_and_round_trip_through_toml():
     ('name = "x"\n[plan]\nmenu = ["w8a8", "w99a8"]', "plan.menu[1] = 'w99a8'"),
     ('name = "x"\n[weights', "does not parse as TOML"),
     ('description = "no name"', "name is missing"),
+    ('name = "x"\n[deploy]\nrequantize_conv_outputs = "yes"', "deploy.requantize_conv_outputs"),
+    ('name = "x"\n[activations]\nformat = "e4m3"\n[deploy]\nrequantize_conv_outputs = true',
+     "deploy.requantize_conv_outputs needs integer activations"),
 ])
 def test_bad_recipes_name_the_key(text, message):
     with pytest.raises(RecipeError, match=message.replace("(", r"\(").replace("[", r"\[").replace(".", r"\.")):

@@ -188,3 +188,35 @@ def test_verifier_refuses_int8_storage_on_a_cpu_without_vnni(sd_files):
         assert native["sqnr_db"] < 30.0
         with pytest.raises(ExportMismatchError, match="no VNNI"):
             check_agreement(native)
+
+
+@pytest.fixture(scope="module")
+def requantized(tmp_path_factory):
+    """``minmax-w7a8-x86``: 7-bit weights and requantized conv outputs (int32 bias), exported as onnx-int8."""
+    torch.manual_seed(0)
+    model = quantized(tiny_sd_unet(), recipe="minmax-w7a8-x86")
+    path = export_denoiser(model, denoiser_inputs(model, batch=2), tmp_path_factory.mktemp("x86") / "w7.onnx",
+                           fmt="onnx-int8")
+    return model, path
+
+
+def test_requantized_convs_run_as_qlinearconv_with_the_fast_kernel(requantized):
+    model, path = requantized
+    layers = quant_layers(model)
+    convs = [layer for layer in layers.values() if isinstance(layer, torch.nn.Conv2d)]
+    assert all(layer.output_quant.is_quant_enabled for layer in convs)
+    counts = integer_kernel_counts(path)
+    assert counts["integer"] == {"QLinearConv": len(convs), "MatMulIntegerToFloat": len(layers) - len(convs)}
+    assert not counts["float"].get("Conv") and not counts["float"].get("Gemm")
+    # 7-bit weights (|q| <= 63) stay int8 in the file: u8s8 kernels, exact even on AVX2 (no pair-sum overflow)
+    kernels = optimized_kernel_weights(path)
+    assert kernels and all(values.dtype == np.int8 and overflow_safe(values) for _, values in kernels)
+    result = verify_onnx(path, model, denoiser_inputs(model, batch=16, seed=2), threads=1)
+    assert result["sqnr_db"] >= 30.0                 # measured 36.0 dB (native VNNI and emulated AVX2)
+
+
+@needs_emulator
+def test_requantized_convs_agree_on_avx2(requantized):
+    model, path = requantized
+    result = verify_onnx(path, model, denoiser_inputs(model, batch=16, seed=2), threads=1, emulate_cpu=AVX2)
+    assert result["sqnr_db"] >= 30.0

@@ -12,6 +12,7 @@ import fnmatch
 from collections.abc import Mapping
 
 import brevitas.nn as qnn
+from brevitas.quant.scaled_int import Int32Bias
 import torch.nn as nn
 from brevitas.graph.quantize import layerwise_quantize
 from brevitas.nn.quant_layer import QuantWeightBiasInputOutputLayer
@@ -78,7 +79,20 @@ def quantize_denoiser(denoiser: nn.Module, recipe: Recipe,
     common = {"weight_quant": lambda module, name: weight_quant(module, name),
               "input_quant": lambda module, name: input_quant(module, name), "bias_quant": None,
               "return_quant_tensor": False}
-    layer_map = {nn.Linear: (qnn.QuantLinear, common), nn.Conv2d: (qnn.QuantConv2d, common)}
+    conv = common
+    if recipe.deploy.requantize_conv_outputs:
+        def output_quant(module: nn.Module, name: str):
+            precision = plan[to_user.get(name, name)]
+            if precision.act_bits is None or precision.act_bits > 8 or precision.weight_bits is None:
+                return None
+            return act_quantizer(recipe.activations, 8)
+
+        def bias_quant(module: nn.Module, name: str):
+            return Int32Bias if output_quant(module, name) is not None and module.bias is not None else None
+
+        conv = {**common, "output_quant": lambda module, name: output_quant(module, name),
+                "bias_quant": lambda module, name: bias_quant(module, name)}
+    layer_map = {nn.Linear: (qnn.QuantLinear, common), nn.Conv2d: (qnn.QuantConv2d, conv)}
     blacklist = [internal for internal, user in to_user.items() if plan[user].is_float]
     was_training = denoiser.training
     layerwise_quantize(denoiser, compute_layer_map=layer_map, name_blacklist=blacklist)
