@@ -100,9 +100,15 @@ def _quant_disabled(proxies: Sequence[nn.Module]) -> Iterator[None]:
 
 
 def split_twin(twin: nn.Module) -> dict[str, TwinFn]:
-    """A Brevitas quant layer as three functions: fully quantized, weight-only, activation-only."""
-    act_proxies = [twin.input_quant]
-    weight_proxies = [twin.weight_quant]
+    """A Brevitas quant layer as three functions: fully quantized, weight-only, activation-only.
+
+    A requantized output (``[deploy] requantize_conv_outputs``) counts as activation noise. An int32 bias is
+    quantized at ``s_x * s_w``, so it needs both quantizers: it stays float in either partial variant.
+    """
+    output = [twin.output_quant] if twin.output_quant.is_quant_enabled else []
+    bias = [twin.bias_quant] if twin.bias_quant.is_quant_enabled else []
+    act_proxies = [twin.input_quant, *output, *bias]
+    weight_proxies = [twin.weight_quant, *bias]
 
     def weight_only(x: torch.Tensor) -> torch.Tensor:
         with _quant_disabled(act_proxies):
