@@ -339,7 +339,7 @@ def bench_model(name: str, args, workdir: Path) -> dict[str, Any]:
         pipe.unet = fp_denoiser
         precisions = Counter(str(p) for p in result.precisions.values())
         hybrid_note = {"precisions": dict(precisions), "timing_s": result.timing_s,
-                       "plan": getattr(result.plan, "precisions", None)}
+                       "plan": result.plan.to_dict()["precisions"] if result.plan is not None else None}
         project["sqnr-hybrid-w8a8 onnx-int8 (project)"] = (hybrid, "onnx-int8")
         log(f"quantized sqnr-hybrid-w8a8 ({dict(precisions)})")
     else:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from brevitas_ldm.errors import BrevitasLDMError
+from brevitas_ldm.precision import Precision
 
 T = TypeVar("T")
 
@@ -93,6 +94,8 @@ def read_json_file(path: str | Path, filename: str, what: str, missing: str, inv
 
 
 def _json_default(value: Any) -> Any:
+    if isinstance(value, Precision):      # typed inside, a string at the edge
+        return value.name
     if hasattr(value, "item"):
         return value.item()
     if isinstance(value, Path):
