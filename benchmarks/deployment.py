@@ -487,9 +487,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["# Deployment: the project's ONNX exports vs FP32 and onnxruntime's quantizers (CPU)", "",
              f"Command: `{command}` (seed {args.seed}; {wall / 60:.1f} min wall).", "",
              f"CPU: {cpu.describe()}; {os.cpu_count()} cores; VNNI: {cpu.has_vnni}. Versions: "
-             + ", ".join(f"{k} {v}" for k, v in versions.items()) + ". Another session was running tests on the "
-             "same 2 cores, so absolute milliseconds are noisy; the ratios come from interleaved rounds in one "
-             "process.", "",
+             + ", ".join(f"{k} {v}" for k, v in versions.items()) + ". Absolute milliseconds move with whatever else "
+             "the machine runs; the ratios come from interleaved rounds in one process, which background load hits "
+             "alike.", "",
              "Every file runs with `brevitas_ldm.export.session_options(threads)` (ORT_ENABLE_ALL, sequential, "
              "`session.qdq_matmulnbits_accuracy_level=1`), peers included. Latency / FP32 is the median over rounds "
              "of each round's ratio of median call times. Kernel counts are the graph onnxruntime runs after its "
