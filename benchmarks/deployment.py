@@ -462,6 +462,18 @@ def targets(results: list[dict[str, Any]], threads: list[int]) -> tuple[list[str
     return lines, data
 
 
+READING_HEADING = "## Reading the numbers"
+
+
+def _hand_written_reading(path: Path) -> str:
+    """The hand-written reading section of the previous page, kept across reruns (check it against the new figures)."""
+    if not path.is_file():
+        return ""
+    previous = path.read_text()
+    start = previous.find("\n" + READING_HEADING)
+    return "" if start < 0 else previous[start:].rstrip() + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
@@ -502,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
                "cores": os.cpu_count(), "versions": versions, "threads": args.threads, "wall_s": wall,
                "models": results, "targets": target_data}
     write_json_atomic(args.out.with_suffix(".json"), payload)
-    write_text_atomic(args.out, text)
+    write_text_atomic(args.out, text.rstrip() + "\n" + _hand_written_reading(args.out))
     print(text)
     return 0
 
