@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -53,6 +54,9 @@ def test_quantize_job_writes_every_output(quantized_run):
     report = (quantized_run / "report.md").read_text()
     assert "minmax-w8a8" in report and "output_sqnr_db" in report and "figures/samples.png" in report
     assert not list(quantized_run.parent.glob(".q.partial-*"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert quantized_run.stat().st_mode & 0o777 == 0o777 & ~umask     # the user's normal mode, not mkdtemp's 0700
 
 
 @torch.no_grad()
@@ -208,3 +212,12 @@ def test_export_command_integer_kernels_on_both_cpu_kinds(sd_dir, quantized_run,
 def _flat_precisions(saved: dict) -> dict:
     """layer_precisions.json as {layer: precision} whatever nesting the file uses."""
     return saved.get("precisions", saved) if isinstance(saved, dict) else {}
+
+
+def test_bad_sampling_inputs_fail_before_any_work(tmp_path, capsys):
+    out = tmp_path / "never"
+    base = ["quantize", "--model", "tiny-sd-digits", "--recipe", "minmax-w8a8", "--out", str(out)]
+    _error(capsys, [*base, "--num-samples", "1"], "--num-samples 1 is too few", "digits-FID", "--num-samples 2")
+    _error(capsys, [*base, "--seed", str(2**70)], "--seed", "out of range")
+    _error(capsys, [*base, "--seed", "-1"], "--seed -1 is out of range")
+    assert not out.exists() and list(tmp_path.iterdir()) == []

@@ -50,3 +50,20 @@ def check_sampling_args(args: argparse.Namespace) -> None:
         raise BrevitasLDMError(f"--guidance-scale {args.guidance_scale} must be a finite number >= 0")
     if args.batch_size < 1:
         raise BrevitasLDMError(f"--batch-size {args.batch_size} must be at least 1")
+    seed = getattr(args, "seed", 0)
+    if not 0 <= seed <= MAX_SEED - args.num_samples:
+        raise BrevitasLDMError(f"--seed {seed} is out of range: sample i uses seed + i, which must stay within "
+                               f"0..{MAX_SEED} (torch generators); pass a seed from 0 to {MAX_SEED - args.num_samples}")
+
+
+#: Largest seed a torch.Generator takes as a signed 64-bit value.
+MAX_SEED = 2**63 - 1
+
+
+def check_evaluator_samples(args: argparse.Namespace) -> None:
+    """The digits evaluator's FID needs a feature covariance: at least 2 samples (checked before any work)."""
+    from brevitas_ldm.evaluation.run import has_digits_evaluator
+
+    if args.num_samples < 2 and has_digits_evaluator(args.model):
+        raise BrevitasLDMError(f"--num-samples {args.num_samples} is too few for {args.model}'s digits-FID, which needs "
+                               f"at least 2 samples: pass --num-samples 2 or more (100+ for a stable FID)")

@@ -11,6 +11,7 @@ from brevitas_ldm.commands.common import (
     add_model_options,
     add_output_options,
     add_sampling_options,
+    check_evaluator_samples,
     check_sampling_args,
 )
 from brevitas_ldm.denoiser.loading import load_pipeline, model_display_name
@@ -32,6 +33,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_sampling_args(args)
+    check_evaluator_samples(args)
     check_output_dir(args.out, args.overwrite)
     pipe = load_pipeline(args.model, args.device)
     prompts = read_prompt_file(args.prompts) if args.prompts else None

@@ -14,6 +14,7 @@ from brevitas_ldm.commands.common import (
     add_model_options,
     add_output_options,
     add_sampling_options,
+    check_evaluator_samples,
     check_sampling_args,
 )
 from brevitas_ldm.denoiser.loading import load_pipeline, model_display_name
@@ -47,6 +48,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_sampling_args(args)
+    check_evaluator_samples(args)
     check_output_dir(args.out, args.overwrite)
     recipe = get_recipe(args.recipe)
     if args.calibration_prompts is not None and args.calibration_prompts < 1:
