@@ -36,6 +36,7 @@ from brevitas_ldm.export import (
     store_for_x86,
     verify_onnx,
 )
+from brevitas_ldm.export.x86_storage import int8_weight_is_safe
 from brevitas_ldm.quant.quantize import quant_layers
 from brevitas_ldm.zoo.tiny import denoiser_inputs, tiny_dit, tiny_sd_unet
 
@@ -73,7 +74,7 @@ def optimized_kernel_weights(path: Path) -> list[tuple[str, np.ndarray]]:
 
 
 def overflow_safe(values: np.ndarray) -> bool:
-    return values.dtype == np.uint8 or (values.dtype == np.int8 and int(np.abs(values.astype(np.int16)).max()) <= 64)
+    return values.dtype == np.uint8 or (values.dtype == np.int8 and int8_weight_is_safe(values))
 
 
 def test_portable_storage_leaves_no_weight_that_can_overflow(sd_files):

@@ -10,6 +10,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from brevitas_ldm.export.x86_storage import int8_weight_is_safe
+
 
 def tensor_types(model) -> dict[str, int]:
     """Element type of every initializer, Constant output and typed value in the graph."""
@@ -112,8 +114,6 @@ def _layer_from_scope(node_name: str) -> str | None:
     return ".".join(parts[1:-1])
 
 
-
-
 def overflowing_int8_weights(path: str | Path) -> int:
     """How many constant int8 weight tensors behind a DequantizeLinear exceed ``|q| <= 64``.
 
@@ -137,6 +137,5 @@ def overflowing_int8_weights(path: str | Path) -> int:
         if source in seen or source not in initializers or initializers[source].data_type != onnx.TensorProto.INT8:
             continue
         seen.add(source)
-        values = numpy_helper.to_array(initializers[source])
-        count += int(values.size > 0 and int(abs(values.astype("int16")).max()) > 64)
+        count += int(not int8_weight_is_safe(numpy_helper.to_array(initializers[source])))
     return count

@@ -48,11 +48,7 @@ class OnnxGraph:
 
     def add_constant(self, value: np.ndarray, hint: str) -> str:
         """Add ``value`` as a new initializer named after ``hint`` and return its (unique) name."""
-        name, index = hint, 0
-        while name in self._taken:
-            index += 1
-            name = f"{hint}_{index}"
-        self._taken.add(name)
+        name = self.unique_name(hint)
         tensor = numpy_helper.from_array(np.asarray(value), name)
         self.graph.initializer.append(tensor)
         self.initializers[name] = tensor
