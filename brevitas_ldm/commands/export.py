@@ -61,11 +61,10 @@ def run(args: argparse.Namespace) -> int:
         verify_onnx,
         verify_torchscript,
     )
+    from brevitas_ldm.export.exporters import check_weight_storage
     from brevitas_ldm.zoo.data import prompt_for
 
-    if args.format == "onnx-int8" and args.weight_storage != "portable":
-        raise BrevitasLDMError("--format onnx-int8 needs --weight-storage portable (onnxruntime's integer conv kernel "
-                               "is fast only on uint8 weights): drop --weight-storage or use --format onnx-qcdq")
+    check_weight_storage(args.format, args.weight_storage)
     if args.emulate_cpu and args.format not in ONNXRUNTIME_FORMATS:
         raise BrevitasLDMError(f"--emulate-cpu runs the file in onnxruntime, which cannot run {args.format}: use "
                                f"--format onnx-int8 or onnx-qcdq")

@@ -101,6 +101,15 @@ def _prepared_export(denoiser: nn.Module, example_inputs: Mapping[str, torch.Ten
         denoiser.train(training)
 
 
+def check_weight_storage(fmt: str, weight_storage: str) -> None:
+    """Refuse a weight storage the format cannot use (the command line calls it before loading the model)."""
+    if weight_storage not in WEIGHT_STORAGES:
+        raise BrevitasLDMError(f"unknown weight_storage {weight_storage!r}: use one of {', '.join(WEIGHT_STORAGES)}")
+    if fmt == "onnx-int8" and weight_storage != "portable":
+        raise BrevitasLDMError("onnx-int8 needs weight_storage='portable' (--weight-storage portable; onnxruntime's "
+                               "integer conv kernel is fast only on uint8 weights): drop it or export onnx-qcdq")
+
+
 def export_denoiser(denoiser: nn.Module, example_inputs: Mapping[str, torch.Tensor], path: str | Path,
                     fmt: str = "onnx-qcdq", opset: int = 17, weight_storage: str = "portable") -> Path:
     """Export a quantized, calibrated denoiser to ``path`` in format ``fmt``; returns the path.
@@ -126,11 +135,7 @@ def export_denoiser(denoiser: nn.Module, example_inputs: Mapping[str, torch.Tens
     Formats a model cannot use raise :class:`BrevitasLDMError` naming the format to use instead.
     """
     fmt = str(fmt).lower()
-    if weight_storage not in WEIGHT_STORAGES:
-        raise BrevitasLDMError(f"unknown weight_storage {weight_storage!r}: use one of {', '.join(WEIGHT_STORAGES)}")
-    if fmt == "onnx-int8" and weight_storage != "portable":
-        raise BrevitasLDMError("onnx-int8 needs weight_storage='portable' (onnxruntime's integer conv kernel is fast "
-                               "only on uint8 weights): drop weight_storage or export fmt='onnx-qcdq'")
+    check_weight_storage(fmt, weight_storage)
     features = check_exportable(denoiser, fmt, opset)
     with _prepared_export(denoiser, example_inputs, path) as (wrapper, names, tensors, tmp), \
             _clean_export_state(denoiser):
