@@ -13,7 +13,7 @@ For each model, in one process, on the same real denoiser inputs (captured from 
 4. peers: ``onnxruntime.quantization.quantize_static`` (QOperator, per-channel, reduce_range, MinMax) and
    ``quantize_dynamic`` (uint8 weights) of the same FP32 file;
 5. every file runs with :func:`brevitas_ldm.export.session_options`; latency is timed in interleaved rounds (each
-   round runs every file ``--repeats`` times, round-robin, sessions created once) and reported as the median over
+   round runs every file once untimed, then ``--repeats`` timed times, round-robin, sessions created once) and reported as the median over
    rounds of the per-round ratio to FP32, at each ``--threads`` count; SQNR vs the FP torch denoiser on fresh
    inputs (other prompts, seeds and steps), SQNR vs the project's fake-quantized torch model (its own rows), and
    the integer kernels / remaining float Conv/MatMul/Gemm after onnxruntime's optimizer
@@ -230,6 +230,11 @@ def interleaved_timing(paths: dict[str, Path], inputs: dict[str, torch.Tensor], 
     per_round: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(rounds):
         for name, session in sessions.items():
+            # One untimed call when the round comes to a file: a denoising loop calls one session 20-50 times in
+            # a row, so its steady-state latency is what counts, not the first call after another session ran
+            # (measured at 2 threads on the SD-shaped UNet: that first call costs the int8 file 192 ms against
+            # 131 ms in steady state, and would be half of a 2-call round's median).
+            session.run(None, feeds[name])
             times = []
             for _ in range(repeats):
                 start = time.perf_counter()
@@ -399,8 +404,9 @@ def model_section(result: dict[str, Any], threads: list[int]) -> list[str]:
     lines = [f"## {result['model']}", "",
              f"{result['description']}; {result['parameters'] / 1e6:.1f} M parameters. Timed at denoiser batch "
              f"{result['timing_batch']} ({'one prompt with classifier-free guidance' if result['timing_batch'] == 2 else 'one latent'}), "
-             f"{result['rounds']} interleaved rounds x {result['repeats']} calls per file (after {result['warmup']} "
-             f"warm-up calls). Calibration (`{cal['recipe']}`, `{cal['mode']}`): {cal['prompts']} prompts, "
+             f"{result['rounds']} interleaved rounds x {result['repeats']} timed calls per file, each round after one "
+             f"untimed call per file (and {result['warmup']} warm-up calls per file before the first round). "
+             f"Calibration (`{cal['recipe']}`, `{cal['mode']}`): {cal['prompts']} prompts, "
              f"{cal['steps']} steps, {cal['observed_calls']} observed denoiser calls ({cal['captured_samples']} "
              f"samples), the same calls fed to `quantize_static`. SQNR on {result['fresh_samples']} fresh denoiser "
              f"inputs (other prompts and seeds, steps {result['verify_steps']}).", "",

@@ -4,8 +4,8 @@ Public API (imported lazily, so ``brevitas-ldm recipes`` does not pay for torch/
 
     recipe = brevitas_ldm.get_recipe("sqnr-hybrid-w8a8")
     result = brevitas_ldm.quantize_pipeline(pipe, recipe, progress=True)
-    result.save("out/")                                 # checkpoint + plan + recipe
-    pipe = brevitas_ldm.load_quantized(pipe, "out/")    # later, no analysis or calibration
+    result.save("out/")                                 # quantized pipeline folder: state + recipe + plan
+    pipe = brevitas_ldm.from_pretrained("out/")         # later, one call, no analysis or calibration
 
 Names are defined in the package's layers (``denoiser/``, ``quant/``, ``analysis/``, ``planning/``, the
 workflow, ``export/``; see ``docs/design.md``) and re-exported here.
@@ -17,7 +17,7 @@ import importlib
 import warnings
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Brevitas warns at import time when an optional GPU kernel package is absent; it changes nothing on CPU.
 warnings.filterwarnings("ignore", message="fast_hadamard_transform package not found")
@@ -56,6 +56,7 @@ _EXPORTS = {
     "QuantizationResult": "brevitas_ldm.workflow",
     "quantize_pipeline": "brevitas_ldm.workflow",
     "load_quantized": "brevitas_ldm.checkpoint",
+    "from_pretrained": "brevitas_ldm.pretrained",
     "export_denoiser": "brevitas_ldm.export",
     "verify_onnx": "brevitas_ldm.export",
 }
@@ -80,6 +81,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time names load on 
     from brevitas_ldm.planning.validation import measure_plan, validate_plan  # noqa: F401
     from brevitas_ldm.workflow import QuantizationResult, quantize_pipeline  # noqa: F401
     from brevitas_ldm.checkpoint import load_quantized  # noqa: F401
+    from brevitas_ldm.pretrained import from_pretrained  # noqa: F401
     from brevitas_ldm.export import export_denoiser, verify_onnx  # noqa: F401
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

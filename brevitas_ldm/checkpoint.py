@@ -2,15 +2,20 @@
 
 A checkpoint folder holds ``denoiser.safetensors`` (the Brevitas state: weights, SmoothQuant multipliers and the
 calibrated activation scales), ``recipe.toml``, ``precisions.json`` (user-facing layer -> precision),
-``smoothing.json`` (which layers carry a SmoothQuant multiplier and its shape) and ``meta.json`` (which denoiser
-it was made for). :func:`load_quantized` rebuilds the same module structure on a freshly loaded FP pipeline
-(SmoothQuant wrappers, then Brevitas quant layers) and loads the state, so sampling with the same seeds gives
-bit-identical latents.
+``smoothing.json`` (which layers carry a SmoothQuant multiplier and its shape), ``plan.json`` when a plan chose
+the precisions, and ``meta.json``: the format version, which denoiser it was made for, the base pipeline it
+references (the embedded model's name or a pipeline directory; the unchanged components are not copied) and the
+SHA-256 of every file the reload reads, so a tampered or truncated file is named instead of half-loaded.
+:func:`load_quantized` rebuilds the same module structure on a freshly loaded FP pipeline (SmoothQuant wrappers,
+then Brevitas quant layers) and loads the state, so sampling with the same seeds gives bit-identical latents.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,8 +34,28 @@ from brevitas_ldm.precision import parse_precision
 from brevitas_ldm.quant.quantize import quantize_denoiser, read_precisions
 from brevitas_ldm.recipe import Recipe
 
-FORMAT_VERSION = 1
+#: Version 2 added the file hashes and the base-pipeline reference; other versions are refused on load.
+FORMAT_VERSION = 2
+FORMAT_NAME = "brevitas-ldm quantized denoiser"
 STATE_FILE = "denoiser.safetensors"
+META_FILE = "meta.json"
+#: The files a reload reads, each hashed into meta.json (plan.json is informative and stays editable).
+HASHED_FILES = (STATE_FILE, "recipe.toml", "precisions.json", "smoothing.json")
+
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("brevitas-ldm")
+    except importlib.metadata.PackageNotFoundError:     # running from a source tree that was never installed
+        return "unknown"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _config_of(denoiser: nn.Module) -> dict[str, Any]:
@@ -45,23 +70,32 @@ def _smoothing_layout(denoiser: nn.Module) -> list[dict[str, Any]]:
 
 
 def save_checkpoint(denoiser: nn.Module, recipe: Recipe, directory: Path, model: str | None = None,
-                    smoothing_alphas: Mapping[str, float | None] | None = None, plan: Plan | None = None) -> Path:
+                    smoothing_alphas: Mapping[str, float | None] | None = None, plan: Plan | None = None,
+                    denoiser_component: str = "unet") -> Path:
     """Write a quantized denoiser's checkpoint into ``directory``: its state, the recipe, the layer precisions,
     the SmoothQuant layout and alphas, and the plan when there is one (``plan.json``, editable and reusable with
-    ``--plan``)."""
+    ``--plan``).
+
+    ``model`` is the base pipeline the folder references (an embedded model name or a pipeline directory);
+    with it, :func:`brevitas_ldm.from_pretrained` reloads the folder in one call."""
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in denoiser.state_dict().items()
              if isinstance(v, torch.Tensor)}
     save_file(state, str(directory / STATE_FILE))
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(directory / STATE_FILE, 0o666 & ~mask)     # safetensors writes 0600; results get the user's mode
     write_text_atomic(directory / "recipe.toml", recipe.to_toml())
     write_json_atomic(directory / "precisions.json", {n: str(p) for n, p in read_precisions(denoiser).items()})
     write_json_atomic(directory / "smoothing.json", {"layers": _smoothing_layout(denoiser),
                                                      "alphas": dict(smoothing_alphas or {})})
     if plan is not None:
         plan.save(directory / PLAN_FILE)
-    write_json_atomic(directory / "meta.json", {
-        "format_version": FORMAT_VERSION, "model": model, "denoiser_class": type(denoiser).__name__,
-        "denoiser_config": _config_of(denoiser), "recipe": recipe.name})
+    write_json_atomic(directory / META_FILE, {
+        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "brevitas_ldm_version": _package_version(),
+        "model": model, "denoiser_component": denoiser_component, "denoiser_class": type(denoiser).__name__,
+        "denoiser_config": _config_of(denoiser), "recipe": recipe.name,
+        "files": {name: file_sha256(directory / name) for name in HASHED_FILES}})
     return directory
 
 
@@ -69,11 +103,37 @@ def read_checkpoint_recipe(directory: Path) -> Recipe:
     return Recipe.from_file(Path(directory) / "recipe.toml")
 
 
-def _check_checkpoint_dir(directory: Path) -> dict[str, Any]:
-    if not directory.is_dir() or not (directory / "meta.json").is_file() or not (directory / STATE_FILE).is_file():
-        raise ModelError(f"{str(directory)!r} is not a brevitas-ldm checkpoint (needs meta.json and {STATE_FILE}): "
-                         f"pass the checkpoint folder written by `brevitas-ldm quantize`")
-    return json.loads((directory / "meta.json").read_text())
+def read_checkpoint_meta(directory: Path) -> dict[str, Any]:
+    """``meta.json`` of a checkpoint folder, checked: this format version, every hashed file present and unchanged
+    (one :class:`ModelError` naming the file otherwise)."""
+    directory = Path(directory)
+    if not directory.is_dir() or not (directory / META_FILE).is_file():
+        raise ModelError(f"{str(directory)!r} is not a brevitas-ldm checkpoint (no {META_FILE}): pass the "
+                         f"checkpoint folder written by `brevitas-ldm quantize`")
+    try:
+        meta = json.loads((directory / META_FILE).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        meta = None
+    if not isinstance(meta, dict) or meta.get("format", FORMAT_NAME) != FORMAT_NAME:
+        raise ModelError(f"{directory / META_FILE} is not a brevitas-ldm checkpoint description (unreadable or "
+                         f"changed): re-run `brevitas-ldm quantize` to write the folder again")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelError(f"the checkpoint at {directory} has format version {version} (brevitas-ldm "
+                         f"{meta.get('brevitas_ldm_version', '0.1 or older')}); this brevitas-ldm reads version "
+                         f"{FORMAT_VERSION}: re-run `brevitas-ldm quantize` with this version")
+    hashes = meta.get("files")
+    if not isinstance(hashes, dict) or set(hashes) != set(HASHED_FILES):
+        raise ModelError(f"{directory / META_FILE} lists the wrong files: re-run `brevitas-ldm quantize`")
+    for name in HASHED_FILES:
+        path = directory / name
+        if not path.is_file():
+            raise ModelError(f"checkpoint file {path} is missing: restore it or re-run `brevitas-ldm quantize`")
+        if file_sha256(path) != hashes[name]:
+            raise ModelError(f"checkpoint file {path} was changed or truncated after it was written (its SHA-256 "
+                             f"differs from meta.json): restore it or re-run `brevitas-ldm quantize`")
+    return meta
+
 
 
 def _check_model_matches(meta: dict[str, Any], denoiser: nn.Module) -> None:
@@ -105,7 +165,7 @@ def _rebuild_smoothing(denoiser: nn.Module, layout: list[dict[str, Any]]) -> Non
 def load_quantized(pipe: Any, directory: str | Path) -> Any:
     """Turn a freshly loaded FP pipeline into the quantized one saved in ``directory`` (in place; returned)."""
     directory = Path(directory)
-    meta = _check_checkpoint_dir(directory)
+    meta = read_checkpoint_meta(directory)
     denoiser = get_denoiser(pipe)
     _check_model_matches(meta, denoiser)
     recipe = read_checkpoint_recipe(directory)
@@ -115,6 +175,12 @@ def load_quantized(pipe: Any, directory: str | Path) -> Any:
     _rebuild_smoothing(denoiser, smoothing.get("layers", []))
     quantize_denoiser(denoiser, recipe, precisions)
     state = load_file(str(directory / STATE_FILE))
+    expected = denoiser.state_dict()
+    reshaped = [k for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    if reshaped:
+        raise ModelError(f"checkpoint file {directory / STATE_FILE} holds {reshaped[0]} with shape "
+                         f"{tuple(state[reshaped[0]].shape)} where the model has {tuple(expected[reshaped[0]].shape)} "
+                         f"({len(reshaped)} tensor(s) differ): restore the file or re-run `brevitas-ldm quantize`")
     missing, unexpected = denoiser.load_state_dict(state, strict=False)
     # Brevitas never stores some runtime buffers; anything else missing means the structure differs.
     missing = [k for k in missing if not k.endswith((".buffer", ".training"))]

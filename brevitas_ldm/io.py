@@ -1,12 +1,17 @@
 """Files in and out: atomic outputs, and the one JSON codec every result file uses.
 
-A run either leaves a complete folder/file behind or nothing at all: results are written into a hidden temporary sibling of the target and renamed into place at the very end, so an
-error, a Ctrl-C or a crash never leaves a half-written ``--out`` folder that looks like a finished run.
+A run either leaves a complete folder/file behind or nothing at all: results are written into a hidden temporary
+sibling of the target and renamed into place at the very end, so an error, a Ctrl-C or a crash never leaves a
+half-written ``--out`` folder that looks like a finished run. A command claims its ``--out`` before any work
+(:func:`claimed_output_dir`): the folder must be writable, and a second run into the same folder at the same time
+is refused; the final rename also refuses to replace a folder another run finished meanwhile.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
 import json
 import math
 import os
@@ -41,16 +46,70 @@ def atomic_output_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
     try:
         yield staging
         os.chmod(staging, 0o777 & ~_umask())    # mkdtemp makes 0700; a result folder gets the user's normal mode
-        if out.exists():
+        if out.exists() and overwrite:
             trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             out.rename(trash / out.name)
-            staging.rename(out)
+            _commit(staging, out)
             shutil.rmtree(trash, ignore_errors=True)
         else:
-            staging.rename(out)
+            _commit(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _commit(staging: Path, out: Path) -> None:
+    """Rename ``staging`` onto ``out``; the kernel refuses when another run filled ``out`` meanwhile."""
+    try:
+        os.rename(staging, out)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise BrevitasLDMError(f"--out {str(out)!r} was written by another run while this one worked; this run's "
+                                   f"result was discarded and the other's kept: choose another --out") from None
+        raise
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+@contextmanager
+def claimed_output_dir(out: Path, overwrite: bool) -> Iterator[None]:
+    """Hold ``out`` for this run: refuse it up front when it is taken, cannot be written, or is being written by
+    another run right now (an advisory lock beside it, released when the run ends, however it ends)."""
+    out = Path(out)
+    check_output_dir(out, overwrite)
+    ancestor = _existing_ancestor(out.parent)
+    if not ancestor.is_dir():
+        raise BrevitasLDMError(f"--out {str(out)!r} lies under {str(ancestor)!r}, which is a file: pass a folder path")
+    try:   # an actual write: permission bits alone say nothing for root or read-only mounts
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as exc:
+        raise BrevitasLDMError(f"--out {str(out)!r} cannot be written ({exc.strerror} in {str(ancestor)!r}): choose "
+                               f"a folder you can write to") from None
+    if ancestor != out.parent.absolute():       # the parent does not exist yet: nothing to lock beside
+        yield
+        return
+    lock_path = out.parent / f".{out.name}.lock"
+    handle = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o666 & ~_umask())
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(handle)
+        raise BrevitasLDMError(f"another brevitas-ldm run is writing --out {str(out)!r} now: wait for it to finish "
+                               f"or choose another --out") from None
+    try:
+        yield
+    finally:
+        try:
+            os.unlink(lock_path)
+        except OSError:
+            pass
+        os.close(handle)
 
 
 def _umask() -> int:
@@ -67,7 +126,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be read by others
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; a result file gets the user's normal mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -198,6 +198,15 @@ class PlanRule:
                 raise RecipeError(f"plan.{key} = {budget} must be 0 (no budget) or between 2 and 32")
         if self.method == "budget" and not (self.avg_weight_bits or self.avg_act_bits):
             raise RecipeError("plan.method = \"budget\" needs plan.avg_weight_bits and/or plan.avg_act_bits")
+        # A budget below the menu's cheapest entry can never be met: refuse it before hours of analysis.
+        for key, bits_of in (("avg_weight_bits", Precision.effective_weight_bits),
+                             ("avg_act_bits", Precision.effective_act_bits)):
+            budget = getattr(self, key)
+            cheapest = min(self.menu, key=bits_of)
+            if budget and bits_of(cheapest) > budget:
+                raise RecipeError(f"plan.{key} = {budget} cannot be met: the cheapest plan.menu entry ({cheapest}) "
+                                  f"has {bits_of(cheapest)} bits; raise plan.{key} to at least {bits_of(cheapest)} "
+                                  f"or add a lower-bit entry to plan.menu")
 
 
 

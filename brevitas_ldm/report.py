@@ -81,6 +81,8 @@ def write_report(path: Path, metrics: dict[str, Any], result: Any, figures: dict
                          f"{_fmt(result.smoothing.sqnr_after_db.get(name))} |")
         lines.append("")
     lines += ["## Files", "", "- `metrics.json`: the numbers above", "- `plan.json`: the per-layer precision plan "
-              "(editable; feed back with `--plan`)", "- `checkpoint/`: reload with `brevitas_ldm.load_quantized(pipe, "
-              "'checkpoint')` or `brevitas-ldm evaluate --checkpoint`", ""]
+              "(editable; feed back with `--plan`)", "- `checkpoint/`: the quantized denoiser, recipe and plan; "
+              "it references the base pipeline instead of copying it. Reload this whole folder with "
+              "`brevitas_ldm.from_pretrained(<this folder>)`, or pass it as `--model` to `brevitas-ldm evaluate` "
+              "and `brevitas-ldm export`", ""]
     write_text_atomic(path, "\n".join(lines))

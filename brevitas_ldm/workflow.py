@@ -26,7 +26,8 @@ from brevitas_ldm.analysis.layer_report import LayerReport, select_for_smoothing
 from brevitas_ldm.analysis.layer_sensitivity import LayerSensitivity
 from brevitas_ldm.checkpoint import save_checkpoint
 from brevitas_ldm.denoiser.blocks import get_blocks
-from brevitas_ldm.denoiser.sampling import SamplingSpec, generate, get_denoiser, num_train_timesteps
+from brevitas_ldm.denoiser.loading import pipeline_source
+from brevitas_ldm.denoiser.sampling import SamplingSpec, denoiser_component, generate, get_denoiser, num_train_timesteps
 from brevitas_ldm.evaluation.prompts import calibration_set
 from brevitas_ldm.planning.plan import Plan, read_plan
 from brevitas_ldm.planning.planners import choose_plan
@@ -55,9 +56,16 @@ class QuantizationResult:
     denoiser_calls: dict[str, int] = field(default_factory=dict)
 
     def save(self, directory: str | Path, model: str | None = None) -> Path:
-        """Checkpoint (quantized denoiser state + recipe + plan), reloadable with :func:`load_quantized`."""
+        """Quantized pipeline folder (quantized denoiser state + recipe + plan + a reference to the base pipeline,
+        ``model`` or where the pipeline was loaded from), reloadable with :func:`brevitas_ldm.from_pretrained` in
+        one call, or onto an FP pipeline with :func:`load_quantized`."""
+        model = model or pipeline_source(self.pipeline)
+        # A uniform recipe has no analysis plan; its folder still says what it did, in the same file format.
+        plan = self.plan or Plan(precisions={}, method="uniform", default=str(self.recipe.default_precision),
+                                 model=model, recipe=self.recipe.name)
         return save_checkpoint(get_denoiser(self.pipeline), self.recipe, Path(directory), model=model,
-                               smoothing_alphas=self.smoothing.alphas, plan=self.plan)
+                               smoothing_alphas=self.smoothing.alphas, plan=plan,
+                               denoiser_component=denoiser_component(self.pipeline))
 
 
 def _block_plan(pipe: Any, recipe: Recipe, plan: PlanLike | None, prompts: Sequence, seeds: Sequence[int],

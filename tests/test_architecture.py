@@ -15,12 +15,12 @@ PACKAGE = Path(brevitas_ldm.__file__).parent
 #: Floor of each module, by the longest matching prefix (lower floors may not import higher ones).
 FLOORS = {
     "brevitas_ldm.errors": 0, "brevitas_ldm.precision": 0, "brevitas_ldm.recipe": 0, "brevitas_ldm.sqnr": 0,
-    "brevitas_ldm.io": 0, "brevitas_ldm.compat": 0, "brevitas_ldm.zoo": 0, "brevitas_ldm.recipes": 0,
+    "brevitas_ldm.io": 0, "brevitas_ldm.compat": 0, "brevitas_ldm.threads": 0, "brevitas_ldm.zoo": 0, "brevitas_ldm.recipes": 0,
     "brevitas_ldm.denoiser": 1,
     "brevitas_ldm.quant": 2,
     "brevitas_ldm.analysis": 3,
     "brevitas_ldm.planning": 4,
-    "brevitas_ldm.workflow": 5, "brevitas_ldm.checkpoint": 5, "brevitas_ldm.evaluation": 5, "brevitas_ldm.export": 5,
+    "brevitas_ldm.workflow": 5, "brevitas_ldm.checkpoint": 5, "brevitas_ldm.pretrained": 5, "brevitas_ldm.cost": 5, "brevitas_ldm.evaluation": 5, "brevitas_ldm.export": 5,
     "brevitas_ldm.report": 6, "brevitas_ldm.cli": 6, "brevitas_ldm.commands": 6, "brevitas_ldm.__main__": 6,
     "brevitas_ldm": 6,
 }

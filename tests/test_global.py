@@ -120,6 +120,9 @@ def test_counts_and_timing(analysed):
     assert calls["calibration"] == 2                     # single step: 1 call per precision
     assert calls["total"] == sum(v for k, v in calls.items() if k != "total")
     assert report.timing_s["total"] > 0
+    # The plan of work printed before a job is the count the analysis itself makes.
+    analysis, _, _ = analysed
+    assert analysis.planned_calls(blocks) == calls
 
 
 def test_report_round_trip_markdown_and_figures(analysed, tmp_path):

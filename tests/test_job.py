@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from cli_args import FAST
 
 from brevitas_ldm.checkpoint import load_quantized
 from brevitas_ldm.cli import main
@@ -14,15 +15,6 @@ from brevitas_ldm.denoiser.sampling import SamplingSpec, generate
 from brevitas_ldm.export import emulator_available
 from brevitas_ldm.workflow import quantize_pipeline
 from brevitas_ldm.zoo.tiny import tiny_sd_pipeline
-
-FAST = ["--num-samples", "4", "--steps", "3", "--batch-size", "4", "--calibration-prompts", "2"]
-
-
-@pytest.fixture(scope="module")
-def sd_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-sd")
-    tiny_sd_pipeline().save_pretrained(str(path))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +49,8 @@ def test_quantize_job_writes_every_output(quantized_run):
     umask = os.umask(0)
     os.umask(umask)
     assert quantized_run.stat().st_mode & 0o777 == 0o777 & ~umask     # the user's normal mode, not mkdtemp's 0700
+    for path in quantized_run.rglob("*"):                               # and every file, folder inside alike
+        assert path.stat().st_mode & 0o777 == (0o777 if path.is_dir() else 0o666) & ~umask, path
 
 
 @torch.no_grad()

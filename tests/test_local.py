@@ -55,6 +55,8 @@ def test_one_fp_denoiser_call_per_step_and_batch(analysis, pipe):
     batches = math.ceil(len(PROMPTS) / SPEC.batch_size)
     # all 82 quantized layers measured from 3 steps x 2 batches = 6 FP calls; calibration: 1 call per batch
     assert report.denoiser_calls == {"calibration": batches, "analysis": SPEC.num_inference_steps * batches}
+    planned = LayerSensitivity(RECIPE, PROMPTS, SEEDS, SPEC, precisions=PLAN, progress=False).planned_calls()
+    assert planned == report.denoiser_calls
     assert fp_calls == 6  # the float denoiser itself ran exactly once per step and batch
     assert len(report.modules) == len(quantizable_layers(pipe.unet)) - 1 == 82  # conv_out stays float
     assert len(report.timesteps) == 3 and report.timesteps == sorted(report.timesteps, reverse=True)

@@ -118,6 +118,8 @@ def test_smoothquant_raises_relative_sqnr_of_outlier_layers():
     result = step.apply(unet, calibrate)
     assert result.layers == [PROJ_IN, TO_OUT] and result.skipped == {}
     assert result.passes == 4  # equalize trials, calibrate trials, measure trials, apply (one distinct alpha)
+    # calibrate() makes 2 calls; the plan's bound allows one equalization pass per grid alpha (4), 1 was needed
+    assert result.denoiser_calls == 8 <= step.planned_calls(run_calls=2, calibration_calls=2) == 14
     for name in (PROJ_IN, TO_OUT):
         grid = result.alpha_sqnr_db[name]
         assert set(grid) == {"0.3", "0.5", "0.7", "0.9"}

@@ -41,10 +41,11 @@ from tqdm.auto import tqdm
 
 from brevitas_ldm.analysis.block_report import ANALYSIS_VERSION, REPORT_FILE, BlockEntry, BlockReport
 from brevitas_ldm.denoiser.blocks import get_blocks
-from brevitas_ldm.denoiser.sampling import Condition, SamplingSpec, get_denoiser
+from brevitas_ldm.denoiser.sampling import Condition, SamplingSpec, get_denoiser, sampling_calls
 from brevitas_ldm.denoiser.trajectory import FPReference, fp_reference, measure
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.precision import Precision, parse_precision
+from brevitas_ldm.quant.calibration import calibration_calls
 from brevitas_ldm.quant.precision_bank import PrecisionBank
 from brevitas_ldm.recipe import Recipe
 from brevitas_ldm.sqnr import noise_ratio_to_db
@@ -152,6 +153,21 @@ class BlockSensitivity:
         if cache_dir is not None:
             report.save(Path(cache_dir) / f"global-{key}")
         return report
+
+    def planned_calls(self, num_blocks: int) -> dict[str, int]:
+        """Denoiser calls :meth:`run` will make on a denoiser of ``num_blocks`` blocks (no cache), by the keys of
+        ``report.denoiser_calls``: said before the work starts, and checked against the count by a test."""
+        full = sampling_calls(len(self.prompts), self.spec)
+        bank_spec = dataclasses.replace(self.spec, batch_size=self.recipe.calibration.batch_size)
+        calibrated = [p for p in self.measured_precisions if p.act_bits is not None]
+        calls = {"fp_reference": full,
+                 "calibration": len(calibrated) * calibration_calls(self.recipe, len(self.calibration_prompts),
+                                                                     bank_spec),
+                 "isolated": 0, "progressive": 0}
+        for config in self._configs(num_blocks):
+            calls[config.kind] += full
+        calls["total"] = sum(calls.values())
+        return calls
 
     def _configs(self, num_blocks: int) -> list[_Config]:
         configs = []

@@ -51,10 +51,11 @@ from brevitas_ldm.denoiser.sampling import (
     get_denoiser,
     num_train_timesteps,
     pipeline_denoiser,
+    sampling_calls,
 )
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.precision import FLOAT, Precision
-from brevitas_ldm.quant.calibration import recipe_calibration
+from brevitas_ldm.quant.calibration import calibration_calls, recipe_calibration
 from brevitas_ldm.quant.probes import TwinProbe, split_twin
 from brevitas_ldm.quant.quantize import quant_layers, quantize_denoiser, resolve_precisions
 from brevitas_ldm.recipe import Recipe
@@ -157,6 +158,12 @@ class LayerSensitivity:
     calibration_seeds: Sequence[int] | None = None
     time_sensitive_db: float = DEFAULT_TIME_SENSITIVE_DB
     progress: bool = True
+
+    def planned_calls(self) -> dict[str, int]:
+        """Denoiser calls :meth:`run` will make, by the keys of ``report.denoiser_calls``."""
+        num_calibration = len(self.calibration_prompts if self.calibration_prompts is not None else self.prompts)
+        return {"calibration": calibration_calls(self.recipe, num_calibration, self.spec),
+                "analysis": sampling_calls(len(self.prompts), self.spec)}
 
     def run(self, pipe: Any) -> LayerReport:
         if len(self.prompts) != len(self.seeds):

@@ -6,8 +6,11 @@ import argparse
 import time
 
 from brevitas_ldm.commands.common import add_model_options, add_output_options, check_sampling_args, positive_int
+from brevitas_ldm.cost import analysis_job_phases, estimate
+from brevitas_ldm.denoiser.job_progress import JobProgress
 from brevitas_ldm.denoiser.loading import load_pipeline, model_display_name
-from brevitas_ldm.denoiser.sampling import SamplingSpec
+from brevitas_ldm.denoiser.sampling import SamplingSpec, get_denoiser
+from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.evaluation.prompts import calibration_set, read_prompt_file
 from brevitas_ldm.io import atomic_output_dir, check_output_dir, write_json_atomic
 from brevitas_ldm.recipe import get_recipe
@@ -19,29 +22,46 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--recipe", default="sqnr-hybrid-w8a8", help="registered recipe name or a .toml file")
     parser.add_argument("--num-prompts", type=positive_int, default=None,
                         help="analysis prompts (default: the recipe's analysis.num_prompts)")
-    parser.add_argument("--steps", type=int, default=20, help="sampling steps (default: 20)")
+    parser.add_argument("--steps", "--inference-steps", type=int, default=20, help="sampling steps (default: 20)")
     parser.add_argument("--guidance-scale", type=float, default=2.0)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=10_000, help="seed of the first analysis sample")
     parser.add_argument("--prompts", default=None, help="text file, one prompt per line")
     parser.add_argument("--local", action="store_true", help="also run the local analysis if the recipe does not")
     parser.add_argument("--cache-dir", default=None, help="reuse/store the global analysis here")
-    add_output_options(parser)
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the plan of work (denoiser calls, estimated time and peak memory) and stop")
+    add_output_options(parser, required=False)
     parser.set_defaults(run=run, num_samples=1)
 
 
 def run(args: argparse.Namespace) -> int:
     check_sampling_args(args)
-    check_output_dir(args.out, args.overwrite)
+    if args.out is None and not args.dry_run:
+        raise BrevitasLDMError("--out is required (the folder the reports go to), except with --dry-run")
+    if args.out is not None:
+        check_output_dir(args.out, args.overwrite)
     recipe = get_recipe(args.recipe)
-    pipe = load_pipeline(args.model, args.device)
     prompts = read_prompt_file(args.prompts) if args.prompts else None
+    pipe = load_pipeline(args.model, args.device)
     samples = calibration_set(args.num_prompts or recipe.analysis.num_prompts, seed=args.seed, prompts=prompts)
     spec = SamplingSpec(args.steps, args.guidance_scale, args.batch_size)
     model_name = model_display_name(args.model)
 
+    notes: list[str] = []
+    phases = analysis_job_phases(pipe, recipe, samples.prompts, samples.seeds, spec,
+                                 local=recipe.analysis.local or args.local, cache_dir=args.cache_dir,
+                                 model_id=model_name, notes=notes)
+    work = estimate(pipe, recipe, phases, samples.prompts, samples.seeds, spec, notes)
+    print("\n".join(work.lines()), flush=True)
+    if args.dry_run:
+        return 0
+    with JobProgress(type(get_denoiser(pipe)), work.total_calls):
+        return _run_analysis(args, recipe, pipe, samples, spec, model_name)
+
+
+def _run_analysis(args: argparse.Namespace, recipe, pipe, samples, spec: SamplingSpec, model_name: str) -> int:
     from brevitas_ldm.analysis.block_sensitivity import BlockSensitivity
-    from brevitas_ldm.denoiser.sampling import get_denoiser
     from brevitas_ldm.planning.planners import choose_plan
     from brevitas_ldm.quant.quantize import resolve_precisions
 

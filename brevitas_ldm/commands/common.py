@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from pathlib import Path
 
 from brevitas_ldm.errors import BrevitasLDMError
+from brevitas_ldm.threads import THREADS_ENV
 from brevitas_ldm.zoo import DEFAULT_MODEL
 
 
@@ -24,11 +26,16 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"embedded model name ({DEFAULT_MODEL}) or a local diffusers pipeline directory")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--threads", default=os.environ.get(THREADS_ENV, "auto"),
+                        help=f"CPU threads for torch: a number, or auto: the cores the machine's load leaves idle, at "
+                             f"least one (default: ${THREADS_ENV} or auto). Thread counts can change the last bits "
+                             f"of float sums: pass a number to reproduce a report exactly")
 
 
 def add_sampling_options(parser: argparse.ArgumentParser, num_samples: int = 100) -> None:
-    parser.add_argument("--num-samples", type=int, default=num_samples, help="samples to generate for evaluation")
-    parser.add_argument("--steps", type=int, default=20, help="sampling steps (default: 20)")
+    parser.add_argument("--num-samples", "--prompt", type=int, default=num_samples,
+                        help="samples to generate for evaluation (--prompt: the Brevitas SD example's name)")
+    parser.add_argument("--steps", "--inference-steps", type=int, default=20, help="sampling steps (default: 20)")
     parser.add_argument("--guidance-scale", type=float, default=2.0, help="classifier-free guidance scale (default: 2.0)")
     parser.add_argument("--batch-size", type=int, default=50, help="samples per pipeline call")
     parser.add_argument("--seed", type=int, default=0, help="base seed: sample i uses seed + i")
@@ -36,8 +43,9 @@ def add_sampling_options(parser: argparse.ArgumentParser, num_samples: int = 100
                         help="text file, one prompt per line (default: the model's own evaluation prompts)")
 
 
-def add_output_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, required=True, help="output folder (written atomically)")
+def add_output_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--out", "--output-path", type=Path, required=required,
+                        help="output folder (written atomically)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
 
 
@@ -67,3 +75,19 @@ def check_evaluator_samples(args: argparse.Namespace) -> None:
     if args.num_samples < 2 and has_digits_evaluator(args.model):
         raise BrevitasLDMError(f"--num-samples {args.num_samples} is too few for {args.model}'s digits-FID, which needs "
                                f"at least 2 samples: pass --num-samples 2 or more (100+ for a stable FID)")
+
+
+def split_quantized_model(args: argparse.Namespace) -> None:
+    """``--model`` may name a quantized pipeline folder (a ``quantize --out`` folder): it then stands for its base
+    pipeline plus ``--checkpoint``, so one path is enough (checked before the model is loaded)."""
+    from brevitas_ldm.checkpoint import read_checkpoint_meta
+    from brevitas_ldm.pretrained import base_model, quantized_folder
+
+    folder = quantized_folder(args.model)
+    if folder is None:
+        return
+    if args.checkpoint is not None:
+        raise BrevitasLDMError(f"--model {args.model} is already a quantized pipeline folder: drop --checkpoint, or "
+                               f"pass the FP pipeline as --model with --checkpoint")
+    args.checkpoint = folder
+    args.model = base_model(folder, read_checkpoint_meta(folder))

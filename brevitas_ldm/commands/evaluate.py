@@ -13,6 +13,7 @@ from brevitas_ldm.commands.common import (
     add_sampling_options,
     check_evaluator_samples,
     check_sampling_args,
+    split_quantized_model,
 )
 from brevitas_ldm.denoiser.loading import load_pipeline, model_display_name
 from brevitas_ldm.denoiser.sampling import SamplingSpec
@@ -22,21 +23,28 @@ from brevitas_ldm.io import atomic_output_dir, check_output_dir, write_json_atom
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("evaluate", help="evaluate the FP pipeline (digits-FID, prompt accuracy)")
+    parser = subparsers.add_parser("evaluate", help="evaluate the FP pipeline, or a quantized pipeline folder "
+                                   "against its FP base (SQNR, PSNR; digits-FID and prompt accuracy on digits)")
     add_model_options(parser)
     add_sampling_options(parser, num_samples=500)
     add_output_options(parser)
     parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="a checkpoint folder from `quantize`: evaluate it against the FP model instead")
+                        help="a checkpoint folder from `quantize`: evaluate it against the FP --model instead "
+                        "(not needed when --model is a quantized pipeline folder)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    split_quantized_model(args)
     check_sampling_args(args)
     check_evaluator_samples(args)
     check_output_dir(args.out, args.overwrite)
-    pipe = load_pipeline(args.model, args.device)
+    if args.checkpoint is not None:
+        from brevitas_ldm.checkpoint import read_checkpoint_meta
+
+        read_checkpoint_meta(args.checkpoint)     # a bad checkpoint fails before the model loads
     prompts = read_prompt_file(args.prompts) if args.prompts else None
+    pipe = load_pipeline(args.model, args.device)
     eval_set = evaluation_set(args.num_samples, args.seed, prompts)
     spec = SamplingSpec(args.steps, args.guidance_scale, args.batch_size)
     if args.checkpoint is not None:
@@ -70,12 +78,11 @@ def run(args: argparse.Namespace) -> int:
 def _evaluate_checkpoint(args: argparse.Namespace, pipe, eval_set, spec: SamplingSpec) -> int:
     """FP reference, then the checkpoint loaded into the same pipeline (no analysis, no calibration)."""
     from brevitas_ldm.analysis.figures import comparison_grid
-    from brevitas_ldm.checkpoint import _check_checkpoint_dir, load_quantized, read_checkpoint_recipe
+    from brevitas_ldm.checkpoint import load_quantized, read_checkpoint_recipe
     from brevitas_ldm.denoiser.sampling import get_denoiser
     from brevitas_ldm.evaluation.comparison import compare_quantized, fp_reference
     from brevitas_ldm.quant.quantize import read_precisions
 
-    _check_checkpoint_dir(args.checkpoint)
     digits = has_digits_evaluator(args.model)
     start = time.perf_counter()
     reference = fp_reference(pipe, eval_set, spec, with_digits=digits)

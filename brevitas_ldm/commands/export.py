@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from brevitas_ldm.commands.common import add_model_options, add_output_options
+from brevitas_ldm.commands.common import add_model_options, add_output_options, split_quantized_model
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.io import atomic_output_dir, check_output_dir, write_json_atomic
 
@@ -22,7 +22,9 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("export", help="export a quantized checkpoint (ONNX QCDQ or integer kernels, "
                                                   "torch QCDQ, QONNX)")
     add_model_options(parser)
-    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint folder written by `quantize`")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="checkpoint folder written by `quantize`, with the FP --model (not needed when --model "
+                        "is a quantized pipeline folder)")
     parser.add_argument("--format", choices=EXPORT_FORMATS, default="onnx-qcdq",
                         help="onnx-int8: integer kernels in onnxruntime (fastest); onnx-qcdq: portable Q/DQ")
     parser.add_argument("--weight-storage", choices=WEIGHT_STORAGES, default="portable",
@@ -47,7 +49,7 @@ def capture_inputs(pipe, prompt: str, seed: int) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from brevitas_ldm.checkpoint import _check_checkpoint_dir, load_quantized
+    from brevitas_ldm.checkpoint import load_quantized, read_checkpoint_meta
     from brevitas_ldm.denoiser.loading import load_pipeline
     from brevitas_ldm.denoiser.sampling import get_denoiser
     from brevitas_ldm.export import (
@@ -64,12 +66,16 @@ def run(args: argparse.Namespace) -> int:
     from brevitas_ldm.export.exporters import check_weight_storage
     from brevitas_ldm.zoo.data import prompt_for
 
+    split_quantized_model(args)
+    if args.checkpoint is None:
+        raise BrevitasLDMError(f"--model {args.model} is not quantized: pass a `brevitas-ldm quantize` --out folder as "
+                               f"--model, or the FP --model with --checkpoint")
     check_weight_storage(args.format, args.weight_storage)
     if args.emulate_cpu and args.format not in ONNXRUNTIME_FORMATS:
         raise BrevitasLDMError(f"--emulate-cpu runs the file in onnxruntime, which cannot run {args.format}: use "
                                f"--format onnx-int8 or onnx-qcdq")
     check_output_dir(args.out, args.overwrite)
-    _check_checkpoint_dir(args.checkpoint)
+    read_checkpoint_meta(args.checkpoint)
     pipe = load_pipeline(args.model, args.device)
     float_inputs = capture_inputs(pipe, prompt_for(3), seed=1) if args.float_baseline else None
     float_denoiser = None

@@ -4,6 +4,7 @@ report, checkpoint), written atomically into ``--out``."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 import time
@@ -17,13 +18,17 @@ from brevitas_ldm.commands.common import (
     check_evaluator_samples,
     check_sampling_args,
 )
+from brevitas_ldm.cost import estimate, quantize_job_phases
+from brevitas_ldm.denoiser.job_progress import JobProgress
 from brevitas_ldm.denoiser.loading import load_pipeline, model_display_name
-from brevitas_ldm.denoiser.sampling import SamplingSpec
+from brevitas_ldm.denoiser.sampling import SamplingSpec, get_denoiser
+from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.evaluation.comparison import compare_quantized, fp_reference
 from brevitas_ldm.evaluation.prompts import calibration_set, evaluation_set, read_prompt_file
 from brevitas_ldm.evaluation.run import has_digits_evaluator
 from brevitas_ldm.io import atomic_output_dir, check_output_dir, write_json_atomic
-from brevitas_ldm.recipe import get_recipe
+from brevitas_ldm.planning.plan import read_plan
+from brevitas_ldm.recipe import Recipe, get_recipe
 
 #: The PNGs the analysis reports write, by the key report.md links them under.
 ANALYSIS_FIGURES = {"block_progressive": "global_progressive_sqnr.png", "block_heatmap": "global_isolated_heatmap.png",
@@ -39,26 +44,74 @@ def add_parser(subparsers) -> None:
                         help="plan.json to use instead of the global analysis (e.g. an edited one)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="reuse/stores the global analysis here, so re-planning is fast")
-    parser.add_argument("--calibration-prompts", type=int, default=None,
+    parser.add_argument("--calibration-prompts", "--calibration-prompt", type=int, default=None,
                         help="calibration samples (default: the recipe's calibration.num_prompts)")
+    parser.add_argument("--calibration-prompt-path", type=Path, default=None,
+                        help="text file of calibration prompts, one per line (default: --prompts, else the model's "
+                        "own prompts)")
+    parser.add_argument("--calibration-steps", type=int, default=None,
+                        help="sampling steps of the calibration runs (the recipe's calibration.sampling_steps; "
+                        "default: --steps)")
+    parser.add_argument("--calibration-batch-size", type=int, default=None,
+                        help="samples per calibration/analysis pipeline call (the recipe's calibration.batch_size)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the plan of work (denoiser calls per phase, estimated time and peak memory from "
+                        "one timed call) and stop")
     add_sampling_options(parser, num_samples=200)
-    add_output_options(parser)
+    add_output_options(parser, required=False)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     check_sampling_args(args)
     check_evaluator_samples(args)
-    check_output_dir(args.out, args.overwrite)
-    recipe = get_recipe(args.recipe)
+    if args.out is None and not args.dry_run:
+        raise BrevitasLDMError("--out is required (the folder the report and quantized pipeline go to), except with "
+                               "--dry-run")
+    if args.out is not None:
+        check_output_dir(args.out, args.overwrite)
+    recipe = with_calibration_flags(get_recipe(args.recipe), args)
     if args.calibration_prompts is not None and args.calibration_prompts < 1:
-        from brevitas_ldm.errors import BrevitasLDMError
-
         raise BrevitasLDMError(f"--calibration-prompts {args.calibration_prompts} must be at least 1")
-    pipe = load_pipeline(args.model, args.device)
     prompts = read_prompt_file(args.prompts) if args.prompts else None
+    calibration_prompts = (read_prompt_file(args.calibration_prompt_path, "--calibration-prompt-path")
+                           if args.calibration_prompt_path else prompts)
+    plan = read_plan(args.plan) if args.plan is not None else None    # a bad plan file fails before any work
+    pipe = load_pipeline(args.model, args.device)
     eval_set = evaluation_set(args.num_samples, args.seed, prompts)
     spec = SamplingSpec(args.steps, args.guidance_scale, args.batch_size)
+    cal = calibration_set(args.calibration_prompts or recipe.calibration.num_prompts, prompts=calibration_prompts)
+    cal_spec = SamplingSpec(args.steps, args.guidance_scale, recipe.calibration.batch_size)
+
+    notes: list[str] = []
+    phases = quantize_job_phases(pipe, recipe, cal.prompts, cal.seeds, cal_spec, args.num_samples, spec,
+                                 plan_given=plan is not None, cache_dir=args.cache_dir, notes=notes)
+    work = estimate(pipe, recipe, phases, cal.prompts, cal.seeds, cal_spec, notes)
+    print("\n".join(work.lines()), flush=True)
+    if args.dry_run:
+        return 0
+    with JobProgress(type(get_denoiser(pipe)), work.total_calls) as job:
+        return _run_job(args, recipe, pipe, plan, eval_set, spec, cal, cal_spec, work, job)
+
+
+def with_calibration_flags(recipe: Recipe, args: argparse.Namespace) -> Recipe:
+    """The recipe with ``--calibration-steps`` / ``--calibration-batch-size`` applied (checked like TOML keys)."""
+    changes = {}
+    if args.calibration_steps is not None:
+        if args.calibration_steps < 1:
+            raise BrevitasLDMError(f"--calibration-steps {args.calibration_steps} must be at least 1")
+        changes["sampling_steps"] = args.calibration_steps
+    if args.calibration_batch_size is not None:
+        if args.calibration_batch_size < 1:
+            raise BrevitasLDMError(f"--calibration-batch-size {args.calibration_batch_size} must be at least 1")
+        changes["batch_size"] = args.calibration_batch_size
+    if not changes:
+        return recipe
+    return dataclasses.replace(recipe, calibration=dataclasses.replace(recipe.calibration, **changes))
+
+
+def _run_job(args: argparse.Namespace, recipe, pipe, plan, eval_set, spec: SamplingSpec, cal, cal_spec: SamplingSpec,
+             work, job: JobProgress) -> int:
     digits = has_digits_evaluator(args.model)
     model_name = model_display_name(args.model)
     timing: dict[str, float] = {}
@@ -69,9 +122,7 @@ def run(args: argparse.Namespace) -> int:
 
     from brevitas_ldm.workflow import quantize_pipeline
 
-    cal = calibration_set(args.calibration_prompts or recipe.calibration.num_prompts, prompts=prompts)
-    cal_spec = SamplingSpec(args.steps, args.guidance_scale, recipe.calibration.batch_size)
-    result = quantize_pipeline(pipe, recipe, list(cal.prompts), list(cal.seeds), cal_spec, plan=args.plan,
+    result = quantize_pipeline(pipe, recipe, list(cal.prompts), list(cal.seeds), cal_spec, plan=plan,
                                progress=True, cache_dir=args.cache_dir)
 
     start = time.perf_counter()
@@ -92,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
         "denoiser_calls": {"analysis": result.denoiser_calls.get("analysis", 0),
                            "calibration": result.denoiser_calls.get("calibration", 0),
                            **{k: v for k, v in result.denoiser_calls.items() if k not in ("analysis", "calibration")}},
+        "plan_of_work": {**work.to_dict(), "counted_calls": job.calls},
     }
     command = "brevitas-ldm " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "brevitas-ldm quantize"
     with atomic_output_dir(args.out, args.overwrite) as staging:
@@ -100,7 +152,20 @@ def run(args: argparse.Namespace) -> int:
     extra = f", prompt accuracy {q['prompt_accuracy']:.3f}, digits-FID {q['digits_fid']:.2f}" if digits else ""
     print(f"wrote {args.out}: output SQNR {q['output_sqnr_db']:.2f} dB, image PSNR {q['image_psnr_db']:.2f} dB, "
           f"avg bits W{q['avg_weight_bits']:.2f}/A{q['avg_act_bits']:.2f}{extra}")
+    print(folder_summary(args.out, model_name))
     return 0
+
+
+def folder_summary(out: Path, model_name: str) -> str:
+    """One line on the quantized pipeline folder: what it holds, what it references, and how to reload it."""
+    from brevitas_ldm.denoiser.loading import resolve_model_path
+    from brevitas_ldm.pretrained import CHECKPOINT_SUBDIR, folder_bytes
+
+    own = folder_bytes(out / CHECKPOINT_SUBDIR)
+    base = folder_bytes(resolve_model_path(model_name))
+    return (f"quantized pipeline folder: {out / CHECKPOINT_SUBDIR} holds {own / 1e6:.1f} MB (quantized denoiser, "
+            f"recipe, plan) and references the base pipeline {model_name} ({base / 1e6:.1f} MB, not copied); "
+            f"reload with brevitas_ldm.from_pretrained({str(out)!r}) or pass --model {out} to evaluate/export")
 
 
 def write_outputs(staging: Path, metrics: dict, result, reference, generation, eval_set, per_step: list[float],

@@ -65,3 +65,16 @@ def load_pipeline(model: str | Path = DEFAULT_MODEL, device: str = "cpu") -> Any
                          f"{str(exc).splitlines()[0]}; re-save it with save_pretrained()") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def pipeline_source(pipe: Any) -> str | None:
+    """Where ``pipe`` was loaded from, as :func:`load_pipeline` takes it again: an embedded model's name, a
+    pipeline directory's absolute path, or None for a pipeline built in memory."""
+    source = getattr(pipe, "name_or_path", None)
+    if not source or not (Path(source) / "model_index.json").is_file():
+        return None
+    resolved = Path(source).resolve()
+    for name, path in EMBEDDED_MODELS.items():
+        if path.resolve() == resolved:
+            return name
+    return str(resolved)

@@ -29,10 +29,14 @@ TIMESTEP_KEYS = ("timestep", "t", "timesteps")
 
 def get_denoiser(pipe: Any) -> nn.Module:
     """The pipeline's denoiser: ``pipe.unet`` (UNet pipelines) or ``pipe.transformer`` (DiT-style pipelines)."""
+    return getattr(pipe, denoiser_component(pipe))
+
+
+def denoiser_component(pipe: Any) -> str:
+    """The name of the pipeline component that denoises (``unet`` or ``transformer``)."""
     for attr in ("unet", "transformer"):
-        module = getattr(pipe, attr, None)
-        if isinstance(module, nn.Module):
-            return module
+        if isinstance(getattr(pipe, attr, None), nn.Module):
+            return attr
     raise ModelError(f"{type(pipe).__name__} has neither a .unet nor a .transformer: pass a diffusers pipeline "
                      f"with a denoiser, e.g. StableDiffusionPipeline or DiTPipeline")
 
@@ -169,6 +173,12 @@ def generate(pipe: Any, conditions: Sequence[Condition], seeds: Sequence[int], s
             images = torch.as_tensor(images)
         outputs.append(images.float().cpu())
     return torch.cat(outputs)
+
+
+def sampling_calls(num_samples: int, spec: SamplingSpec) -> int:
+    """Denoiser calls :func:`generate` makes for ``num_samples`` samples: one per step per batch (classifier-free
+    guidance runs both halves in one call)."""
+    return spec.num_inference_steps * math.ceil(num_samples / spec.batch_size)
 
 
 class CallCounter:

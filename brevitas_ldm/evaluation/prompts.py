@@ -27,12 +27,20 @@ class EvaluationSet:
         return len(self.prompts)
 
 
-def read_prompt_file(path: Path) -> list[str]:
+def read_prompt_file(path: Path, flag: str = "--prompts") -> list[str]:
     if not Path(path).is_file():
-        raise BrevitasLDMError(f"--prompts file {str(path)!r} does not exist: pass a text file with one prompt per line")
-    prompts = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+        raise BrevitasLDMError(f"{flag} file {str(path)!r} does not exist: pass a text file with one prompt per line")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise BrevitasLDMError(f"{flag} file {str(path)!r} is not UTF-8 text (byte {exc.start} cannot be decoded): "
+                               f"pass a UTF-8 text file with one prompt per line") from None
+    if "\x00" in text:
+        raise BrevitasLDMError(f"{flag} file {str(path)!r} holds NUL bytes, so it is not a text file: pass a UTF-8 "
+                               f"text file with one prompt per line")
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
-        raise BrevitasLDMError(f"--prompts file {str(path)!r} has no prompts: write one prompt per line")
+        raise BrevitasLDMError(f"{flag} file {str(path)!r} has no prompts: write one prompt per line")
     return prompts
 
 

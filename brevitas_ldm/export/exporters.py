@@ -47,6 +47,9 @@ def _atomic_path(path: Path):
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp_path, 0o666 & ~mask)     # mkstemp makes 0600; an exported file gets the user's normal mode
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

@@ -17,6 +17,7 @@ Sampling runs are told apart by the timestep: it decreases within a run and jump
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -31,6 +32,7 @@ from brevitas_ldm.denoiser.sampling import (
     generate,
     get_denoiser,
     num_train_timesteps,
+    sampling_calls,
 )
 from brevitas_ldm.errors import CalibrationError
 
@@ -190,6 +192,14 @@ def recipe_calibration(denoiser: nn.Module, recipe, num_inference_steps: int,
         return multi_step_calibration(denoiser, steps=recipe.calibration.num_steps,
                                       num_inference_steps=num_inference_steps)
     return multi_step_calibration(denoiser)
+
+
+def calibration_calls(recipe, num_samples: int, spec) -> int:
+    """Denoiser calls a recipe's calibration makes on ``num_samples`` samples drawn with ``spec``: one per batch in
+    single-step mode (every later step is skipped), every step otherwise."""
+    if recipe.calibration.mode == "single_step":
+        return math.ceil(num_samples / spec.batch_size)
+    return sampling_calls(num_samples, spec)
 
 
 @torch.no_grad()

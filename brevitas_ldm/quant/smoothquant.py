@@ -135,6 +135,15 @@ class SmoothQuantStep:
         return cls(modules=modules, alpha=float(section.alpha), alpha_grid=tuple(section.alpha_grid),
                    recipe=recipe, precisions=precisions, calibration=calibration)
 
+    def planned_calls(self, run_calls: int, calibration_calls: int) -> int:
+        """The most denoiser calls :meth:`apply` makes when one run of ``calibration_fn`` costs ``run_calls`` calls
+        (``calibration_calls`` of them under the trial calibration context): with a recipe, the three trial
+        passes, then one equalization pass per distinct chosen alpha; without, one pass."""
+        if self.recipe is None:
+            return run_calls
+        distinct_alphas = len(set(self.alpha_grid)) if self.alpha_grid else 1
+        return 2 * run_calls + calibration_calls + distinct_alphas * run_calls
+
     # -- public ---------------------------------------------------------------------------------------------------
     def apply(self, denoiser: nn.Module, calibration_fn: CalibrationFn) -> SmoothingResult:
         """Smooth the selected layers of ``denoiser`` in place; ``calibration_fn(denoiser)`` runs calibration data.

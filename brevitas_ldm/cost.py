@@ -1,0 +1,213 @@
+"""What a job will cost, said before its first denoiser call: calls per phase, wall time, peak memory.
+
+Every phase's call count comes from the object that does the work (``BlockSensitivity.planned_calls``,
+``LayerSensitivity.planned_calls``, ``SmoothQuantStep.planned_calls``, :func:`calibration_calls`,
+:func:`sampling_calls`), so the plan cannot drift from what runs; a test checks the plan against the calls the
+job counts. Wall time is priced from one timed FP call and one timed fake-quantized call of the real denoiser
+on the real pipeline inputs, scaled linearly with the batch; peak memory adds the denoiser copies the largest
+phase holds (one per precision the global analysis measures) to what the process holds now.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import resource
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from brevitas_ldm.analysis.block_report import REPORT_FILE
+from brevitas_ldm.analysis.block_sensitivity import BlockSensitivity
+from brevitas_ldm.analysis.layer_sensitivity import LayerSensitivity
+from brevitas_ldm.denoiser.blocks import get_blocks
+from brevitas_ldm.denoiser.sampling import SamplingSpec, get_denoiser, sampling_calls
+from brevitas_ldm.export.wrapper import capture_denoiser_calls
+from brevitas_ldm.quant.calibration import calibration_calls
+from brevitas_ldm.quant.quantize import fast_inference, quantize_denoiser
+from brevitas_ldm.quant.smoothquant import SmoothQuantStep
+from brevitas_ldm.recipe import Recipe
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase of a job: how many denoiser calls, of which kind, at which batch size."""
+
+    name: str
+    calls: int
+    quantized: bool          # fake-quantized calls (priced at the timed quantized call) or FP ones
+    batch_size: int          # samples per call; the price scales linearly from the timed call's batch
+    at_most: bool = False    # an upper bound (e.g. SmoothQuant on layers the local analysis has yet to pick)
+    copies: int = 0          # extra denoiser copies the phase holds in memory
+
+
+@dataclass(frozen=True)
+class CallTiming:
+    """One timed FP call and one timed fake-quantized call of the denoiser, and the memory they showed."""
+
+    batch_size: int
+    fp_s: float
+    quantized_s: float
+    resident_bytes: int      # what the process holds after loading the model
+    call_peak_bytes: int     # how far one call raised the process' high-water mark above that
+    denoiser_bytes: int      # parameters + buffers of one denoiser copy
+    threads: int             # torch intra-op threads the calls ran with
+
+
+@dataclass
+class WorkEstimate:
+    """The plan of work :func:`estimate_quantize_job` / :func:`estimate_analysis_job` print before the work."""
+
+    phases: list[Phase]
+    timing: CallTiming
+    notes: list[str] = field(default_factory=list)
+
+    def phase_seconds(self, phase: Phase) -> float:
+        per_call = self.timing.quantized_s if phase.quantized else self.timing.fp_s
+        return phase.calls * per_call * phase.batch_size / self.timing.batch_size
+
+    @property
+    def total_calls(self) -> int:
+        return sum(p.calls for p in self.phases)
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.phase_seconds(p) for p in self.phases)
+
+    @property
+    def peak_bytes(self) -> int:
+        copies = max((p.copies for p in self.phases), default=0)
+        return self.timing.resident_bytes + copies * self.timing.denoiser_bytes + self.timing.call_peak_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"phases": [{**dataclasses.asdict(p), "estimated_s": self.phase_seconds(p)} for p in self.phases],
+                "total_calls": self.total_calls, "estimated_s": self.total_seconds,
+                "estimated_peak_bytes": self.peak_bytes, "timing": dataclasses.asdict(self.timing),
+                "notes": list(self.notes)}
+
+    def lines(self) -> list[str]:
+        width = max(len(p.name) for p in self.phases)
+        out = [f"plan of work ({self.total_calls} denoiser calls; one call of batch {self.timing.batch_size} on "
+               f"{self.timing.threads} thread(s) took {self.timing.fp_s * 1e3:.0f} ms FP, "
+               f"{self.timing.quantized_s * 1e3:.0f} ms fake-quantized):"]
+        for p in self.phases:
+            bound = " (at most)" if p.at_most else ""
+            out.append(f"  {p.name:<{width}}  {p.calls:>6} calls  ~{_duration(self.phase_seconds(p))}{bound}")
+        out.append(f"  {'total':<{width}}  {self.total_calls:>6} calls  ~{_duration(self.total_seconds)}, "
+                   f"peak memory ~{self.peak_bytes / 2**30:.1f} GiB")
+        out += [f"  note: {note}" for note in self.notes]
+        return out
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize()
+
+
+def _high_water_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@torch.no_grad()
+def time_denoiser_calls(pipe: Any, recipe: Recipe, conditions: Sequence[Any], seeds: Sequence[int],
+                        spec: SamplingSpec) -> CallTiming:
+    """Time one FP and one fake-quantized denoiser call on the inputs the pipeline gives its first step (batch
+    ``len(conditions)``); the quantized copy is uncalibrated, which changes no cost, and is dropped afterwards."""
+    denoiser = get_denoiser(pipe)
+    inputs = capture_denoiser_calls(pipe, list(conditions), list(seeds),
+                                    dataclasses.replace(spec, num_inference_steps=1, batch_size=len(conditions)),
+                                    {0})[0]
+    resident = _resident_bytes()
+    high_water = _high_water_bytes()
+    start = time.perf_counter()
+    denoiser(**inputs)
+    fp_s = time.perf_counter() - start
+    call_peak = max(0, _high_water_bytes() - max(high_water, resident))
+    quantized = quantize_denoiser(copy.deepcopy(denoiser), recipe).eval()
+    with fast_inference(quantized):
+        quantized(**inputs)                       # the first call caches the quantized weights
+        start = time.perf_counter()
+        quantized(**inputs)
+        quantized_s = time.perf_counter() - start
+    del quantized
+    tensors = list(denoiser.parameters()) + list(denoiser.buffers())
+    return CallTiming(batch_size=len(conditions), fp_s=fp_s, quantized_s=quantized_s, resident_bytes=resident,
+                      call_peak_bytes=call_peak,
+                      denoiser_bytes=sum(t.numel() * t.element_size() for t in tensors),
+                      threads=torch.get_num_threads())
+
+
+def _global_phase(pipe: Any, analysis: BlockSensitivity, cache_dir: str | Path | None, notes: list[str],
+                  model_id: str | None = None) -> Phase:
+    key = analysis.cache_key(pipe, model_id) if cache_dir is not None else ""
+    if cache_dir is not None and (Path(cache_dir) / f"global-{key}" / REPORT_FILE).is_file():
+        notes.append(f"the global analysis is cached in {cache_dir}: it will be loaded, not measured")
+        return Phase("global analysis (cached)", 0, quantized=True, batch_size=analysis.spec.batch_size)
+    calls = analysis.planned_calls(len(get_blocks(get_denoiser(pipe))))
+    return Phase("global analysis", calls["total"], quantized=True, batch_size=analysis.spec.batch_size,
+                 copies=len(analysis.measured_precisions))
+
+
+def quantize_job_phases(pipe: Any, recipe: Recipe, calibration_prompts: Sequence[Any], calibration_seeds: Sequence[int],
+                        spec: SamplingSpec, num_eval: int, eval_spec: SamplingSpec | None, plan_given: bool,
+                        cache_dir: str | Path | None = None, notes: list[str] | None = None) -> list[Phase]:
+    """The phases :func:`~brevitas_ldm.workflow.quantize_pipeline` (and the command's evaluation, when
+    ``eval_spec`` is given) will run, with their call counts."""
+    notes = notes if notes is not None else []
+    n_cal = len(calibration_prompts)
+    n_analysis = min(recipe.analysis.num_prompts, n_cal)
+    analysis_prompts, analysis_seeds = list(calibration_prompts[:n_analysis]), list(calibration_seeds[:n_analysis])
+    phases = []
+    if eval_spec is not None:
+        phases.append(Phase("FP evaluation", sampling_calls(num_eval, eval_spec), False, eval_spec.batch_size))
+    if not plan_given and recipe.analysis.global_:
+        phases.append(_global_phase(pipe, BlockSensitivity(recipe, analysis_prompts, analysis_seeds, spec,
+                                                           progress=False), cache_dir, notes))
+    if recipe.analysis.local:
+        local = LayerSensitivity(recipe, analysis_prompts, analysis_seeds, spec, progress=False)
+        phases.append(Phase("local analysis", sum(local.planned_calls().values()), True, spec.batch_size, copies=1))
+    if recipe.smoothquant.enabled:
+        step = SmoothQuantStep.from_recipe(recipe)
+        calls = step.planned_calls(sampling_calls(n_cal, spec), calibration_calls(recipe, n_cal, spec))
+        phases.append(Phase("SmoothQuant", calls, True, spec.batch_size, at_most=True))
+    calibration_spec = spec
+    if recipe.calibration.sampling_steps:
+        calibration_spec = dataclasses.replace(spec, num_inference_steps=recipe.calibration.sampling_steps)
+    phases.append(Phase("calibration", calibration_calls(recipe, n_cal, calibration_spec), True, spec.batch_size))
+    if eval_spec is not None:
+        phases.append(Phase("quantized evaluation", sampling_calls(num_eval, eval_spec), True, eval_spec.batch_size))
+    return phases
+
+
+def analysis_job_phases(pipe: Any, recipe: Recipe, prompts: Sequence[Any], seeds: Sequence[int], spec: SamplingSpec,
+                        local: bool, cache_dir: str | Path | None = None, model_id: str | None = None,
+                        notes: list[str] | None = None) -> list[Phase]:
+    """The phases ``brevitas-ldm analyze`` will run: the global analysis, then the local one when asked."""
+    notes = notes if notes is not None else []
+    phases = [_global_phase(pipe, BlockSensitivity(recipe, list(prompts), list(seeds), spec, progress=False),
+                            cache_dir, notes, model_id)]
+    if local:
+        analysis = LayerSensitivity(recipe, list(prompts), list(seeds), spec, progress=False)
+        phases.append(Phase("local analysis", sum(analysis.planned_calls().values()), True, spec.batch_size,
+                            copies=1))
+    return phases
+
+
+def estimate(pipe: Any, recipe: Recipe, phases: list[Phase], conditions: Sequence[Any], seeds: Sequence[int],
+             spec: SamplingSpec, notes: Sequence[str] = ()) -> WorkEstimate:
+    """Price ``phases`` from one timed call of batch ``min(len(conditions), spec.batch_size)``."""
+    batch = max(1, min(len(conditions), spec.batch_size))
+    timing = time_denoiser_calls(pipe, recipe, list(conditions)[:batch], list(seeds)[:batch], spec)
+    return WorkEstimate(phases=phases, timing=timing, notes=list(notes))

@@ -1,0 +1,171 @@
+"""Bad inputs fail up front in one line (exit 2, nothing written); the cost is said before the work; concurrent
+runs and signals end cleanly; thread choice and the Brevitas SD example's flag names."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cli_args import FAST
+
+import brevitas_ldm.commands.quantize as quantize_command
+from brevitas_ldm.cli import build_parser, main
+from brevitas_ldm.errors import BrevitasLDMError
+from brevitas_ldm.io import atomic_output_dir, claimed_output_dir
+from brevitas_ldm.threads import choose_threads, parse_threads
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Proves an error came before the model: loading it fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(quantize_command, "load_pipeline", refuse)
+
+
+def _error(capsys, argv, *needles) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def test_bad_inputs_fail_before_the_model_loads(tmp_path, capsys, no_model_loading):
+    out = tmp_path / "o"
+    base = ["quantize", "--model", "tiny-sd-digits", "--out", str(out)]
+    budget = tmp_path / "budget.toml"
+    budget.write_text('name = "b"\n[plan]\nmethod = "budget"\navg_weight_bits = 2.0\n')
+    _error(capsys, [*base, "--recipe", str(budget)], "plan.avg_weight_bits = 2.0 cannot be met", "w4a8",
+           "at least 4")
+    binary = tmp_path / "prompts.bin"
+    binary.write_bytes(bytes(range(256)) * 4)
+    _error(capsys, [*base, "--prompts", str(binary)], "not UTF-8 text", "--prompts")
+    _error(capsys, [*base, "--calibration-prompt-path", str(binary)], "--calibration-prompt-path", "not UTF-8")
+    (tmp_path / "nul.txt").write_text("digit one\x00\n")
+    _error(capsys, [*base, "--prompts", str(tmp_path / "nul.txt")], "NUL bytes")
+    _error(capsys, [*base, "--plan", str(tmp_path / "missing.json")], "no plan at")
+    _error(capsys, [*base, "--threads", "0"], "--threads '0'")
+    _error(capsys, [*base, "--calibration-steps", "0"], "--calibration-steps 0")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["budget.toml", "nul.txt", "prompts.bin"]
+
+
+def test_unwritable_out_fails_before_the_model_loads(tmp_path, capsys, no_model_loading):
+    _error(capsys, ["quantize", "--out", "/proc/brevitas-ldm-test/out"], "cannot be written", "/proc")
+    (tmp_path / "file").write_text("x")
+    _error(capsys, ["quantize", "--out", str(tmp_path / "file" / "out")], "which is a file")
+    if os.geteuid() != 0:       # root writes through permission bits; /proc covers that case above
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        _error(capsys, ["quantize", "--out", str(locked / "out")], "cannot be written")
+
+
+def test_a_claimed_out_refuses_a_second_run(tmp_path, capsys, no_model_loading):
+    out = tmp_path / "shared"
+    with claimed_output_dir(out, overwrite=False):
+        _error(capsys, ["quantize", "--out", str(out)], "another brevitas-ldm run is writing")
+    assert list(tmp_path.iterdir()) == []                       # the lock is gone with its run
+
+
+def test_the_final_rename_never_replaces_another_runs_result(tmp_path):
+    out = tmp_path / "shared"
+    with pytest.raises(BrevitasLDMError, match="written by another run"):
+        with atomic_output_dir(out) as staging:
+            (staging / "mine.txt").write_text("loser")
+            out.mkdir()                                         # the other run finished first
+            (out / "theirs.txt").write_text("winner")
+    assert [p.name for p in out.iterdir()] == ["theirs.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared"]
+
+
+def _start(argv: list[str], cwd: Path, stdout=subprocess.PIPE, stderr=subprocess.PIPE) -> subprocess.Popen:
+    env = {**os.environ, "BREVITAS_LDM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "brevitas_ldm", *argv], cwd=cwd, env=env,
+                            stdout=stdout, stderr=stderr, text=True)
+
+
+@pytest.mark.slow
+def test_two_processes_into_one_out_cannot_both_succeed(sd_dir, tmp_path):
+    out = tmp_path / "runs" / "same"
+    (tmp_path / "runs").mkdir()
+    argv = ["quantize", "--model", str(sd_dir), "--recipe", "minmax-w8a8", "--out", str(out), *FAST]
+    logs = [(tmp_path / f"out{i}.log", tmp_path / f"err{i}.log") for i in range(2)]
+    processes = [_start(argv, tmp_path, open(o, "w"), open(e, "w")) for o, e in logs]
+    results = [(p.wait(timeout=300), e.read_text()) for p, (_, e) in zip(processes, logs)]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    loser_err = next(err for code, err in results if code == 2)
+    assert "another brevitas-ldm run is writing" in loser_err or "written by another run" in loser_err
+    assert (out / "metrics.json").is_file() and (out / "checkpoint" / "meta.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["same"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signals_end_the_run_cleanly(sd_dir, tmp_path, sig, code):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    process = _start(["quantize", "--model", str(sd_dir), "--recipe", "sqnr-hybrid-w8a8", "--out",
+                      str(runs / "r"), "--num-samples", "64", "--steps", "10", "--batch-size", "8"], tmp_path)
+    # The plan of work is printed before the first call of the job: the signal lands inside the work.
+    line = process.stdout.readline()
+    assert line.startswith("plan of work"), line
+    time.sleep(2.0)
+    process.send_signal(sig)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == code, err
+    lines = [line for line in err.splitlines() if "interrupted" in line]
+    assert len(lines) == 1 and sig.name in lines[0] and "Traceback" not in err, err
+    assert list(runs.iterdir()) == []                           # no result, no staging folder, no lock
+
+
+def test_dry_run_prints_the_plan_of_work_and_writes_nothing(sd_dir, tmp_path, capsys):
+    argv = ["quantize", "--model", str(sd_dir), "--recipe", "minmax-w8a8", "--dry-run", "--num-samples", "6",
+            "--inference-steps", "3", "--batch-size", "4", "--calibration-prompt", "4", "--calibration-steps", "2",
+            "--calibration-batch-size", "2"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    calls = {m.group(1).strip(): int(m.group(2)) for m in re.finditer(r"^  (\w[\w ()]*?)\s+(\d+) calls", text, re.M)}
+    # 6 samples in batches of 4 over 3 steps, each for FP and quantized; all-steps calibration of 4 prompts in
+    # batches of 2 over the 2 calibration steps the Brevitas-style flag asked for
+    assert calls == {"FP evaluation": 6, "calibration": 4, "quantized evaluation": 6, "total": 16}
+    assert "peak memory" in text and list(tmp_path.iterdir()) == []
+
+
+def test_the_plan_of_work_matches_the_calls_the_job_made(sd_dir, tmp_path):
+    out = tmp_path / "q"
+    assert main(["quantize", "--model", str(sd_dir), "--recipe", "sqnr-hybrid-w8a8", "--out", str(out), *FAST]) == 0
+    work = json.loads((out / "metrics.json").read_text())["plan_of_work"]
+    phases = {p["name"]: p for p in work["phases"]}
+    assert set(phases) == {"FP evaluation", "global analysis", "local analysis", "SmoothQuant", "calibration",
+                           "quantized evaluation"}
+    exact = sum(p["calls"] for p in work["phases"] if not p["at_most"])
+    # SmoothQuant's figure is an upper bound (one equalization pass per distinct alpha the trials choose)
+    assert exact < work["counted_calls"] <= work["total_calls"]
+    assert work["estimated_s"] > 0 and work["estimated_peak_bytes"] > work["timing"]["denoiser_bytes"]
+
+
+def test_brevitas_sd_example_flag_names():
+    args = build_parser().parse_args(["quantize", "--calibration-prompt", "3", "--calibration-prompt-path", "c.txt",
+                                      "--calibration-steps", "4", "--inference-steps", "5", "--output-path", "o",
+                                      "--prompt", "6", "--calibration-batch-size", "2"])
+    assert (args.calibration_prompts, str(args.calibration_prompt_path), args.calibration_steps) == (3, "c.txt", 4)
+    assert (args.steps, str(args.out), args.num_samples, args.calibration_batch_size) == (5, "o", 6, 2)
+
+
+def test_thread_choice():
+    assert choose_threads(3, cores=2, load=9.0).threads == 3            # asked for is asked for
+    assert choose_threads(None, cores=2, load=0.1).threads == 2         # idle machine: every core
+    assert choose_threads(None, cores=2, load=1.2).threads == 1         # one core busy: take the other
+    assert choose_threads(None, cores=16, load=40.0).threads == 1       # overloaded: one, never zero
+    assert parse_threads("auto") is None and parse_threads("4") == 4
+    with pytest.raises(BrevitasLDMError, match="positive number"):
+        parse_threads("-2")
