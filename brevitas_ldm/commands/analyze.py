@@ -57,10 +57,12 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     with JobProgress(type(get_denoiser(pipe)), work.total_calls):
-        return _run_analysis(args, recipe, pipe, samples, spec, model_name)
+        summary = _run_analysis(args, recipe, pipe, samples, spec, model_name)
+    print(summary)      # after the job's bar has closed
+    return 0
 
 
-def _run_analysis(args: argparse.Namespace, recipe, pipe, samples, spec: SamplingSpec, model_name: str) -> int:
+def _run_analysis(args: argparse.Namespace, recipe, pipe, samples, spec: SamplingSpec, model_name: str) -> str:
     from brevitas_ldm.analysis.block_sensitivity import BlockSensitivity
     from brevitas_ldm.planning.planners import choose_plan
     from brevitas_ldm.quant.quantize import resolve_precisions
@@ -103,6 +105,5 @@ def _run_analysis(args: argparse.Namespace, recipe, pipe, samples, spec: Samplin
         from brevitas_ldm.io import write_text_atomic
 
         write_text_atomic(staging / "report.md", "\n".join(lines))
-    print(f"wrote {args.out}: plan {plan.method}, predicted output SQNR {plan.predicted_sqnr_db:.2f} dB, "
-          f"global analysis {timing['global_analysis']:.1f} s")
-    return 0
+    return (f"wrote {args.out}: plan {plan.method}, predicted output SQNR {plan.predicted_sqnr_db:.2f} dB, "
+            f"global analysis {timing['global_analysis']:.1f} s")

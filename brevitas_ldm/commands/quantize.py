@@ -91,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     with JobProgress(type(get_denoiser(pipe)), work.total_calls) as job:
-        return _run_job(args, recipe, pipe, plan, eval_set, spec, cal, cal_spec, work, job)
+        summary = _run_job(args, recipe, pipe, plan, eval_set, spec, cal, cal_spec, work, job)
+    print(summary)      # after the job's bar has closed
+    return 0
 
 
 def with_calibration_flags(recipe: Recipe, args: argparse.Namespace) -> Recipe:
@@ -111,7 +113,7 @@ def with_calibration_flags(recipe: Recipe, args: argparse.Namespace) -> Recipe:
 
 
 def _run_job(args: argparse.Namespace, recipe, pipe, plan, eval_set, spec: SamplingSpec, cal, cal_spec: SamplingSpec,
-             work, job: JobProgress) -> int:
+             work, job: JobProgress) -> str:
     digits = has_digits_evaluator(args.model)
     model_name = model_display_name(args.model)
     timing: dict[str, float] = {}
@@ -131,6 +133,7 @@ def _run_job(args: argparse.Namespace, recipe, pipe, plan, eval_set, spec: Sampl
     timing["evaluation"] = time.perf_counter() - start
     metrics = {
         "model": model_name, "recipe": recipe.name, "seed": args.seed, "num_samples": args.num_samples,
+        "threads": work.timing.threads,   # thread counts change float sums in the last bits: --threads N reproduces
         "steps": args.steps, "guidance_scale": args.guidance_scale,
         "fp": reference.metrics,
         "quantized": quantized,
@@ -150,10 +153,9 @@ def _run_job(args: argparse.Namespace, recipe, pipe, plan, eval_set, spec: Sampl
         write_outputs(staging, metrics, result, reference, generation, eval_set, per_step, command, model_name)
     q = metrics["quantized"]
     extra = f", prompt accuracy {q['prompt_accuracy']:.3f}, digits-FID {q['digits_fid']:.2f}" if digits else ""
-    print(f"wrote {args.out}: output SQNR {q['output_sqnr_db']:.2f} dB, image PSNR {q['image_psnr_db']:.2f} dB, "
-          f"avg bits W{q['avg_weight_bits']:.2f}/A{q['avg_act_bits']:.2f}{extra}")
-    print(folder_summary(args.out, model_name))
-    return 0
+    return (f"wrote {args.out}: output SQNR {q['output_sqnr_db']:.2f} dB, image PSNR {q['image_psnr_db']:.2f} dB, "
+            f"avg bits W{q['avg_weight_bits']:.2f}/A{q['avg_act_bits']:.2f}{extra}\n"
+            + folder_summary(args.out, model_name))
 
 
 def folder_summary(out: Path, model_name: str) -> str:
