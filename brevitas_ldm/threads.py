@@ -7,7 +7,7 @@ spinning. ``--threads auto`` (the default) therefore takes the cores this proces
 other processes are running right now (the kernel's count of runnable tasks, sampled for a moment at start;
 the 1-minute load average lags by a minute and would still count a job that just ended), at least one;
 ``--threads N`` fixes it. Making OpenMP threads sleep at barriers instead (``OMP_WAIT_POLICY=PASSIVE``) was
-measured and rejected: it slowed the run on an idle machine by 36%. ``benchmarks/fair_share.py`` measures the
+measured and rejected: it slowed the run on an idle machine by 36-41%. ``benchmarks/fair_share.py`` measures the
 choices (``docs/fair-share.md``).
 """
 
