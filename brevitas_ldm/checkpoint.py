@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from brevitas_ldm.compat import EqualizedModule
 from brevitas_ldm.denoiser.sampling import get_denoiser
 from brevitas_ldm.errors import ModelError
-from brevitas_ldm.io import write_json_atomic, write_text_atomic
+from brevitas_ldm.io import give_user_mode, write_json_atomic, write_text_atomic
 from brevitas_ldm.planning.plan import PLAN_FILE, Plan
 from brevitas_ldm.precision import parse_precision
 from brevitas_ldm.quant.quantize import quantize_denoiser, read_precisions
@@ -82,9 +81,7 @@ def save_checkpoint(denoiser: nn.Module, recipe: Recipe, directory: Path, model:
     state = {k: v.detach().cpu().contiguous().clone() for k, v in denoiser.state_dict().items()
              if isinstance(v, torch.Tensor)}
     save_file(state, str(directory / STATE_FILE))
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(directory / STATE_FILE, 0o666 & ~mask)     # safetensors writes 0600; results get the user's mode
+    give_user_mode(directory / STATE_FILE)
     write_text_atomic(directory / "recipe.toml", recipe.to_toml())
     write_json_atomic(directory / "precisions.json", {n: str(p) for n, p in read_precisions(denoiser).items()})
     write_json_atomic(directory / "smoothing.json", {"layers": _smoothing_layout(denoiser),

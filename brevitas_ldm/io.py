@@ -118,6 +118,12 @@ def _umask() -> int:
     return mask
 
 
+def give_user_mode(path: Path) -> None:
+    """Give a result file the mode a plain ``open()`` would (0666 minus the umask): temporary-file helpers and some
+    writers (mkstemp, safetensors) create 0600, and results are meant to be read by others."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write a file via a temporary sibling and ``os.replace`` (atomic on POSIX)."""
     path = Path(path)
@@ -126,7 +132,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; a result file gets the user's normal mode
+        give_user_mode(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -33,6 +33,7 @@ from brevitas_ldm.export.session import OUTPUT_NAME
 from brevitas_ldm.export.wide_qcdq import WideQCDQONNXManager, move_wide_qdq_to_ms_domain
 from brevitas_ldm.export.wrapper import DenoiserForExport, export_signature
 from brevitas_ldm.export.x86_storage import WEIGHT_STORAGES, store_for_x86
+from brevitas_ldm.io import give_user_mode
 
 
 @contextmanager
@@ -47,9 +48,7 @@ def _atomic_path(path: Path):
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp_path, 0o666 & ~mask)     # mkstemp makes 0600; an exported file gets the user's normal mode
+        give_user_mode(tmp_path)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
