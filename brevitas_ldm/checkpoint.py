@@ -159,10 +159,13 @@ def _rebuild_smoothing(denoiser: nn.Module, layout: list[dict[str, Any]]) -> Non
 
 
 @torch.no_grad()
-def load_quantized(pipe: Any, directory: str | Path) -> Any:
-    """Turn a freshly loaded FP pipeline into the quantized one saved in ``directory`` (in place; returned)."""
+def load_quantized(pipe: Any, directory: str | Path, meta: dict[str, Any] | None = None) -> Any:
+    """Turn a freshly loaded FP pipeline into the quantized one saved in ``directory`` (in place; returned).
+
+    ``meta``: the folder's description as :func:`read_checkpoint_meta` returned it, when the caller has already
+    checked the folder (so its files are not hashed twice); read and checked here otherwise."""
     directory = Path(directory)
-    meta = read_checkpoint_meta(directory)
+    meta = meta if meta is not None else read_checkpoint_meta(directory)
     denoiser = get_denoiser(pipe)
     _check_model_matches(meta, denoiser)
     recipe = read_checkpoint_recipe(directory)

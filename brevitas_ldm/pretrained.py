@@ -62,4 +62,4 @@ def from_pretrained(path: str | Path, device: str = "cpu") -> Any:
         raise ModelError(f"{str(path)!r} is not a quantized pipeline folder (no {CHECKPOINT_SUBDIR}/{META_FILE}): pass "
                          f"the --out folder of `brevitas-ldm quantize` or the folder QuantizationResult.save wrote")
     meta = read_checkpoint_meta(folder)
-    return load_quantized(load_pipeline(base_model(folder, meta), device), folder)
+    return load_quantized(load_pipeline(base_model(folder, meta), device), folder, meta)

@@ -6,6 +6,7 @@ import argparse
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.threads import THREADS_ENV
@@ -77,17 +78,23 @@ def check_evaluator_samples(args: argparse.Namespace) -> None:
                                f"at least 2 samples: pass --num-samples 2 or more (100+ for a stable FID)")
 
 
-def split_quantized_model(args: argparse.Namespace) -> None:
-    """``--model`` may name a quantized pipeline folder (a ``quantize --out`` folder): it then stands for its base
-    pipeline plus ``--checkpoint``, so one path is enough (checked before the model is loaded)."""
+def checked_checkpoint(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The checkpoint a command works on, checked before the model loads: ``--checkpoint``, or ``--model`` when it
+    names a quantized pipeline folder (a ``quantize --out`` folder; ``--model`` then becomes its base pipeline, so
+    one path is enough). Returns the folder's verified ``meta.json`` (None without a checkpoint), for
+    :func:`~brevitas_ldm.checkpoint.load_quantized`."""
     from brevitas_ldm.checkpoint import read_checkpoint_meta
     from brevitas_ldm.pretrained import base_model, quantized_folder
 
     folder = quantized_folder(args.model)
-    if folder is None:
-        return
-    if args.checkpoint is not None:
-        raise BrevitasLDMError(f"--model {args.model} is already a quantized pipeline folder: drop --checkpoint, or "
-                               f"pass the FP pipeline as --model with --checkpoint")
-    args.checkpoint = folder
-    args.model = base_model(folder, read_checkpoint_meta(folder))
+    if folder is not None:
+        if args.checkpoint is not None:
+            raise BrevitasLDMError(f"--model {args.model} is already a quantized pipeline folder: drop --checkpoint, "
+                                   f"or pass the FP pipeline as --model with --checkpoint")
+        args.checkpoint = folder
+    if args.checkpoint is None:
+        return None
+    meta = read_checkpoint_meta(args.checkpoint)
+    if folder is not None:
+        args.model = base_model(folder, meta)
+    return meta

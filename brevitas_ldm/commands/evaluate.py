@@ -13,7 +13,7 @@ from brevitas_ldm.commands.common import (
     add_sampling_options,
     check_evaluator_samples,
     check_sampling_args,
-    split_quantized_model,
+    checked_checkpoint,
 )
 from brevitas_ldm.denoiser.loading import load_pipeline, model_display_name
 from brevitas_ldm.denoiser.sampling import SamplingSpec
@@ -35,20 +35,16 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    split_quantized_model(args)
+    meta = checked_checkpoint(args)     # a bad checkpoint fails before the model loads
     check_sampling_args(args)
     check_evaluator_samples(args)
     check_output_dir(args.out, args.overwrite)
-    if args.checkpoint is not None:
-        from brevitas_ldm.checkpoint import read_checkpoint_meta
-
-        read_checkpoint_meta(args.checkpoint)     # a bad checkpoint fails before the model loads
     prompts = read_prompt_file(args.prompts) if args.prompts else None
     pipe = load_pipeline(args.model, args.device)
     eval_set = evaluation_set(args.num_samples, args.seed, prompts)
     spec = SamplingSpec(args.steps, args.guidance_scale, args.batch_size)
-    if args.checkpoint is not None:
-        return _evaluate_checkpoint(args, pipe, eval_set, spec)
+    if meta is not None:
+        return _evaluate_checkpoint(args, meta, pipe, eval_set, spec)
     start = time.perf_counter()
     generation = generate_with_latents(pipe, eval_set, spec, progress=True, desc="FP sampling")
     metrics = {
@@ -75,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_checkpoint(args: argparse.Namespace, pipe, eval_set, spec: SamplingSpec) -> int:
+def _evaluate_checkpoint(args: argparse.Namespace, meta: dict, pipe, eval_set, spec: SamplingSpec) -> int:
     """FP reference, then the checkpoint loaded into the same pipeline (no analysis, no calibration)."""
     from brevitas_ldm.analysis.figures import comparison_grid
     from brevitas_ldm.checkpoint import load_quantized, read_checkpoint_recipe
@@ -86,7 +82,7 @@ def _evaluate_checkpoint(args: argparse.Namespace, pipe, eval_set, spec: Samplin
     digits = has_digits_evaluator(args.model)
     start = time.perf_counter()
     reference = fp_reference(pipe, eval_set, spec, with_digits=digits)
-    load_quantized(pipe, args.checkpoint)
+    load_quantized(pipe, args.checkpoint, meta)
     quantized, generation, per_step = compare_quantized(pipe, eval_set, spec, reference,
                                                         read_precisions(get_denoiser(pipe)), with_digits=digits)
     metrics = {"model": model_display_name(args.model), "recipe": read_checkpoint_recipe(args.checkpoint).name,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from brevitas_ldm.commands.common import add_model_options, add_output_options, split_quantized_model
+from brevitas_ldm.commands.common import add_model_options, add_output_options, checked_checkpoint
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.io import atomic_output_dir, check_output_dir, write_json_atomic
 
@@ -49,7 +49,7 @@ def capture_inputs(pipe, prompt: str, seed: int) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from brevitas_ldm.checkpoint import load_quantized, read_checkpoint_meta
+    from brevitas_ldm.checkpoint import load_quantized
     from brevitas_ldm.denoiser.loading import load_pipeline
     from brevitas_ldm.denoiser.sampling import get_denoiser
     from brevitas_ldm.export import (
@@ -66,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
     from brevitas_ldm.export.exporters import check_weight_storage
     from brevitas_ldm.zoo.data import prompt_for
 
-    split_quantized_model(args)
-    if args.checkpoint is None:
+    meta = checked_checkpoint(args)
+    if meta is None:
         raise BrevitasLDMError(f"--model {args.model} is not quantized: pass a `brevitas-ldm quantize` --out folder as "
                                f"--model, or the FP --model with --checkpoint")
     check_weight_storage(args.format, args.weight_storage)
@@ -75,7 +75,6 @@ def run(args: argparse.Namespace) -> int:
         raise BrevitasLDMError(f"--emulate-cpu runs the file in onnxruntime, which cannot run {args.format}: use "
                                f"--format onnx-int8 or onnx-qcdq")
     check_output_dir(args.out, args.overwrite)
-    read_checkpoint_meta(args.checkpoint)
     pipe = load_pipeline(args.model, args.device)
     float_inputs = capture_inputs(pipe, prompt_for(3), seed=1) if args.float_baseline else None
     float_denoiser = None
@@ -83,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         import copy
 
         float_denoiser = copy.deepcopy(get_denoiser(pipe))
-    load_quantized(pipe, args.checkpoint)
+    load_quantized(pipe, args.checkpoint, meta)
     denoiser = get_denoiser(pipe)
     example = capture_inputs(pipe, prompt_for(7), seed=0)
     fresh = capture_inputs(pipe, prompt_for(2), seed=12345)
