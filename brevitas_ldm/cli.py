@@ -39,15 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
-    if hasattr(args, "threads"):
-        try:
-            choice = choose_threads(parse_threads(args.threads))
-        except BrevitasLDMError as exc:
-            print(f"brevitas-ldm {args.command}: error: {exc}", file=sys.stderr)
-            return 2
-        apply_threads(choice)
     with interruptible() as received:
         try:
+            if hasattr(args, "threads"):
+                apply_threads(choose_threads(parse_threads(args.threads)))
             with _claimed_output(args):
                 code = args.run(args)
         except BrevitasLDMError as exc:

@@ -12,7 +12,7 @@ from brevitas_ldm.denoiser.loading import load_pipeline, model_display_name
 from brevitas_ldm.denoiser.sampling import SamplingSpec, get_denoiser
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.evaluation.prompts import calibration_set, read_prompt_file
-from brevitas_ldm.io import atomic_output_dir, check_output_dir, write_json_atomic
+from brevitas_ldm.io import atomic_output_dir, write_json_atomic
 from brevitas_ldm.recipe import get_recipe
 
 
@@ -39,8 +39,6 @@ def run(args: argparse.Namespace) -> int:
     check_sampling_args(args)
     if args.out is None and not args.dry_run:
         raise BrevitasLDMError("--out is required (the folder the reports go to), except with --dry-run")
-    if args.out is not None:
-        check_output_dir(args.out, args.overwrite)
     recipe = get_recipe(args.recipe)
     prompts = read_prompt_file(args.prompts) if args.prompts else None
     pipe = load_pipeline(args.model, args.device)

@@ -19,7 +19,7 @@ from brevitas_ldm.denoiser.loading import load_pipeline, model_display_name
 from brevitas_ldm.denoiser.sampling import SamplingSpec
 from brevitas_ldm.evaluation.prompts import evaluation_set, read_prompt_file
 from brevitas_ldm.evaluation.run import digits_metrics, generate_with_latents, has_digits_evaluator
-from brevitas_ldm.io import atomic_output_dir, check_output_dir, write_json_atomic
+from brevitas_ldm.io import atomic_output_dir, write_json_atomic
 
 
 def add_parser(subparsers) -> None:
@@ -38,7 +38,6 @@ def run(args: argparse.Namespace) -> int:
     meta = checked_checkpoint(args)     # a bad checkpoint fails before the model loads
     check_sampling_args(args)
     check_evaluator_samples(args)
-    check_output_dir(args.out, args.overwrite)
     prompts = read_prompt_file(args.prompts) if args.prompts else None
     pipe = load_pipeline(args.model, args.device)
     eval_set = evaluation_set(args.num_samples, args.seed, prompts)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from brevitas_ldm.commands.common import add_model_options, add_output_options, checked_checkpoint
 from brevitas_ldm.errors import BrevitasLDMError
-from brevitas_ldm.io import atomic_output_dir, check_output_dir, write_json_atomic
+from brevitas_ldm.io import atomic_output_dir, write_json_atomic
 
 
 def add_parser(subparsers) -> None:
@@ -74,7 +74,6 @@ def run(args: argparse.Namespace) -> int:
     if args.emulate_cpu and args.format not in ONNXRUNTIME_FORMATS:
         raise BrevitasLDMError(f"--emulate-cpu runs the file in onnxruntime, which cannot run {args.format}: use "
                                f"--format onnx-int8 or onnx-qcdq")
-    check_output_dir(args.out, args.overwrite)
     pipe = load_pipeline(args.model, args.device)
     float_inputs = capture_inputs(pipe, prompt_for(3), seed=1) if args.float_baseline else None
     float_denoiser = None

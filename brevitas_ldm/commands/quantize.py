@@ -26,8 +26,9 @@ from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.evaluation.comparison import compare_quantized, fp_reference
 from brevitas_ldm.evaluation.prompts import calibration_set, evaluation_set, read_prompt_file
 from brevitas_ldm.evaluation.run import has_digits_evaluator
-from brevitas_ldm.io import atomic_output_dir, check_output_dir, write_json_atomic
+from brevitas_ldm.io import atomic_output_dir, write_json_atomic
 from brevitas_ldm.planning.plan import read_plan
+from brevitas_ldm.pretrained import CHECKPOINT_SUBDIR
 from brevitas_ldm.recipe import Recipe, get_recipe
 
 #: The PNGs the analysis reports write, by the key report.md links them under.
@@ -68,8 +69,6 @@ def run(args: argparse.Namespace) -> int:
     if args.out is None and not args.dry_run:
         raise BrevitasLDMError("--out is required (the folder the report and quantized pipeline go to), except with "
                                "--dry-run")
-    if args.out is not None:
-        check_output_dir(args.out, args.overwrite)
     recipe = with_calibration_flags(get_recipe(args.recipe), args)
     if args.calibration_prompts is not None and args.calibration_prompts < 1:
         raise BrevitasLDMError(f"--calibration-prompts {args.calibration_prompts} must be at least 1")
@@ -161,7 +160,7 @@ def _run_job(args: argparse.Namespace, recipe, pipe, plan, eval_set, spec: Sampl
 def folder_summary(out: Path, model_name: str) -> str:
     """One line on the quantized pipeline folder: what it holds, what it references, and how to reload it."""
     from brevitas_ldm.denoiser.loading import resolve_model_path
-    from brevitas_ldm.pretrained import CHECKPOINT_SUBDIR, folder_bytes
+    from brevitas_ldm.pretrained import folder_bytes
 
     own = folder_bytes(out / CHECKPOINT_SUBDIR)
     base = folder_bytes(resolve_model_path(model_name))
@@ -196,5 +195,5 @@ def write_outputs(staging: Path, metrics: dict, result, reference, generation, e
     for key, name in ANALYSIS_FIGURES.items():
         if (staging / "analysis" / name).is_file():
             figures[key] = f"analysis/{name}"
-    result.save(staging / "checkpoint", model=model_name)
+    result.save(staging / CHECKPOINT_SUBDIR, model=model_name)
     write_report(staging / "report.md", metrics, result, figures, command)
