@@ -31,6 +31,7 @@ from brevitas_ldm.quant.calibration import calibration_calls
 from brevitas_ldm.quant.quantize import fast_inference, quantize_denoiser
 from brevitas_ldm.quant.smoothquant import SmoothQuantStep
 from brevitas_ldm.recipe import Recipe
+from brevitas_ldm.workflow import analysis_samples, calibration_spec
 
 
 @dataclass(frozen=True)
@@ -167,8 +168,7 @@ def quantize_job_phases(pipe: Any, recipe: Recipe, calibration_prompts: Sequence
     ``eval_spec`` is given) will run, with their call counts."""
     notes = notes if notes is not None else []
     n_cal = len(calibration_prompts)
-    n_analysis = min(recipe.analysis.num_prompts, n_cal)
-    analysis_prompts, analysis_seeds = list(calibration_prompts[:n_analysis]), list(calibration_seeds[:n_analysis])
+    analysis_prompts, analysis_seeds = analysis_samples(recipe, calibration_prompts, calibration_seeds)
     phases = []
     if eval_spec is not None:
         phases.append(Phase("FP evaluation", sampling_calls(num_eval, eval_spec), False, eval_spec.batch_size))
@@ -182,10 +182,8 @@ def quantize_job_phases(pipe: Any, recipe: Recipe, calibration_prompts: Sequence
         step = SmoothQuantStep.from_recipe(recipe)
         calls = step.planned_calls(sampling_calls(n_cal, spec), calibration_calls(recipe, n_cal, spec))
         phases.append(Phase("SmoothQuant", calls, True, spec.batch_size, at_most=True))
-    calibration_spec = spec
-    if recipe.calibration.sampling_steps:
-        calibration_spec = dataclasses.replace(spec, num_inference_steps=recipe.calibration.sampling_steps)
-    phases.append(Phase("calibration", calibration_calls(recipe, n_cal, calibration_spec), True, spec.batch_size))
+    phases.append(Phase("calibration", calibration_calls(recipe, n_cal, calibration_spec(recipe, spec)), True,
+                        spec.batch_size))
     if eval_spec is not None:
         phases.append(Phase("quantized evaluation", sampling_calls(num_eval, eval_spec), True, eval_spec.batch_size))
     return phases

@@ -92,6 +92,19 @@ def _block_plan(pipe: Any, recipe: Recipe, plan: PlanLike | None, prompts: Seque
     return result.plan.precisions
 
 
+def analysis_samples(recipe: Recipe, prompts: Sequence, seeds: Sequence[int]) -> tuple[list, list[int]]:
+    """The analyses' samples: the first ``analysis.num_prompts`` of the calibration samples."""
+    count = min(recipe.analysis.num_prompts, len(prompts))
+    return list(prompts[:count]), list(seeds[:count])
+
+
+def calibration_spec(recipe: Recipe, spec: SamplingSpec) -> SamplingSpec:
+    """How the final calibration samples: ``spec`` with ``calibration.sampling_steps`` steps when the recipe sets it."""
+    if recipe.calibration.sampling_steps:
+        return dataclasses.replace(spec, num_inference_steps=recipe.calibration.sampling_steps)
+    return spec
+
+
 def quantize_pipeline(pipe: Any, recipe: Recipe | str, calibration_prompts: Sequence[str] | None = None,
                       calibration_seeds: Sequence[int] | None = None, spec: SamplingSpec | None = None,
                       plan: PlanLike | None = None, progress: bool = False,
@@ -111,8 +124,7 @@ def quantize_pipeline(pipe: Any, recipe: Recipe | str, calibration_prompts: Sequ
     elif calibration_seeds is None:
         calibration_seeds = [10_000 + i for i in range(len(calibration_prompts))]
     calibration_prompts, calibration_seeds = list(calibration_prompts), list(calibration_seeds)
-    n_analysis = min(recipe.analysis.num_prompts, len(calibration_prompts))
-    analysis_prompts, analysis_seeds = calibration_prompts[:n_analysis], calibration_seeds[:n_analysis]
+    analysis_prompts, analysis_seeds = analysis_samples(recipe, calibration_prompts, calibration_seeds)
     denoiser = get_denoiser(pipe)
     result = QuantizationResult(pipeline=pipe, recipe=recipe, precisions={})
 
@@ -135,11 +147,8 @@ def quantize_pipeline(pipe: Any, recipe: Recipe | str, calibration_prompts: Sequ
 
     start = time.perf_counter()
     quantize_denoiser(denoiser, recipe, layer_precisions)
-    calibration_spec = spec
-    if recipe.calibration.sampling_steps:
-        calibration_spec = dataclasses.replace(spec, num_inference_steps=recipe.calibration.sampling_steps)
-    calibration = calibrate_pipeline(pipe, recipe, calibration_prompts, calibration_seeds, calibration_spec,
-                                     progress=progress)
+    calibration = calibrate_pipeline(pipe, recipe, calibration_prompts, calibration_seeds,
+                                     calibration_spec(recipe, spec), progress=progress)
     result.timing_s["calibration"] = time.perf_counter() - start
     result.denoiser_calls["calibration"] = calibration.calls
     result.timing_s["analysis"] = result.timing_s.get("global_analysis", 0.0) + result.timing_s.get("local_analysis", 0.0)
