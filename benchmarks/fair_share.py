@@ -90,12 +90,10 @@ def main(argv=None) -> int:
                 spinner.wait()
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from brevitas_ldm.export.cpu import cpu_info
+
+    machine = cpu_info()
+    cpu = f"{machine.model} [{' '.join(machine.isa_flags)}]"
     record = {"command": ("python benchmarks/fair_share.py " + " ".join(sys.argv[1:])).strip(), "cpu": cpu,
               "cores": cores, "neighbours": neighbours, "warmup_s": args.warmup, "num_prompts": args.num_prompts,
               "steps": args.steps, "wall_s": time.perf_counter() - started,

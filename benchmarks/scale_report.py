@@ -418,5 +418,8 @@ def write_report(args, argv, device, rec: Recorder, info: dict[str, Any], block_
         f"Highest peak of the run: {gib(max(p.peak_rss_kb or 0 for p in rec.phases))} GiB RSS. Total wall time "
         f"{info['total_s'] / 60:.1f} min.",
         "",
+        "The analyses split across processes (`torchrun`, one rank per core or GPU): per-rank time, calls and "
+        "memory in [ranks.md](ranks.md) (`benchmarks/ranks.py`).",
+        "",
     ]
     return "\n".join(lines)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import resource
 import time
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from brevitas_ldm.export.wrapper import capture_denoiser_calls
 from brevitas_ldm.quant.calibration import calibration_calls
 from brevitas_ldm.quant.quantize import fast_inference, quantize_denoiser
 from brevitas_ldm.quant.smoothquant import SmoothQuantStep
+from brevitas_ldm.ranks import current_ranks
 from brevitas_ldm.recipe import Recipe
 from brevitas_ldm.workflow import analysis_samples, calibration_spec
 
@@ -150,13 +152,20 @@ def time_denoiser_calls(pipe: Any, recipe: Recipe, conditions: Sequence[Any], se
                       threads=torch.get_num_threads())
 
 
+def rank_sampling_calls(num_samples: int, spec: SamplingSpec) -> int:
+    """Denoiser calls this process makes sampling ``num_samples`` when the batches are split across the ranks of a
+    distributed job (:func:`~brevitas_ldm.denoiser.trajectory.fp_reference`, ``measure``): all of them alone."""
+    batches = math.ceil(num_samples / spec.batch_size)
+    return spec.num_inference_steps * len(current_ranks().round_robin(batches))
+
+
 def _global_phase(pipe: Any, analysis: BlockSensitivity, cache_dir: str | Path | None, notes: list[str],
                   model_id: str | None = None) -> Phase:
     key = analysis.cache_key(pipe, model_id) if cache_dir is not None else ""
     if cache_dir is not None and (Path(cache_dir) / f"global-{key}" / REPORT_FILE).is_file():
         notes.append(f"the global analysis is cached in {cache_dir}: it will be loaded, not measured")
         return Phase("global analysis (cached)", 0, quantized=True, batch_size=analysis.spec.batch_size)
-    calls = analysis.planned_calls(len(get_blocks(get_denoiser(pipe))))
+    calls = analysis.planned_calls(get_blocks(get_denoiser(pipe)), current_ranks())
     return Phase("global analysis", calls["total"], quantized=True, batch_size=analysis.spec.batch_size,
                  copies=len(analysis.measured_precisions))
 
@@ -171,7 +180,7 @@ def quantize_job_phases(pipe: Any, recipe: Recipe, calibration_prompts: Sequence
     analysis_prompts, analysis_seeds = analysis_samples(recipe, calibration_prompts, calibration_seeds)
     phases = []
     if eval_spec is not None:
-        phases.append(Phase("FP evaluation", sampling_calls(num_eval, eval_spec), False, eval_spec.batch_size))
+        phases.append(Phase("FP evaluation", rank_sampling_calls(num_eval, eval_spec), False, eval_spec.batch_size))
     if not plan_given and recipe.analysis.global_:
         phases.append(_global_phase(pipe, BlockSensitivity(recipe, analysis_prompts, analysis_seeds, spec,
                                                            progress=False), cache_dir, notes))
@@ -185,7 +194,8 @@ def quantize_job_phases(pipe: Any, recipe: Recipe, calibration_prompts: Sequence
     phases.append(Phase("calibration", calibration_calls(recipe, n_cal, calibration_spec(recipe, spec)), True,
                         spec.batch_size))
     if eval_spec is not None:
-        phases.append(Phase("quantized evaluation", sampling_calls(num_eval, eval_spec), True, eval_spec.batch_size))
+        phases.append(Phase("quantized evaluation", rank_sampling_calls(num_eval, eval_spec), True,
+                            eval_spec.batch_size))
     return phases
 
 

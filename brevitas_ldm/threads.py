@@ -74,10 +74,22 @@ def choose_threads(requested: int | None, cores: int | None = None, load: float 
     cores = available_cores() if cores is None else cores
     if requested is not None:
         return ThreadChoice(requested, "--threads")
+    siblings = launched_processes_per_machine()
+    if siblings > 1:
+        # The ranks start together, so each would count the others as load (or not, by a race): share the cores.
+        return ThreadChoice(max(1, cores // siblings), f"auto: {cores} cores shared by {siblings} ranks of this machine")
     load = busy_threads() if load is None else load
     idle = int(cores - load + 0.5)
     threads = max(1, min(cores, idle))
     return ThreadChoice(threads, f"auto: {cores} cores, {load:g} threads of other processes running")
+
+
+def launched_processes_per_machine() -> int:
+    """Processes torchrun started on this machine (``LOCAL_WORLD_SIZE``), 1 when not launched by it."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
 
 
 def apply_threads(choice: ThreadChoice) -> None:

@@ -86,6 +86,8 @@ class BlockReport:
     skipped_act_elements: float = 0.0
     timing_s: dict[str, float] = field(default_factory=dict)
     denoiser_calls: dict[str, int] = field(default_factory=dict)
+    #: In a torch.distributed job, what each rank did (configurations, denoiser calls, seconds); empty otherwise.
+    work_per_rank: list[dict[str, Any]] = field(default_factory=list)
     cache_key: str = ""
     from_cache: bool = False
 
@@ -114,6 +116,8 @@ class BlockReport:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data.pop("from_cache")
+        if not data["work_per_rank"]:
+            data.pop("work_per_rank")     # a single process' report stays what it always was
         data["version"] = ANALYSIS_VERSION
         return encode_json_floats(data)
 

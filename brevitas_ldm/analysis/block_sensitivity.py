@@ -21,6 +21,11 @@ Cost. Re-quantizing and re-calibrating per configuration would dominate the anal
 ranges are those of the float network, so a swapped-in configuration is exactly the model
 ``quantize_denoiser(..., precisions=config)`` + calibration would build (the tests check this). Runs use Brevitas'
 ``quant_inference_mode`` (cached quantized weights), which gives identical outputs at a fraction of the cost.
+
+Across processes (a torch.distributed job, :mod:`brevitas_ldm.ranks`) the FP reference's batches and the
+configurations are split: each rank measures whole configurations (dealt by cost, longer prefixes costing more) with
+a bank of only the precisions they need, every rank gathers every measurement, and the report is the single
+process' report, plus what each rank did in ``work_per_rank``.
 """
 
 from __future__ import annotations
@@ -40,13 +45,14 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from brevitas_ldm.analysis.block_report import ANALYSIS_VERSION, REPORT_FILE, BlockEntry, BlockReport
-from brevitas_ldm.denoiser.blocks import get_blocks
+from brevitas_ldm.denoiser.blocks import Block, get_blocks
 from brevitas_ldm.denoiser.sampling import Condition, SamplingSpec, get_denoiser, sampling_calls
 from brevitas_ldm.denoiser.trajectory import FPReference, fp_reference, measure
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.precision import Precision, parse_precision
 from brevitas_ldm.quant.calibration import calibration_calls
 from brevitas_ldm.quant.precision_bank import PrecisionBank
+from brevitas_ldm.ranks import SINGLE, Ranks, all_gather, broadcast_from_main, current_ranks, peak_rss_bytes
 from brevitas_ldm.recipe import Recipe
 from brevitas_ldm.sqnr import noise_ratio_to_db
 
@@ -137,37 +143,66 @@ class BlockSensitivity:
         return out + [p for p in self.progressive if not p.is_float and p not in out]
 
     # -- running ---------------------------------------------------------------------------------------------
-    def run(self, pipe: Any, cache_dir: str | Path | None = None, model_id: str | None = None) -> BlockReport:
-        """Measure (or load from ``cache_dir``) the block report of ``pipe``'s denoiser."""
+    def run(self, pipe: Any, cache_dir: str | Path | None = None, model_id: str | None = None,
+            ranks: Ranks | None = None) -> BlockReport:
+        """Measure (or load from ``cache_dir``) the block report of ``pipe``'s denoiser.
+
+        ``ranks`` (default: the initialised torch.distributed group, if any) split the work; every rank returns the
+        same report and only the main rank reads and writes the cache.
+        """
+        ranks = ranks or current_ranks()
         key = self.cache_key(pipe, model_id) if cache_dir is not None else ""
-        if cache_dir is not None:
+        report = None
+        if cache_dir is not None and ranks.is_main:
             cached = Path(cache_dir) / f"global-{key}" / REPORT_FILE
             if cached.is_file():
                 start = time.perf_counter()
                 report = BlockReport.load(cached)
                 report.from_cache = True
                 report.timing_s = {**report.timing_s, "cache_load": time.perf_counter() - start}
-                return report
-        report = self._analyse(pipe, model_id)
-        report.cache_key = key
         if cache_dir is not None:
+            report = broadcast_from_main(report, "the global analysis' cache lookup", ranks)
+        if report is not None:
+            return report
+        report = self._analyse(pipe, model_id, ranks)
+        report.cache_key = key
+        if cache_dir is not None and ranks.is_main:
             report.save(Path(cache_dir) / f"global-{key}")
         return report
 
-    def planned_calls(self, num_blocks: int) -> dict[str, int]:
-        """Denoiser calls :meth:`run` will make on a denoiser of ``num_blocks`` blocks (no cache), by the keys of
-        ``report.denoiser_calls``: said before the work starts, and checked against the count by a test."""
+    def planned_calls(self, blocks: Sequence[Block] | int, ranks: Ranks | None = None) -> dict[str, int]:
+        """Denoiser calls :meth:`run` will make on a denoiser of these ``blocks`` (no cache), by the keys of
+        ``report.denoiser_calls``: said before the work starts, and checked against the count by a test.
+
+        With ``ranks`` of a distributed job: the calls of that rank (``blocks`` must then be the blocks, whose sizes
+        decide the deal; a count of blocks is enough for one process).
+        """
+        ranks = ranks or SINGLE
+        num_blocks = blocks if isinstance(blocks, int) else len(blocks)
+        if ranks.is_distributed and isinstance(blocks, int):
+            raise BrevitasLDMError("planned_calls of one rank needs the blocks (their sizes decide the deal)")
+        configs = self._configs(num_blocks)
+        mine = ranks.deal(self._costs(configs, blocks)) if ranks.is_distributed else range(len(configs))
         full = sampling_calls(len(self.prompts), self.spec)
+        reference_batches = len(ranks.round_robin(math.ceil(len(self.prompts) / self.spec.batch_size)))
         bank_spec = dataclasses.replace(self.spec, batch_size=self.recipe.calibration.batch_size)
-        calibrated = [p for p in self.measured_precisions if p.act_bits is not None]
-        calls = {"fp_reference": full,
+        needed = {configs[i].precision for i in mine}
+        calibrated = [p for p in self.measured_precisions if p.act_bits is not None and p in needed]
+        calls = {"fp_reference": reference_batches * self.spec.num_inference_steps,
                  "calibration": len(calibrated) * calibration_calls(self.recipe, len(self.calibration_prompts),
                                                                      bank_spec),
                  "isolated": 0, "progressive": 0}
-        for config in self._configs(num_blocks):
-            calls[config.kind] += full
+        for index in mine:
+            calls[configs[index].kind] += full
         calls["total"] = sum(calls.values())
         return calls
+
+    @staticmethod
+    def _costs(configs: list[_Config], blocks: Sequence[Block] | int) -> list[float]:
+        """Relative cost of each configuration's sampler run: the layers it quantizes (fake quantization is what
+        makes a run dearer than the FP one), so a progressive prefix costs the sum of its blocks."""
+        sizes = [1] * blocks if isinstance(blocks, int) else [len(block) for block in blocks]
+        return [float(sizes[c.index] if c.kind == "isolated" else sum(sizes[:c.index + 1])) for c in configs]
 
     def _configs(self, num_blocks: int) -> list[_Config]:
         configs = []
@@ -181,15 +216,20 @@ class BlockSensitivity:
             configs += [_Config("progressive", p, i) for i in range(first, num_blocks)]
         return configs
 
-    def _analyse(self, pipe: Any, model_id: str | None) -> BlockReport:
+    def _analyse(self, pipe: Any, model_id: str | None, ranks: Ranks) -> BlockReport:
         start = time.perf_counter()
         denoiser = get_denoiser(pipe)
         blocks = get_blocks(denoiser)
-        self.reference = reference = fp_reference(pipe, self.prompts, self.seeds, self.spec, progress=False)
+        show = self.progress and ranks.is_main
+        self.reference = reference = fp_reference(pipe, self.prompts, self.seeds, self.spec, progress=False,
+                                                  ranks=ranks)
         self.bank = bank = PrecisionBank(pipe, self.recipe, self.calibration_prompts, self.calibration_seeds,
-                                         self.spec, progress=self.progress)
-        precisions = self.measured_precisions
-        for precision in tqdm(precisions, desc="quantize + calibrate", disable=not self.progress, leave=False):
+                                         self.spec, progress=show)
+        configs = self._configs(len(blocks))
+        mine = ranks.deal(self._costs(configs, blocks)) if ranks.is_distributed else list(range(len(configs)))
+        needed = {configs[i].precision for i in mine}
+        precisions = [p for p in self.measured_precisions if p in needed]
+        for precision in tqdm(precisions, desc="quantize + calibrate", disable=not show, leave=False):
             bank.ensure([precision])
         skipped = bank.skipped
         entries = [BlockEntry(
@@ -201,29 +241,42 @@ class BlockSensitivity:
         skipped_params = sum(p.numel() for n in skipped for p in bank.fp_layers[n].parameters(recurse=False))
         skipped_acts = sum(reference.act_elements.get(n, 0.0) for n in skipped)
 
-        calls = {"isolated": 0, "progressive": 0}
-        seconds = {"isolated": 0.0, "progressive": 0.0}
-        progressive_noise: dict[str, list[float]] = {p.name: [math.nan] * len(blocks) for p in self.progressive}
-        configs = self._configs(len(blocks))
-        for config in tqdm(configs, desc="global analysis", disable=not self.progress):
+        measured: dict[int, tuple[float, list[float], float, int, float]] = {}
+        for index in tqdm(mine, desc="global analysis", disable=not show):
+            config = configs[index]
             chosen = [blocks[config.index]] if config.kind == "isolated" else blocks[:config.index + 1]
             layers = {name: config.precision for block in chosen for name in block.module_names}
             result = measure(pipe, reference, bank, layers)
-            calls[config.kind] += result.calls
-            seconds[config.kind] += result.seconds
+            measured[index] = (result.final_db, result.steps_db, result.final.noise_ratio, result.calls,
+                               result.seconds)
+        work = {"rank": ranks.rank, "configurations": len(mine), "calibration_calls": bank.calibration_calls,
+                "calibration_s": bank.calibration_s,
+                "denoiser_calls": sum(m[3] for m in measured.values()) + bank.calibration_calls,
+                "seconds": time.perf_counter() - start, "peak_rss_bytes": peak_rss_bytes()}
+        shares = all_gather((measured, work), "the global analysis", ranks)
+        measured = {index: value for share, _ in shares for index, value in share.items()}
+        work_per_rank = [share_work for _, share_work in shares]
+
+        calls = {"isolated": 0, "progressive": 0}
+        seconds = {"isolated": 0.0, "progressive": 0.0}
+        progressive_noise: dict[str, list[float]] = {p.name: [math.nan] * len(blocks) for p in self.progressive}
+        for index, config in enumerate(configs):
+            final_db, steps_db, noise_ratio, config_calls, config_seconds = measured[index]
+            calls[config.kind] += config_calls
+            seconds[config.kind] += config_seconds
             entry = entries[config.index]
             name = config.precision.name
             if config.kind == "isolated":
-                entry.isolated_db[name] = result.final_db
-                entry.isolated_steps_db[name] = result.steps_db
+                entry.isolated_db[name] = final_db
+                entry.isolated_steps_db[name] = steps_db
                 if config.index == 0 and config.precision in self.progressive:
-                    entry.progressive_db[name] = result.final_db
-                    entry.progressive_steps_db[name] = result.steps_db
-                    progressive_noise[name][0] = result.final.noise_ratio
+                    entry.progressive_db[name] = final_db
+                    entry.progressive_steps_db[name] = steps_db
+                    progressive_noise[name][0] = noise_ratio
             else:
-                entry.progressive_db[name] = result.final_db
-                entry.progressive_steps_db[name] = result.steps_db
-                progressive_noise[name][config.index] = result.final.noise_ratio
+                entry.progressive_db[name] = final_db
+                entry.progressive_steps_db[name] = steps_db
+                progressive_noise[name][config.index] = noise_ratio
 
         report = BlockReport(
             model=model_id if model_id is not None else str(getattr(pipe, "name_or_path", "") or ""),
@@ -250,10 +303,14 @@ class BlockSensitivity:
                 else:
                     entry.share_db[name] = 10.0 * math.log10(noise[-1] / (noise[-1] - added))
                 previous = current
-        report.timing_s = {"fp_reference": reference.seconds, "quantize_calibrate": bank.calibration_s,
+        report.timing_s = {"fp_reference": reference.seconds,
+                           "quantize_calibrate": sum(w["calibration_s"] for w in work_per_rank),
                            "isolated": seconds["isolated"], "progressive": seconds["progressive"],
                            "total": time.perf_counter() - start}
-        report.denoiser_calls = {"fp_reference": reference.calls, "calibration": bank.calibration_calls,
+        if ranks.is_distributed:
+            report.work_per_rank = work_per_rank
+        report.denoiser_calls = {"fp_reference": reference.calls,
+                                 "calibration": sum(w["calibration_calls"] for w in work_per_rank),
                                  "isolated": calls["isolated"], "progressive": calls["progressive"]}
         report.denoiser_calls["total"] = sum(report.denoiser_calls.values())
         return report

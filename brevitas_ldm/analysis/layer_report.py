@@ -135,6 +135,8 @@ class LayerReport:
     denoiser_calls: dict[str, int] = field(default_factory=dict)
     time_sensitive_db: float = DEFAULT_TIME_SENSITIVE_DB
     wall_time_s: float = 0.0
+    #: In a torch.distributed job, what each rank did (its sampling steps, denoiser calls, seconds); empty otherwise.
+    work_per_rank: list[dict[str, Any]] = field(default_factory=list)
 
     FILENAME = "layer_report.json"
 
@@ -180,6 +182,7 @@ class LayerReport:
                 "calibration_mode": self.calibration_mode, "timesteps": self.timesteps,
                 "num_samples": self.num_samples, "denoiser_calls": self.denoiser_calls,
                 "time_sensitive_db": self.time_sensitive_db, "wall_time_s": self.wall_time_s,
+                **({"work_per_rank": self.work_per_rank} if self.work_per_rank else {}),
                 "category_summary": summary, "modules": [e.to_dict() for e in self.modules]}
 
     @classmethod
@@ -194,7 +197,8 @@ class LayerReport:
                    calibration_mode=data.get("calibration_mode", ""), timesteps=list(data.get("timesteps", [])),
                    num_samples=int(data.get("num_samples", 0)), denoiser_calls=dict(data.get("denoiser_calls", {})),
                    time_sensitive_db=float(data.get("time_sensitive_db", DEFAULT_TIME_SENSITIVE_DB)),
-                   wall_time_s=float(data.get("wall_time_s", 0.0)))
+                   wall_time_s=float(data.get("wall_time_s", 0.0)),
+                   work_per_rank=list(data.get("work_per_rank", [])))
 
     def save(self, directory: str | Path, top: int = 30, curves: int = 6) -> Path:
         """Write ``layer_report.json``, ``layer_sqnr.png`` (the ``top`` worst layers, coloured by noise cause)

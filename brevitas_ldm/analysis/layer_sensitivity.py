@@ -19,6 +19,11 @@ Measurements are kept per sampling step (from :func:`brevitas_ldm.denoiser.sampl
 *time-sensitive* when its per-step SQNR spans more than ``time_sensitive_db`` dB over the trajectory (default
 6 dB: its worst step is 4x noisier than its best), i.e. a single static activation range cannot serve all its steps
 equally. (3 dB flagged 58% of the layers of tiny-sd-digits at W8A8, 6 dB flags 34%, the ones that stand out.)
+
+In a torch.distributed job (:mod:`brevitas_ldm.ranks`) the sampling steps are split: every rank runs the whole FP
+sampling (each step's input needs the steps before it) but runs the twins, three quantized passes of every layer
+and the bulk of the cost, only at its own steps (step s on rank s mod N). The per-step meters are gathered and the
+report is the single process' report, plus ``work_per_rank``.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from brevitas_ldm.denoiser.sampling import (
     Condition,
     SamplingSpec,
     denoiser_step_hook,
+    find_timestep,
     generate,
     get_denoiser,
     num_train_timesteps,
@@ -58,6 +64,7 @@ from brevitas_ldm.precision import FLOAT, Precision
 from brevitas_ldm.quant.calibration import calibration_calls, recipe_calibration
 from brevitas_ldm.quant.probes import TwinProbe, split_twin
 from brevitas_ldm.quant.quantize import quant_layers, quantize_denoiser, resolve_precisions
+from brevitas_ldm.ranks import Ranks, all_gather, current_ranks, peak_rss_bytes
 from brevitas_ldm.recipe import Recipe
 
 RunFn = Callable[[nn.Module], Any]
@@ -68,7 +75,8 @@ def analyze_layers(denoiser: nn.Module, recipe: Recipe, run_fn: RunFn, calibrati
                     precisions: Mapping[str, str | Precision] | None = None,
                     calibration: CalibrationContext | None = None,
                     time_sensitive_db: float = DEFAULT_TIME_SENSITIVE_DB, num_samples: int = 0,
-                    num_inference_steps: int | None = None, modules: Sequence[str] | None = None) -> LayerReport:
+                    num_inference_steps: int | None = None, modules: Sequence[str] | None = None,
+                    ranks: Ranks | None = None) -> LayerReport:
     """Relative SQNR of every quantized layer of ``denoiser`` in one FP pass of ``run_fn``.
 
     ``calibration_fn(model)`` runs calibration data through ``model`` (the quantized copy holding the twins) inside
@@ -76,8 +84,11 @@ def analyze_layers(denoiser: nn.Module, recipe: Recipe, run_fn: RunFn, calibrati
     ``num_inference_steps``); ``run_fn(denoiser)`` then runs the analysis
     data through the float ``denoiser`` once, with every layer's twins hooked on. The float denoiser is not
     modified. ``modules`` restricts the analysis to those user-facing layer names (e.g. to re-measure smoothed
-    layers); the other layers then get no twin at all. :class:`LayerSensitivity` is the pipeline-level front end.
+    layers); the other layers then get no twin at all. ``ranks`` (default: the initialised torch.distributed
+    group, if any) split the sampling steps; every rank returns the same report. :class:`LayerSensitivity` is the
+    pipeline-level front end.
     """
+    ranks = ranks or current_ranks()
     start = time.perf_counter()
     plan = resolve_precisions(denoiser, recipe, precisions)  # user-facing layer names -> precision
     twin_plan = dict(plan)
@@ -109,11 +120,31 @@ def analyze_layers(denoiser: nn.Module, recipe: Recipe, run_fn: RunFn, calibrati
         timesteps.setdefault(step, timestep)
         probe.end_call(step)
 
-    with probe, denoiser_step_hook(denoiser, end_call), torch.no_grad():
-        run_fn(denoiser)
+    with probe, denoiser_step_hook(denoiser, end_call) as tracker, torch.no_grad():
+        def gate(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            probe.active = tracker.peek(find_timestep(args, kwargs)[1]) % ranks.world_size == ranks.rank
+
+        handle = denoiser.register_forward_pre_hook(gate, with_kwargs=True) if ranks.is_distributed else None
+        try:
+            run_fn(denoiser)
+        finally:
+            if handle is not None:
+                handle.remove()
     if calls == 0:
         raise BrevitasLDMError("the local analysis saw no denoiser call: run_fn(denoiser) must run data through the "
                                "denoiser it is given")
+    work_per_rank = []
+    if ranks.is_distributed:
+        work = {"rank": ranks.rank, "steps": sorted(s for s in timesteps if s % ranks.world_size == ranks.rank),
+                "calibration_calls": calibration_calls, "denoiser_calls": calls,
+                "seconds": time.perf_counter() - start, "peak_rss_bytes": peak_rss_bytes()}
+        shares = all_gather((probe.steps, work), "the local analysis", ranks)
+        probe.steps = {name: {variant: {} for variant in variants} for name, variants in probe.steps.items()}
+        for share_steps, _ in shares:
+            probe.absorb(share_steps)
+        work_per_rank = [share_work for _, share_work in shares]
+        calibration_calls = sum(w["calibration_calls"] for w in work_per_rank)
+        calls = sum(w["denoiser_calls"] for w in work_per_rank)
     blocks = {to_user.get(name, name): block for name, block in layer_to_block(get_blocks(denoiser)).items()}
     steps = sorted(timesteps)
     entries = []
@@ -134,7 +165,8 @@ def analyze_layers(denoiser: nn.Module, recipe: Recipe, run_fn: RunFn, calibrati
                         calibration_mode=recipe.calibration.mode, timesteps=[timesteps[s] for s in steps],
                         num_samples=num_samples,
                         denoiser_calls={"calibration": calibration_calls, "analysis": calls},
-                        time_sensitive_db=time_sensitive_db, wall_time_s=time.perf_counter() - start)
+                        time_sensitive_db=time_sensitive_db, wall_time_s=time.perf_counter() - start,
+                        work_per_rank=work_per_rank)
 
 
 @dataclass
@@ -146,7 +178,8 @@ class LayerSensitivity:
     ``calibration_prompts``/``calibration_seeds``: data for calibrating the twins' activation ranges with the
     recipe's calibration mode (default: the analysis prompts and seeds). Denoiser calls are counted in
     ``report.denoiser_calls``: ``calibration`` (twin calibration; one per batch in single-step mode) and
-    ``analysis`` (the one FP run: one call per step per batch, independent of the number of layers).
+    ``analysis`` (the one FP run: one call per step per batch, independent of the number of layers). ``ranks``:
+    the processes that split the sampling steps (default: the initialised torch.distributed group, if any).
     """
 
     recipe: Recipe
@@ -158,6 +191,7 @@ class LayerSensitivity:
     calibration_seeds: Sequence[int] | None = None
     time_sensitive_db: float = DEFAULT_TIME_SENSITIVE_DB
     progress: bool = True
+    ranks: Ranks | None = None      # default: the initialised torch.distributed group, if any
 
     def planned_calls(self) -> dict[str, int]:
         """Denoiser calls :meth:`run` will make, by the keys of ``report.denoiser_calls``."""
@@ -185,4 +219,4 @@ class LayerSensitivity:
             get_denoiser(pipe), self.recipe, run, calibrate, self.precisions,
             calibration=lambda m: recipe_calibration(m, self.recipe, self.spec.num_inference_steps, num_train),
             time_sensitive_db=self.time_sensitive_db, num_samples=len(self.prompts),
-            num_inference_steps=self.spec.num_inference_steps)
+            num_inference_steps=self.spec.num_inference_steps, ranks=self.ranks)

@@ -13,6 +13,7 @@ from brevitas_ldm.denoiser.sampling import SamplingSpec, get_denoiser
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.evaluation.prompts import calibration_set, read_prompt_file
 from brevitas_ldm.io import atomic_output_dir, write_json_atomic
+from brevitas_ldm.ranks import current_ranks, peak_rss_bytes
 from brevitas_ldm.recipe import get_recipe
 
 
@@ -27,7 +28,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=10_000, help="seed of the first analysis sample")
     parser.add_argument("--prompts", default=None, help="text file, one prompt per line")
-    parser.add_argument("--local", action="store_true", help="also run the local analysis if the recipe does not")
+    parser.add_argument("--local-analysis", "--local", dest="local", action="store_true",
+                        help="also run the local analysis if the recipe does not (under torchrun spell it "
+                        "--local-analysis: torchrun takes --local for an abbreviation of its own options)")
     parser.add_argument("--cache-dir", default=None, help="reuse/store the global analysis here")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the plan of work (denoiser calls, estimated time and peak memory) and stop")
@@ -80,12 +83,15 @@ def _run_analysis(args: argparse.Namespace, recipe, pipe, samples, spec: Samplin
         layer_report = LayerSensitivity(recipe, list(samples.prompts), list(samples.seeds), spec,
                                           precisions=precisions, progress=True).run(pipe)
         timing["local_analysis"] = time.perf_counter() - start
+    if not current_ranks().is_main:
+        return ""       # the main rank holds the same reports and writes them
     summary = {"model": model_name, "recipe": recipe.name, "num_prompts": len(samples), "steps": args.steps,
                "timing_s": timing,
                "denoiser_calls": {"global_analysis": report.denoiser_calls.get("total", 0),
                                   **({"local_analysis": sum(layer_report.denoiser_calls.values())}
                                      if layer_report is not None else {})},
                "global_from_cache": bool(getattr(report, "from_cache", False)),
+               "peak_rss_bytes": peak_rss_bytes(),
                "plan": {"method": plan.method, "predicted_sqnr_db": plan.predicted_sqnr_db,
                         "avg_weight_bits": plan.avg_weight_bits, "avg_act_bits": plan.avg_act_bits,
                         "precisions": {block: str(p) for block, p in plan.precisions.items()}}}

@@ -29,6 +29,7 @@ from brevitas_ldm.evaluation.run import has_digits_evaluator
 from brevitas_ldm.io import atomic_output_dir, write_json_atomic
 from brevitas_ldm.planning.plan import read_plan
 from brevitas_ldm.pretrained import CHECKPOINT_SUBDIR
+from brevitas_ldm.ranks import current_ranks
 from brevitas_ldm.recipe import Recipe, get_recipe
 
 #: The PNGs the analysis reports write, by the key report.md links them under.
@@ -130,9 +131,12 @@ def _run_job(args: argparse.Namespace, recipe, pipe, plan, eval_set, spec: Sampl
     quantized, generation, per_step = compare_quantized(pipe, eval_set, spec, reference, result.precisions,
                                                         with_digits=digits)
     timing["evaluation"] = time.perf_counter() - start
+    if not current_ranks().is_main:
+        return ""       # this rank sampled its share; the main rank scores, reports and writes
     metrics = {
         "model": model_name, "recipe": recipe.name, "seed": args.seed, "num_samples": args.num_samples,
         "threads": work.timing.threads,   # thread counts change float sums in the last bits: --threads N reproduces
+        **({"processes": current_ranks().world_size} if current_ranks().is_distributed else {}),
         "steps": args.steps, "guidance_scale": args.guidance_scale,
         "fp": reference.metrics,
         "quantized": quantized,

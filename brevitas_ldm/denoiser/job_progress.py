@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch.nn as nn
-from torch.nn.modules.module import register_module_forward_pre_hook
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from tqdm.auto import tqdm
 
 
@@ -28,12 +28,15 @@ class JobProgress:
         self.enabled = enabled
         self.calls = 0
         self._pending = False
+        self._end_handle = None
         self._bar = None
         self._handle = None
 
     def _count(self, module: nn.Module, args: Any) -> None:
-        # A call counts once a submodule runs inside it: single-step calibration answers the later steps' calls
-        # from its cache without running the network, and those cost (and were planned as) nothing.
+        # A call counts once one of its own submodules runs: single-step calibration answers the later steps' calls
+        # from its cache without running the network, and those cost (and were planned as) nothing. A call ends at
+        # the global forward hook, so later module calls (Brevitas finalising statistics, the text encoder) are not
+        # taken for the network running (an instance hook would be deep-copied along with the denoiser).
         if type(module) is self.denoiser_class:
             self._pending = True
         elif self._pending:
@@ -42,16 +45,23 @@ class JobProgress:
             if self._bar is not None:
                 self._bar.update(1)
 
+    def _end(self, module: nn.Module, args: Any, output: Any) -> None:
+        if type(module) is self.denoiser_class:
+            self._pending = False
+
     def __enter__(self) -> "JobProgress":
         self._bar = tqdm(total=self.total_calls, desc=self.desc, unit="call", position=0, disable=not self.enabled,
                          dynamic_ncols=True)
         self._handle = register_module_forward_pre_hook(self._count)
+        self._end_handle = register_module_forward_hook(self._end)
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._handle.remove()
+        self._end_handle.remove()
         if self._bar is not None:
             if exc[0] is None:      # the plan's SmoothQuant figure is an upper bound: end the bar at what ran
                 self._bar.total = self.calls
                 self._bar.refresh()
             self._bar.close()
+

@@ -88,6 +88,13 @@ class StepTracker:
         self.run = -1
         self._last = math.inf
 
+    def peek(self, timestep: Any) -> int:
+        """The step :meth:`advance` will give a call at ``timestep``, without advancing (for pre-call hooks)."""
+        value = timestep_value(timestep)
+        if self.step < 0 or value > self._last:
+            return 0
+        return self.step + 1 if value < self._last else self.step
+
     def advance(self, timestep: Any) -> int:
         value = timestep_value(timestep)
         if self.step < 0 or value > self._last:

@@ -5,6 +5,10 @@ count every layer's input elements; :func:`measure` samples again (optionally un
 such as a precision bank's) and streams the SQNR of the final latents and of each step's denoiser output through
 :class:`~brevitas_ldm.sqnr.SQNRMeter`. Only the FP reference is kept in memory (final latents plus per-step
 denoiser outputs, which are small).
+
+Both take ``ranks`` (:mod:`brevitas_ldm.ranks`): the pipeline batches are then dealt round-robin to the processes
+of a torch.distributed job, each runs whole batches (the very calls the single process makes) and every rank gets
+the whole result back, identical to the single process' (meters pool per-sample sums with ``math.fsum``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+from tqdm.auto import tqdm
 
 from brevitas_ldm.denoiser.blocks import quantizable_layers
 from brevitas_ldm.denoiser.sampling import (
@@ -28,6 +33,7 @@ from brevitas_ldm.denoiser.sampling import (
 )
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.precision import Precision
+from brevitas_ldm.ranks import Ranks, all_gather
 from brevitas_ldm.sqnr import SQNRMeter
 
 
@@ -70,15 +76,24 @@ class FPReference:
         return 1 + max(step for _, step in self.outputs)
 
 
+def batches(conditions: Sequence[Condition], seeds: Sequence[int], spec: SamplingSpec) -> list[tuple[list, list[int]]]:
+    """The pipeline calls :func:`~brevitas_ldm.denoiser.sampling.generate` makes: (conditions, seeds) per batch."""
+    return [(list(conditions[start:start + spec.batch_size]), [int(s) for s in seeds[start:start + spec.batch_size]])
+            for start in range(0, len(conditions), spec.batch_size)]
+
+
 @torch.no_grad()
 def fp_reference(pipe: Any, conditions: Sequence[Condition], seeds: Sequence[int], spec: SamplingSpec,
-                 progress: bool = False, desc: str = "FP reference") -> FPReference:
-    """Run the FP pipeline once with hooks that keep the per-step denoiser outputs and count layer inputs."""
+                 progress: bool = False, desc: str = "FP reference", ranks: Ranks | None = None) -> FPReference:
+    """Run the FP pipeline once with hooks that keep the per-step denoiser outputs and count layer inputs.
+
+    With ``ranks`` of a distributed job, each rank samples its share of the batches and all get the whole reference.
+    """
     denoiser = get_denoiser(pipe)
     outputs: dict[tuple[int, int], torch.Tensor] = {}
     elements: dict[str, int] = {}
     samples = [0]
-    holder: dict[str, Any] = {}
+    current = [0]   # the batch being sampled: the run index of its (run, step) keys
 
     def on_step(step, timestep, args, kwargs, output):
         sample = _sample_arg(args, kwargs)
@@ -87,7 +102,7 @@ def fp_reference(pipe: Any, conditions: Sequence[Condition], seeds: Sequence[int
         if tensor is None:
             raise BrevitasLDMError(f"{type(denoiser).__name__} returned no tensor: the analysis needs the denoiser "
                                    f"output as a tensor, a tuple or a .sample")
-        outputs[(holder["tracker"].run, step)] = tensor.detach().float().clone()
+        outputs[(current[0], step)] = tensor.detach().float().clone()
 
     def counter(name):
         def pre_hook(module, args):
@@ -95,18 +110,34 @@ def fp_reference(pipe: Any, conditions: Sequence[Condition], seeds: Sequence[int
                 elements[name] = elements.get(name, 0) + args[0].numel()
         return pre_hook
 
+    all_batches = batches(conditions, seeds, spec)
+    mine = ranks.round_robin(len(all_batches)) if ranks is not None else list(range(len(all_batches)))
+    latents: dict[int, torch.Tensor] = {}
     handles = [layer.register_forward_pre_hook(counter(name)) for name, layer in quantizable_layers(denoiser)]
     start = time.perf_counter()
     try:
-        with denoiser_step_hook(denoiser, on_step) as tracker:
-            holder["tracker"] = tracker
-            latents = generate(pipe, list(conditions), list(seeds), spec, progress=progress, desc=desc)
+        with denoiser_step_hook(denoiser, on_step):
+            for index in tqdm(mine, desc=desc, disable=not progress or len(mine) < 2, leave=False):
+                current[0] = index
+                latents[index] = generate(pipe, *all_batches[index], spec, desc=desc)
     finally:
         for handle in handles:
             handle.remove()
     seconds = time.perf_counter() - start
+    if ranks is not None and ranks.is_distributed:
+        shares = all_gather((outputs, latents, elements, samples[0], seconds), "the FP reference", ranks)
+        outputs, latents, elements, samples[0] = {}, {}, {}, 0
+        for share_outputs, share_latents, share_elements, share_samples, _ in shares:
+            outputs.update(share_outputs)
+            latents.update(share_latents)
+            samples[0] += share_samples
+            for name, count in share_elements.items():
+                elements[name] = elements.get(name, 0) + count
+        seconds = max(share[-1] for share in shares)
     per_sample = {name: count / max(samples[0], 1) for name, count in elements.items()}
-    return FPReference(list(conditions), list(seeds), spec, latents, outputs, per_sample, len(outputs), seconds)
+    stacked = torch.cat([latents[index] for index in sorted(latents)])
+    return FPReference(list(conditions), list(seeds), spec, stacked, dict(sorted(outputs.items())), per_sample,
+                       len(outputs), seconds)
 
 
 @dataclass
@@ -131,16 +162,17 @@ class Measurement:
 @torch.no_grad()
 def measure(pipe: Any, reference: FPReference, bank: Configurable | None = None,
             layer_precisions: LayerPrecisions | None = None, progress: bool = False,
-            desc: str = "sampling") -> Measurement:
+            desc: str = "sampling", ranks: Ranks | None = None) -> Measurement:
     """Sample with ``layer_precisions`` applied from ``bank`` (a precision bank) and compare with ``reference``
-    at equal seeds."""
+    at equal seeds; with ``ranks`` of a distributed job, each rank samples its share of the batches and all get the
+    whole measurement."""
     denoiser = get_denoiser(pipe)
     steps = [SQNRMeter() for _ in range(reference.num_steps)]
-    holder: dict[str, Any] = {}
+    current = [0]
     calls = [0]
 
     def on_step(step, timestep, args, kwargs, output):
-        key = (holder["tracker"].run, step)
+        key = (current[0], step)
         if key not in reference.outputs:
             raise BrevitasLDMError(f"denoiser call at run {key[0]}, step {step} has no FP reference: measure with "
                                    f"the prompts, seeds and sampling spec of the reference")
@@ -151,11 +183,27 @@ def measure(pipe: Any, reference: FPReference, bank: Configurable | None = None,
     layer_precisions = layer_precisions or {}
     if layer_precisions and bank is None:
         raise BrevitasLDMError("measuring a quantized configuration needs a PrecisionBank")
+    all_batches = batches(reference.conditions, reference.seeds, reference.spec)
+    mine = ranks.round_robin(len(all_batches)) if ranks is not None else list(range(len(all_batches)))
+    latents: dict[int, torch.Tensor] = {}
     start = time.perf_counter()
     with ExitStack() as stack:
         if bank is not None:
             stack.enter_context(bank.configured(layer_precisions))
-        holder["tracker"] = stack.enter_context(denoiser_step_hook(denoiser, on_step))
-        latents = generate(pipe, reference.conditions, reference.seeds, reference.spec, progress=progress, desc=desc)
-    final = SQNRMeter().update(reference.latents, latents)
-    return Measurement(latents, final, steps, calls[0], time.perf_counter() - start)
+        stack.enter_context(denoiser_step_hook(denoiser, on_step))
+        for index in tqdm(mine, desc=desc, disable=not progress or len(mine) < 2, leave=False):
+            current[0] = index
+            latents[index] = generate(pipe, *all_batches[index], reference.spec, desc=desc)
+    seconds = time.perf_counter() - start
+    if ranks is not None and ranks.is_distributed:
+        shares = all_gather((steps, latents, calls[0], seconds), f"{desc}", ranks)
+        steps = [SQNRMeter() for _ in range(reference.num_steps)]
+        latents, calls[0] = {}, 0
+        for share_steps, share_latents, share_calls, _ in shares:
+            steps = [merged.merge(meter) for merged, meter in zip(steps, share_steps)]
+            latents.update(share_latents)
+            calls[0] += share_calls
+        seconds = max(share[-1] for share in shares)
+    stacked = torch.cat([latents[index] for index in sorted(latents)])
+    final = SQNRMeter().update(reference.latents, stacked)
+    return Measurement(stacked, final, steps, calls[0], seconds)

@@ -5,6 +5,9 @@ runs the evaluation set once (:func:`~brevitas_ldm.denoiser.trajectory.fp_refere
 outputs and counts every layer's input elements), then the same pipeline object is quantized in place and runs the
 same prompts and seeds again (:func:`~brevitas_ldm.denoiser.trajectory.measure`), the very recorder and measurer
 the global analysis uses.
+
+In a torch.distributed job both split the pipeline batches across the ranks (every rank gets the whole trajectory
+and measurement back); only the main rank decodes images and scores them, since only it writes the report.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from brevitas_ldm.evaluation.run import Generation, decode_latents, digits_metri
 from brevitas_ldm.precision import Precision
 from brevitas_ldm.quant.footprint import Footprint, footprint, weight_elements
 from brevitas_ldm.quant.quantize import fast_inference
+from brevitas_ldm.ranks import current_ranks
 from brevitas_ldm.sqnr import sqnr_db
 
 
@@ -45,15 +49,16 @@ class Reference:
 def fp_reference(pipe: Any, eval_set: EvaluationSet, spec: SamplingSpec, with_digits: bool) -> Reference:
     """Run the FP pipeline on the evaluation set and measure what the quantized run is compared against."""
     start = time.perf_counter()
-    trajectory = record_trajectory(pipe, list(eval_set.prompts), list(eval_set.seeds), spec, progress=True,
-                                   desc="FP sampling")
+    ranks = current_ranks()
+    trajectory = record_trajectory(pipe, list(eval_set.prompts), list(eval_set.seeds), spec,
+                                   progress=ranks.is_main, desc="FP sampling", ranks=ranks)
     if not torch.isfinite(trajectory.latents).all():
         raise ModelError("the FP pipeline produced NaN/Inf latents: the model weights or the sampling settings "
                          "(--guidance-scale, prompts) are broken; fix them before quantizing")
-    images = decode_latents(pipe, trajectory.latents)
+    images = decode_latents(pipe, trajectory.latents) if ranks.is_main else torch.empty(0)
     generation = Generation(images=images, latents=trajectory.latents, seconds=time.perf_counter() - start)
     reference = Reference(generation, trajectory, weight_elements(get_denoiser(pipe)))
-    if with_digits:
+    if with_digits and ranks.is_main:
         reference.metrics.update(digits_metrics(generation.images, eval_set))
     return reference
 
@@ -62,8 +67,12 @@ def compare_quantized(pipe: Any, eval_set: EvaluationSet, spec: SamplingSpec, re
                       precisions: dict[str, Precision], with_digits: bool) -> tuple[dict[str, Any], Generation, list[float]]:
     """Quantized pipeline on the same evaluation set: output SQNR, image PSNR, per-step SQNR, footprint."""
     start = time.perf_counter()
+    ranks = current_ranks()
     with fast_inference(get_denoiser(pipe)):
-        measurement = measure(pipe, reference.trajectory, progress=True, desc="quantized sampling")
+        measurement = measure(pipe, reference.trajectory, progress=ranks.is_main, desc="quantized sampling",
+                              ranks=ranks)
+    if not ranks.is_main:     # the main rank scores and writes; the others only sampled their batches
+        return {}, Generation(images=torch.empty(0), latents=measurement.latents, seconds=0.0), measurement.steps_db
     images = decode_latents(pipe, measurement.latents)
     generation = Generation(images=images, latents=measurement.latents, seconds=time.perf_counter() - start)
     size: Footprint = footprint(get_denoiser(pipe), precisions, reference.weights, reference.activations)

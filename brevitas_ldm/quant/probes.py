@@ -28,7 +28,8 @@ class TwinProbe:
     ``twins[name][variant]`` is a callable applied to the FP input of layer ``name``; with ``measure=True`` the
     SQNR of its result against the FP output is accumulated per denoiser call and assigned to a sampling step by
     :meth:`end_call` (hook it to :func:`denoiser_step_hook`). With ``measure=False`` the twins are only fed (e.g.
-    to calibrate their activation ranges). Nothing is stored but per-sample power sums.
+    to calibrate their activation ranges). Nothing is stored but per-sample power sums. While ``active`` is False
+    the twins do not run at all (the calls another rank of a distributed job measures).
     """
 
     def __init__(self, layers: Mapping[str, nn.Module], twins: Mapping[str, Mapping[Any, TwinFn]],
@@ -39,12 +40,15 @@ class TwinProbe:
         self.layers = layers
         self.twins = twins
         self.measure = measure
+        self.active = True
         self.steps: dict[str, dict[Any, dict[int, SQNRMeter]]] = {n: {v: {} for v in t} for n, t in twins.items()}
         self._pending: dict[tuple[str, Any], SQNRMeter] = {}
         self._handles: list[Any] = []
 
     def _hook(self, name: str) -> Callable:
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            if not self.active:
+                return
             x = args[0]
             with torch.no_grad():
                 for variant, fn in self.twins[name].items():
@@ -69,6 +73,14 @@ class TwinProbe:
             target.signal.extend(meter.signal)
             target.noise.extend(meter.noise)
         self._pending = {}
+
+    def absorb(self, steps: Mapping[str, Mapping[Any, Mapping[int, SQNRMeter]]]) -> None:
+        """Add another probe's per-step meters (the same layers, measured on other calls) to this one's."""
+        for name, variants in steps.items():
+            for variant, by_step in variants.items():
+                mine = self.steps[name][variant]
+                for step, meter in by_step.items():
+                    mine[step] = mine[step].merge(meter) if step in mine else meter
 
     def meter(self, name: str, variant: Any, step: int | None = None) -> SQNRMeter:
         """Pooled meter of one layer/variant, over all steps or at one step."""
