@@ -30,7 +30,7 @@ from brevitas_ldm.errors import ModelError
 from brevitas_ldm.io import give_user_mode, write_json_atomic, write_text_atomic
 from brevitas_ldm.planning.plan import PLAN_FILE, Plan
 from brevitas_ldm.precision import parse_precision
-from brevitas_ldm.quant.quantize import quantize_denoiser, read_precisions
+from brevitas_ldm.quant.quantize import initialise_weight_scales, quantize_denoiser, read_precisions
 from brevitas_ldm.recipe import Recipe
 
 #: Version 2 added the file hashes and the base-pipeline reference; other versions are refused on load.
@@ -78,6 +78,7 @@ def save_checkpoint(denoiser: nn.Module, recipe: Recipe, directory: Path, model:
     ``model`` is the base pipeline the folder references (an embedded model name or a pipeline directory);
     with it, :func:`brevitas_ldm.from_pretrained` reloads the folder in one call."""
     directory.mkdir(parents=True, exist_ok=True)
+    initialise_weight_scales(denoiser)      # an uninitialised MSE weight scale is left out of a state dict
     state = {k: v.detach().cpu().contiguous().clone() for k, v in denoiser.state_dict().items()
              if isinstance(v, torch.Tensor)}
     save_file(state, str(directory / STATE_FILE))

@@ -235,3 +235,36 @@ def test_a_refused_out_stops_every_rank_up_front(sd_dir, tmp_path):
     assert len(messages) == 1 and "--overwrite" in messages.pop()      # rank 1 says what rank 0 found
     assert "wrote" not in result.stdout and "plan of work" not in result.stdout    # before any work
     assert (tmp_path / "taken" / "keep.txt").read_text() == "a user's file"
+
+
+def test_under_torchrun_a_dead_rank_stops_the_others_through_the_launcher(sd_dir, tmp_path):
+    """torchrun SIGTERMs the surviving workers when one dies: they say so in one line and leave nothing."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+               "-m", "brevitas_ldm", "analyze", "--model", str(sd_dir), *ANALYSIS, "--out", "out"]
+    launcher = subprocess.Popen(command, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    err: list[str] = []
+    started = threading.Event()
+
+    def follow() -> None:
+        for chunk in iter(lambda: launcher.stderr.read(64), ""):
+            err.append(chunk)
+            if "quantize + calibrate" in "".join(err[-3:]):
+                started.set()
+
+    reader = threading.Thread(target=follow, daemon=True)
+    reader.start()
+    assert started.wait(300), "".join(err)[-2000:]
+    workers = [int(p) for p in Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()]
+    rank_of = {pid: Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") for pid in workers}
+    victim = next(pid for pid, env in rank_of.items() if b"RANK=1" in env)
+    os.kill(victim, signal.SIGKILL)
+    launcher.wait(timeout=300)
+    reader.join(timeout=60)
+    launcher.stdout.close()
+    stderr = "".join(err).replace("\r", "\n")
+    assert launcher.returncode != 0
+    ours = [line for line in stderr.splitlines() if line.startswith("brevitas-ldm analyze")]
+    assert ours == ["brevitas-ldm analyze (rank 0 of 2): interrupted (SIGTERM) by the launcher: another rank of the "
+                    "job ended; no partial output was left behind"], stderr[-3000:]
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == []

@@ -11,8 +11,8 @@ ranges are those of the float network, so a swapped-in configuration is exactly 
 
 from __future__ import annotations
 
-import dataclasses
 import copy
+import dataclasses
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -25,7 +25,7 @@ from brevitas_ldm.denoiser.sampling import Condition, SamplingSpec, generate, ge
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.precision import Precision, parse_precision
 from brevitas_ldm.quant.calibration import recipe_calibration
-from brevitas_ldm.quant.quantize import quantize_denoiser, resolve_precisions
+from brevitas_ldm.quant.quantize import initialise_weight_scales, quantize_denoiser, resolve_precisions
 from brevitas_ldm.recipe import Recipe
 
 LayerPrecisions = Mapping[str, Precision]
@@ -75,6 +75,7 @@ class PrecisionBank:
         clone = copy.deepcopy(self.denoiser)
         targets = [name for name in self.fp_layers if name not in self.skipped]
         quantize_denoiser(clone, self.recipe, {name: precision for name in targets})
+        initialise_weight_scales(clone)     # configured() runs in quant_inference_mode, which never would
         layers = {name: clone.get_submodule(name) for name in targets}
         self.layers[precision] = layers
         if any(getattr(layer, "input_quant", None) is not None and layer.input_quant.is_quant_enabled
