@@ -34,6 +34,8 @@ _EXPORTS = {
     "parse_precision": "brevitas_ldm.precision",
     "SQNRMeter": "brevitas_ldm.sqnr",
     "sqnr_db": "brevitas_ldm.sqnr",
+    "Ranks": "brevitas_ldm.ranks",
+    "current_ranks": "brevitas_ldm.ranks",
     "load_pipeline": "brevitas_ldm.denoiser.loading",
     "get_blocks": "brevitas_ldm.denoiser.blocks",
     "SamplingSpec": "brevitas_ldm.denoiser.sampling",
@@ -66,6 +68,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time names load on 
     from brevitas_ldm.recipe import Recipe, get_recipe, list_recipes, register_recipe  # noqa: F401
     from brevitas_ldm.precision import Precision, parse_precision  # noqa: F401
     from brevitas_ldm.sqnr import SQNRMeter, sqnr_db  # noqa: F401
+    from brevitas_ldm.ranks import Ranks, current_ranks  # noqa: F401
     from brevitas_ldm.denoiser.loading import load_pipeline  # noqa: F401
     from brevitas_ldm.denoiser.blocks import get_blocks  # noqa: F401
     from brevitas_ldm.denoiser.sampling import SamplingSpec, generate  # noqa: F401
