@@ -421,5 +421,8 @@ def write_report(args, argv, device, rec: Recorder, info: dict[str, Any], block_
         "The analyses split across processes (`torchrun`, one rank per core or GPU): per-rank time, calls and "
         "memory in [ranks.md](ranks.md) (`benchmarks/ranks.py`).",
         "",
+        "The global analysis' precision bank shares the FP weights since 0.2.1 (one set of weights whatever the "
+        "menu size): [bank-memory.md](bank-memory.md) (`benchmarks/bank_memory.py`).",
+        "",
     ]
     return "\n".join(lines)

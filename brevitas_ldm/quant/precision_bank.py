@@ -37,6 +37,9 @@ class PrecisionBank:
     ``configured(layer_precisions)`` swaps the matching Brevitas layers into the FP denoiser for the duration of a
     ``with`` block, so any per-block or per-layer mix of the bank's precisions runs without re-quantizing. Layers
     the recipe's ``skip_layers`` keep in float are never swapped. Copies are built lazily by :meth:`ensure`.
+
+    The copies share their weight tensors with the FP denoiser: changing its weights in place (SmoothQuant) after
+    building a bank changes the bank's layers too, so build a new bank after smoothing.
     """
 
     def __init__(self, pipe: Any, recipe: Recipe, calibration_prompts: Sequence[Condition],
@@ -72,7 +75,11 @@ class PrecisionBank:
         if self._active:
             raise BrevitasLDMError("cannot add a precision to the bank while a configuration is applied")
         start = time.perf_counter()
-        clone = copy.deepcopy(self.denoiser)
+        # The copy shares every tensor with the FP denoiser (the memo maps each to itself) and Brevitas' quant
+        # layers keep the weight storage they replace, so a precision costs its quantizers, not a weight copy: the
+        # bank holds one set of weights whatever the menu size.
+        shared = {id(t): t for t in (*self.denoiser.parameters(), *self.denoiser.buffers())}
+        clone = copy.deepcopy(self.denoiser, shared)
         targets = [name for name in self.fp_layers if name not in self.skipped]
         quantize_denoiser(clone, self.recipe, {name: precision for name in targets})
         initialise_weight_scales(clone)     # configured() runs in quant_inference_mode, which never would
