@@ -61,9 +61,13 @@ class Ranks:
     def is_distributed(self) -> bool:
         return self.world_size > 1
 
+    def owns(self, index: int) -> bool:
+        """Whether equal work item ``index`` (a batch, a sampling step) is this rank's: item i goes to rank i mod N."""
+        return index % self.world_size == self.rank
+
     def round_robin(self, count: int) -> list[int]:
-        """Indices of ``count`` equal work items this rank takes (item i goes to rank i mod N)."""
-        return list(range(self.rank, count, self.world_size))
+        """Indices of ``count`` equal work items this rank takes (the items it :meth:`owns`)."""
+        return [index for index in range(count) if self.owns(index)]
 
     def deal(self, costs: Sequence[float]) -> list[int]:
         """Indices of the items this rank takes when items of unequal ``costs`` are dealt out like cards: sorted

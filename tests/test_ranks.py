@@ -33,10 +33,42 @@ def _env(**extra: str) -> dict[str, str]:
     return {**os.environ, "BREVITAS_LDM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
 
 
+def _torchrun_command(args: list[str], nproc: int = 2) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--standalone",
+            "-m", "brevitas_ldm", *args]
+
+
 def _torchrun(args: list[str], cwd: Path, nproc: int = 2) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--standalone",
-               "-m", "brevitas_ldm", *args]
-    return subprocess.run(command, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
+    return subprocess.run(_torchrun_command(args, nproc), cwd=cwd, env=_env(), capture_output=True, text=True,
+                          timeout=600)
+
+
+class _StderrWatch:
+    """Reads a process' stderr in a thread (so it never blocks on a full pipe) and tells when ``marker`` showed."""
+
+    def __init__(self, proc: subprocess.Popen, marker: str) -> None:
+        self.chunks: list[str] = []
+        self.seen = threading.Event()
+        self._proc, self._marker = proc, marker
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+        self._thread.start()
+
+    def _follow(self) -> None:
+        for chunk in iter(lambda: self._proc.stderr.read(64), ""):
+            self.chunks.append(chunk)
+            if self._marker in "".join(self.chunks[-3:]):
+                self.seen.set()
+
+    def wait_for_marker(self, timeout: float = 300) -> None:
+        assert self.seen.wait(timeout), self.text[-2000:]
+
+    def finish(self) -> str:
+        self._thread.join(timeout=60)
+        return self.text
+
+    @property
+    def text(self) -> str:
+        return "".join(self.chunks)
 
 
 def _cli(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
@@ -194,25 +226,15 @@ def test_a_dead_rank_ends_the_job_on_every_rank_with_one_line_and_no_output(sd_d
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "brevitas_ldm", "analyze", "--model", str(sd_dir), *ANALYSIS, "--out", "out"],
             cwd=tmp_path, env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    main_err: list[str] = []
-    started = threading.Event()
-
-    def follow() -> None:
-        for chunk in iter(lambda: procs[0].stderr.read(64), ""):
-            main_err.append(chunk)
-            if "quantize + calibrate" in "".join(main_err[-3:]):
-                started.set()
-
-    reader = threading.Thread(target=follow, daemon=True)
-    reader.start()
-    assert started.wait(300), "".join(main_err)[-2000:]
+    main_err = _StderrWatch(procs[0], "quantize + calibrate")
+    main_err.wait_for_marker()
     procs[victim].send_signal(signal.SIGKILL)
     survivor = procs[1 - victim]
     survivor.wait(timeout=300)
-    reader.join(timeout=60)
+    main_text = main_err.finish()
     for proc in procs:
         proc.stdout.close()
-    stderr = "".join(main_err) if victim == 1 else survivor.stderr.read()
+    stderr = main_text if victim == 1 else survivor.stderr.read()
     assert procs[victim].wait() == -signal.SIGKILL
     assert survivor.returncode == 1
     lines = [line for line in stderr.replace("\r", "\n").splitlines() if "error" in line]
@@ -239,30 +261,18 @@ def test_a_refused_out_stops_every_rank_up_front(sd_dir, tmp_path):
 
 def test_under_torchrun_a_dead_rank_stops_the_others_through_the_launcher(sd_dir, tmp_path):
     """torchrun SIGTERMs the surviving workers when one dies: they say so in one line and leave nothing."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
-               "-m", "brevitas_ldm", "analyze", "--model", str(sd_dir), *ANALYSIS, "--out", "out"]
+    command = _torchrun_command(["analyze", "--model", str(sd_dir), *ANALYSIS, "--out", "out"])
     launcher = subprocess.Popen(command, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
-    err: list[str] = []
-    started = threading.Event()
-
-    def follow() -> None:
-        for chunk in iter(lambda: launcher.stderr.read(64), ""):
-            err.append(chunk)
-            if "quantize + calibrate" in "".join(err[-3:]):
-                started.set()
-
-    reader = threading.Thread(target=follow, daemon=True)
-    reader.start()
-    assert started.wait(300), "".join(err)[-2000:]
+    err = _StderrWatch(launcher, "quantize + calibrate")
+    err.wait_for_marker()
     workers = [int(p) for p in Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()]
     rank_of = {pid: Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") for pid in workers}
     victim = next(pid for pid, env in rank_of.items() if b"RANK=1" in env)
     os.kill(victim, signal.SIGKILL)
     launcher.wait(timeout=300)
-    reader.join(timeout=60)
+    stderr = err.finish().replace("\r", "\n")
     launcher.stdout.close()
-    stderr = "".join(err).replace("\r", "\n")
     assert launcher.returncode != 0
     ours = [line for line in stderr.splitlines() if line.startswith("brevitas-ldm analyze")]
     assert ours == ["brevitas-ldm analyze (rank 0 of 2): interrupted (SIGTERM) by the launcher: another rank of the "

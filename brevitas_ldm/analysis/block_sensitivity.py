@@ -182,7 +182,7 @@ class BlockSensitivity:
         if ranks.is_distributed and isinstance(blocks, int):
             raise BrevitasLDMError("planned_calls of one rank needs the blocks (their sizes decide the deal)")
         configs = self._configs(num_blocks)
-        mine = ranks.deal(self._costs(configs, blocks)) if ranks.is_distributed else range(len(configs))
+        mine = ranks.deal(self._costs(configs, blocks))
         full = sampling_calls(len(self.prompts), self.spec)
         reference_batches = len(ranks.round_robin(math.ceil(len(self.prompts) / self.spec.batch_size)))
         bank_spec = dataclasses.replace(self.spec, batch_size=self.recipe.calibration.batch_size)
@@ -226,7 +226,7 @@ class BlockSensitivity:
         self.bank = bank = PrecisionBank(pipe, self.recipe, self.calibration_prompts, self.calibration_seeds,
                                          self.spec, progress=show)
         configs = self._configs(len(blocks))
-        mine = ranks.deal(self._costs(configs, blocks)) if ranks.is_distributed else list(range(len(configs)))
+        mine = ranks.deal(self._costs(configs, blocks))      # every configuration, when single
         needed = {configs[i].precision for i in mine}
         precisions = [p for p in self.measured_precisions if p in needed]
         for precision in tqdm(precisions, desc="quantize + calibrate", disable=not show, leave=False):

@@ -122,7 +122,7 @@ def analyze_layers(denoiser: nn.Module, recipe: Recipe, run_fn: RunFn, calibrati
 
     with probe, denoiser_step_hook(denoiser, end_call) as tracker, torch.no_grad():
         def gate(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            probe.active = tracker.peek(find_timestep(args, kwargs)[1]) % ranks.world_size == ranks.rank
+            probe.active = ranks.owns(tracker.peek(find_timestep(args, kwargs)[1]))
 
         handle = denoiser.register_forward_pre_hook(gate, with_kwargs=True) if ranks.is_distributed else None
         try:
@@ -135,7 +135,7 @@ def analyze_layers(denoiser: nn.Module, recipe: Recipe, run_fn: RunFn, calibrati
                                "denoiser it is given")
     work_per_rank = []
     if ranks.is_distributed:
-        work = {"rank": ranks.rank, "steps": sorted(s for s in timesteps if s % ranks.world_size == ranks.rank),
+        work = {"rank": ranks.rank, "steps": sorted(s for s in timesteps if ranks.owns(s)),
                 "calibration_calls": calibration_calls, "denoiser_calls": calls,
                 "seconds": time.perf_counter() - start, "peak_rss_bytes": peak_rss_bytes()}
         shares = all_gather((probe.steps, work), "the local analysis", ranks)

@@ -82,6 +82,19 @@ def batches(conditions: Sequence[Condition], seeds: Sequence[int], spec: Samplin
             for start in range(0, len(conditions), spec.batch_size)]
 
 
+def _sample_batches(pipe: Any, conditions: Sequence[Condition], seeds: Sequence[int], spec: SamplingSpec,
+                    ranks: Ranks | None, current: list[int], progress: bool, desc: str) -> dict[int, torch.Tensor]:
+    """Sample this rank's batches (all of them without ``ranks``), one pipeline call each, as ``generate`` would;
+    ``current[0]`` holds the batch being sampled for the step hooks. Returns the latents by batch index."""
+    all_batches = batches(conditions, seeds, spec)
+    mine = ranks.round_robin(len(all_batches)) if ranks is not None else range(len(all_batches))
+    latents = {}
+    for index in tqdm(mine, desc=desc, disable=not progress or len(mine) < 2, leave=False):
+        current[0] = index
+        latents[index] = generate(pipe, *all_batches[index], spec, desc=desc)
+    return latents
+
+
 @torch.no_grad()
 def fp_reference(pipe: Any, conditions: Sequence[Condition], seeds: Sequence[int], spec: SamplingSpec,
                  progress: bool = False, desc: str = "FP reference", ranks: Ranks | None = None) -> FPReference:
@@ -110,16 +123,11 @@ def fp_reference(pipe: Any, conditions: Sequence[Condition], seeds: Sequence[int
                 elements[name] = elements.get(name, 0) + args[0].numel()
         return pre_hook
 
-    all_batches = batches(conditions, seeds, spec)
-    mine = ranks.round_robin(len(all_batches)) if ranks is not None else list(range(len(all_batches)))
-    latents: dict[int, torch.Tensor] = {}
     handles = [layer.register_forward_pre_hook(counter(name)) for name, layer in quantizable_layers(denoiser)]
     start = time.perf_counter()
     try:
         with denoiser_step_hook(denoiser, on_step):
-            for index in tqdm(mine, desc=desc, disable=not progress or len(mine) < 2, leave=False):
-                current[0] = index
-                latents[index] = generate(pipe, *all_batches[index], spec, desc=desc)
+            latents = _sample_batches(pipe, conditions, seeds, spec, ranks, current, progress, desc)
     finally:
         for handle in handles:
             handle.remove()
@@ -183,17 +191,13 @@ def measure(pipe: Any, reference: FPReference, bank: Configurable | None = None,
     layer_precisions = layer_precisions or {}
     if layer_precisions and bank is None:
         raise BrevitasLDMError("measuring a quantized configuration needs a PrecisionBank")
-    all_batches = batches(reference.conditions, reference.seeds, reference.spec)
-    mine = ranks.round_robin(len(all_batches)) if ranks is not None else list(range(len(all_batches)))
-    latents: dict[int, torch.Tensor] = {}
     start = time.perf_counter()
     with ExitStack() as stack:
         if bank is not None:
             stack.enter_context(bank.configured(layer_precisions))
         stack.enter_context(denoiser_step_hook(denoiser, on_step))
-        for index in tqdm(mine, desc=desc, disable=not progress or len(mine) < 2, leave=False):
-            current[0] = index
-            latents[index] = generate(pipe, *all_batches[index], reference.spec, desc=desc)
+        latents = _sample_batches(pipe, reference.conditions, reference.seeds, reference.spec, ranks, current,
+                                  progress, desc)
     seconds = time.perf_counter() - start
     if ranks is not None and ranks.is_distributed:
         shares = all_gather((steps, latents, calls[0], seconds), f"{desc}", ranks)

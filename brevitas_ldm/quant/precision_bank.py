@@ -6,7 +6,8 @@ Re-quantizing and re-calibrating per analysed configuration would dominate the g
 (restored afterwards). Because Brevitas' calibration runs with quantization disabled, each copy's activation
 ranges are those of the float network, so a swapped-in configuration is exactly the model
 ``quantize_denoiser(..., precisions=config)`` + calibration would build. Runs use Brevitas'
-``quant_inference_mode`` (cached quantized weights), which gives identical outputs at a fraction of the cost.
+``quant_inference_mode`` (cached quantized weights, through :func:`fast_inference`), which gives identical outputs
+at a fraction of the cost.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from brevitas_ldm.denoiser.sampling import Condition, SamplingSpec, generate, ge
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.precision import Precision, parse_precision
 from brevitas_ldm.quant.calibration import recipe_calibration
-from brevitas_ldm.quant.quantize import initialise_weight_scales, quantize_denoiser, resolve_precisions
+from brevitas_ldm.quant.quantize import fast_inference, quantize_denoiser, resolve_precisions
 from brevitas_ldm.recipe import Recipe
 
 LayerPrecisions = Mapping[str, Precision]
@@ -82,7 +83,6 @@ class PrecisionBank:
         clone = copy.deepcopy(self.denoiser, shared)
         targets = [name for name in self.fp_layers if name not in self.skipped]
         quantize_denoiser(clone, self.recipe, {name: precision for name in targets})
-        initialise_weight_scales(clone)     # configured() runs in quant_inference_mode, which never would
         layers = {name: clone.get_submodule(name) for name in targets}
         self.layers[precision] = layers
         if any(getattr(layer, "input_quant", None) is not None and layer.input_quant.is_quant_enabled
@@ -124,9 +124,7 @@ class PrecisionBank:
                 self.denoiser.set_submodule(name, layer)
             with ExitStack() as stack:
                 if inference_mode and swaps:
-                    from brevitas.export.inference.manager import quant_inference_mode
-
-                    stack.enter_context(quant_inference_mode(self.denoiser, cache_quant_weight=True))
+                    stack.enter_context(fast_inference(self.denoiser))
                 yield self.denoiser
         finally:
             for name in swaps:

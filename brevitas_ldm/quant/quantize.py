@@ -144,10 +144,11 @@ def initialise_weight_scales(model: nn.Module) -> int:
     """
     count = 0
     with torch.no_grad():
-        for layer in quant_layers(model).values():
-            if not layer.weight_quant.is_quant_enabled:
+        for layer in model.modules():     # not quant_layers(): no names needed, and the bank calls this per run
+            if not isinstance(layer, (qnn.QuantLinear, qnn.QuantConv2d)) or not layer.weight_quant.is_quant_enabled:
                 continue
-            if any(getattr(m, "init_done", True) is False for m in layer.weight_quant.modules()):
+            # (vars(), not getattr(): a missing attribute costs nn.Module an exception, at every module of the tree)
+            if any(vars(m).get("init_done", True) is False for m in layer.weight_quant.modules()):
                 layer.quant_weight()
                 count += 1
     return count
