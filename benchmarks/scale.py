@@ -49,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="auto: cuda when torch.cuda.is_available(), else cpu")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                        help="dtype the pipeline is built, analysed and timed in (SQNR against FP in the same dtype)")
     parser.add_argument("--latent-size", type=int, default=16, help="latent height = width (multiple of 8)")
     parser.add_argument("--steps", type=int, default=4, help="DDIM steps of the analyses and calibration runs")
     parser.add_argument("--prompts", type=int, default=1, help="prompts (one seed each) for analyses/calibration")
@@ -108,7 +110,7 @@ def allocator_probe(args: argparse.Namespace) -> dict[str, float]:
     """(Child process.) FP and fake-quant call times and the local analysis' cost per call, nothing else."""
     setup = make_setup(args)
     rec = Recorder(setup.device, release_memory=False)  # trimming the heap would undo the allocator settings
-    pipe = build_pipeline(args.latent_size, args.seed).to(setup.device)
+    pipe = build_pipeline(args.latent_size, args.seed).to(setup.device, getattr(torch, args.dtype))
     inputs = call_inputs(pipe, setup.prompts, args.latent_size, args.steps, args.seed, setup.device)
     qmodel = quantized_copy(pipe, setup.single_recipe, rec, "single_step")
     calibrate(pipe, qmodel, setup.single_recipe, setup.prompts, setup.seeds, setup.spec, rec, "single_step")
@@ -168,10 +170,11 @@ def main(argv: list[str] | None = None) -> int:
 
     rec = Recorder(device)
     info: dict[str, Any] = {"load_start": os.getloadavg()[0], "precision": setup.recipe.default_precision.name,
+                            "dtype": args.dtype,
                             "calibration": single_recipe.calibration.mode}
 
     with rec.phase("build model"):
-        pipe = build_pipeline(args.latent_size, args.seed).to(device)
+        pipe = build_pipeline(args.latent_size, args.seed).to(device, getattr(torch, args.dtype))
     info["params"] = sum(p.numel() for p in pipe.unet.parameters())
     info["layers"] = len(quantizable_layers(pipe.unet))
     info["blocks"] = len(get_blocks(pipe.unet))

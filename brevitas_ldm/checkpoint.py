@@ -12,7 +12,6 @@ then Brevitas quant layers) and loads the state, so sampling with the same seeds
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 from collections.abc import Mapping
@@ -27,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from brevitas_ldm.compat import EqualizedModule
 from brevitas_ldm.denoiser.sampling import get_denoiser
 from brevitas_ldm.errors import ModelError
-from brevitas_ldm.io import give_user_mode, write_json_atomic, write_text_atomic
+from brevitas_ldm.io import file_sha256, give_user_mode, write_json_atomic, write_text_atomic
 from brevitas_ldm.planning.plan import PLAN_FILE, Plan
 from brevitas_ldm.precision import parse_precision
 from brevitas_ldm.quant.quantize import initialise_weight_scales, quantize_denoiser, read_precisions
@@ -49,14 +48,6 @@ def _package_version() -> str:
         return "unknown"
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _config_of(denoiser: nn.Module) -> dict[str, Any]:
     config = getattr(denoiser, "config", {}) or {}
     return json.loads(json.dumps({k: v for k, v in dict(config).items() if not k.startswith("_")}, default=str))
@@ -70,13 +61,14 @@ def _smoothing_layout(denoiser: nn.Module) -> list[dict[str, Any]]:
 
 def save_checkpoint(denoiser: nn.Module, recipe: Recipe, directory: Path, model: str | None = None,
                     smoothing_alphas: Mapping[str, float | None] | None = None, plan: Plan | None = None,
-                    denoiser_component: str = "unet") -> Path:
+                    denoiser_component: str = "unet", lora: Mapping[str, Any] | None = None) -> Path:
     """Write a quantized denoiser's checkpoint into ``directory``: its state, the recipe, the layer precisions,
     the SmoothQuant layout and alphas, and the plan when there is one (``plan.json``, editable and reusable with
     ``--plan``).
 
     ``model`` is the base pipeline the folder references (an embedded model name or a pipeline directory);
-    with it, :func:`brevitas_ldm.from_pretrained` reloads the folder in one call."""
+    with it, :func:`brevitas_ldm.from_pretrained` reloads the folder in one call. ``lora`` (path and SHA-256 of a
+    LoRA fused into the base before quantization) is recorded so every later command fuses the same file."""
     directory.mkdir(parents=True, exist_ok=True)
     initialise_weight_scales(denoiser)      # an uninitialised MSE weight scale is left out of a state dict
     state = {k: v.detach().cpu().contiguous().clone() for k, v in denoiser.state_dict().items()
@@ -92,7 +84,8 @@ def save_checkpoint(denoiser: nn.Module, recipe: Recipe, directory: Path, model:
     write_json_atomic(directory / META_FILE, {
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "brevitas_ldm_version": _package_version(),
         "model": model, "denoiser_component": denoiser_component, "denoiser_class": type(denoiser).__name__,
-        "denoiser_config": _config_of(denoiser), "recipe": recipe.name,
+        "denoiser_config": _config_of(denoiser), "recipe": recipe.name, "lora": dict(lora) if lora else None,
+        "dtype": str(next(denoiser.parameters()).dtype).removeprefix("torch."),
         "files": {name: file_sha256(directory / name) for name in HASHED_FILES}})
     return directory
 
@@ -191,3 +184,23 @@ def load_quantized(pipe: Any, directory: str | Path, meta: dict[str, Any] | None
                          f"`brevitas-ldm quantize` with this brevitas-ldm version")
     denoiser.eval()
     return pipe
+
+
+def checkpoint_lora(meta: Mapping[str, Any], given: str | Path | None) -> Path | None:
+    """The LoRA file a command must fuse into the base pipeline before loading this checkpoint: the one the
+    checkpoint was quantized with (``meta["lora"]``), at ``given`` (``--lora``) or where it was; refused in one line
+    when it is missing, a different file, or given for a checkpoint quantized without one."""
+    recorded = meta.get("lora")
+    if not recorded:
+        if given is not None:
+            raise ModelError(f"the checkpoint was quantized without a LoRA: drop --lora {given}, or quantize again "
+                             f"with it")
+        return None
+    path = Path(given if given is not None else recorded["path"]).expanduser()
+    if not path.is_file():
+        raise ModelError(f"the checkpoint was quantized with the LoRA {recorded['path']}, which is not there: pass "
+                         f"--lora with that file")
+    if file_sha256(path) != recorded["sha256"]:
+        raise ModelError(f"--lora {path} is not the LoRA the checkpoint was quantized with ({recorded['path']}; its "
+                         f"SHA-256 differs): pass that file")
+    return path

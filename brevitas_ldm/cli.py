@@ -19,6 +19,7 @@ import sys
 import traceback
 
 from brevitas_ldm.commands.interruption import EXIT_CODES, Terminated, interruptible
+from brevitas_ldm.denoiser.loading import resolve_device
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.io import claimed_output_dir
 from brevitas_ldm.ranks import (
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     prefix = f"brevitas-ldm {args.command}"
     with interruptible() as received:
         try:
+            if hasattr(args, "device"):
+                args.device = resolve_device(args.device)
             ranks = _join_job(args)
             if ranks.is_distributed:
                 prefix += f" (rank {ranks.rank} of {ranks.world_size})"

@@ -27,7 +27,7 @@ from brevitas_ldm.analysis.block_sensitivity import BlockSensitivity
 from brevitas_ldm.analysis.layer_sensitivity import LayerSensitivity
 from brevitas_ldm.denoiser.blocks import get_blocks
 from brevitas_ldm.denoiser.sampling import SamplingSpec, get_denoiser, sampling_calls
-from brevitas_ldm.export.wrapper import capture_denoiser_calls
+from brevitas_ldm.export.wrapper import first_call_inputs, nested_inputs
 from brevitas_ldm.quant.calibration import calibration_calls
 from brevitas_ldm.quant.quantize import fast_inference, quantize_denoiser
 from brevitas_ldm.quant.smoothquant import SmoothQuantStep
@@ -129,9 +129,7 @@ def time_denoiser_calls(pipe: Any, recipe: Recipe, conditions: Sequence[Any], se
     """Time one FP and one fake-quantized denoiser call on the inputs the pipeline gives its first step (batch
     ``len(conditions)``); the quantized copy is uncalibrated, which changes no cost, and is dropped afterwards."""
     denoiser = get_denoiser(pipe)
-    inputs = capture_denoiser_calls(pipe, list(conditions), list(seeds),
-                                    dataclasses.replace(spec, num_inference_steps=1, batch_size=len(conditions)),
-                                    {0})[0]
+    inputs = nested_inputs(first_call_inputs(pipe, list(conditions), list(seeds), spec))
     resident = _resident_bytes()
     high_water = _high_water_bytes()
     start = time.perf_counter()

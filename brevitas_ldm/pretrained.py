@@ -12,8 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from brevitas_ldm.checkpoint import META_FILE, STATE_FILE, load_quantized, read_checkpoint_meta
+from brevitas_ldm.checkpoint import META_FILE, STATE_FILE, checkpoint_lora, load_quantized, read_checkpoint_meta
 from brevitas_ldm.denoiser.loading import load_pipeline, resolve_model_path
+from brevitas_ldm.denoiser.lora import fuse_lora
 from brevitas_ldm.errors import ModelError
 from brevitas_ldm.zoo import EMBEDDED_MODELS
 
@@ -62,4 +63,7 @@ def from_pretrained(path: str | Path, device: str = "cpu") -> Any:
         raise ModelError(f"{str(path)!r} is not a quantized pipeline folder (no {CHECKPOINT_SUBDIR}/{META_FILE}): pass "
                          f"the --out folder of `brevitas-ldm quantize` or the folder QuantizationResult.save wrote")
     meta = read_checkpoint_meta(folder)
-    return load_quantized(load_pipeline(base_model(folder, meta), device), folder, meta)
+    pipe = load_pipeline(base_model(folder, meta), device)
+    if meta.get("lora"):
+        fuse_lora(pipe, checkpoint_lora(meta, None))
+    return load_quantized(pipe, folder, meta)

@@ -27,7 +27,7 @@ from brevitas_ldm.analysis.layer_sensitivity import LayerSensitivity
 from brevitas_ldm.checkpoint import save_checkpoint
 from brevitas_ldm.denoiser.blocks import get_blocks
 from brevitas_ldm.denoiser.loading import pipeline_source
-from brevitas_ldm.denoiser.sampling import SamplingSpec, denoiser_component, generate, get_denoiser, num_train_timesteps
+from brevitas_ldm.denoiser.sampling import SamplingSpec, denoiser_component, generate, get_denoiser, max_noise_timestep
 from brevitas_ldm.evaluation.prompts import calibration_set
 from brevitas_ldm.planning.plan import Plan, read_plan
 from brevitas_ldm.planning.planners import choose_plan
@@ -55,17 +55,18 @@ class QuantizationResult:
     timing_s: dict[str, float] = field(default_factory=dict)
     denoiser_calls: dict[str, int] = field(default_factory=dict)
 
-    def save(self, directory: str | Path, model: str | None = None) -> Path:
+    def save(self, directory: str | Path, model: str | None = None, lora: Mapping[str, Any] | None = None) -> Path:
         """Quantized pipeline folder (quantized denoiser state + recipe + plan + a reference to the base pipeline,
         ``model`` or where the pipeline was loaded from), reloadable with :func:`brevitas_ldm.from_pretrained` in
-        one call, or onto an FP pipeline with :func:`load_quantized`."""
+        one call, or onto an FP pipeline with :func:`load_quantized`. ``lora``: the LoRA fused into the base
+        (:class:`~brevitas_ldm.denoiser.lora.FusedLora` as a dict), which reloading fuses again."""
         model = model or pipeline_source(self.pipeline)
         # A uniform recipe has no analysis plan; its folder still says what it did, in the same file format.
         plan = self.plan or Plan(precisions={}, method="uniform", default=str(self.recipe.default_precision),
                                  model=model, recipe=self.recipe.name)
         return save_checkpoint(get_denoiser(self.pipeline), self.recipe, Path(directory), model=model,
                                smoothing_alphas=self.smoothing.alphas, plan=plan,
-                               denoiser_component=denoiser_component(self.pipeline))
+                               denoiser_component=denoiser_component(self.pipeline), lora=lora)
 
 
 def _block_plan(pipe: Any, recipe: Recipe, plan: PlanLike | None, prompts: Sequence, seeds: Sequence[int],
@@ -170,12 +171,12 @@ def _smooth(pipe: Any, recipe: Recipe, layer_precisions: Mapping[str, Precision]
         modules = quantized_inputs
     if not modules:
         return SmoothingResult()
-    num_train = num_train_timesteps(pipe)
+    max_noise = max_noise_timestep(pipe)
 
     def run_calibration_data(denoiser) -> None:
         generate(pipe, prompts, seeds, spec, output_type="latent", progress=progress, desc="SmoothQuant statistics")
 
     step = SmoothQuantStep.from_recipe(
         recipe, modules=modules, precisions=layer_precisions,
-        calibration=lambda model: recipe_calibration(model, recipe, spec.num_inference_steps, num_train))
+        calibration=lambda model: recipe_calibration(model, recipe, spec.num_inference_steps, max_noise))
     return step.apply(get_denoiser(pipe), run_calibration_data)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from cli_args import FAST
 
-import brevitas_ldm.commands.quantize as quantize_command
+import brevitas_ldm.commands.common as common_options
 from brevitas_ldm.cli import build_parser, main
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.io import atomic_output_dir, claimed_output_dir
@@ -26,7 +26,7 @@ def no_model_loading(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the input was checked")
 
-    monkeypatch.setattr(quantize_command, "load_pipeline", refuse)
+    monkeypatch.setattr(common_options, "load_pipeline", refuse)
 
 
 def _error(capsys, argv, *needles) -> str:

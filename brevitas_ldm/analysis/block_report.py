@@ -26,7 +26,7 @@ REPORT_FILE = "block_report.json"
 PROGRESSIVE_PNG = "global_progressive_sqnr.png"
 HEATMAP_PNG = "global_isolated_heatmap.png"
 #: Bumped whenever the analysis changes what it measures, so stale caches are not reused.
-ANALYSIS_VERSION = 1
+ANALYSIS_VERSION = 2
 
 
 @dataclass

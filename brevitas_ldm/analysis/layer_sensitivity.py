@@ -55,7 +55,7 @@ from brevitas_ldm.denoiser.sampling import (
     find_timestep,
     generate,
     get_denoiser,
-    num_train_timesteps,
+    max_noise_timestep,
     pipeline_denoiser,
     sampling_calls,
 )
@@ -205,7 +205,7 @@ class LayerSensitivity:
                                    f"analysis sample")
         cal_prompts = list(self.calibration_prompts if self.calibration_prompts is not None else self.prompts)
         cal_seeds = list(self.calibration_seeds if self.calibration_seeds is not None else self.seeds)
-        num_train = num_train_timesteps(pipe)
+        max_noise = max_noise_timestep(pipe)
 
         def calibrate(model: nn.Module) -> None:
             with pipeline_denoiser(pipe, model):
@@ -217,6 +217,6 @@ class LayerSensitivity:
 
         return analyze_layers(
             get_denoiser(pipe), self.recipe, run, calibrate, self.precisions,
-            calibration=lambda m: recipe_calibration(m, self.recipe, self.spec.num_inference_steps, num_train),
+            calibration=lambda m: recipe_calibration(m, self.recipe, self.spec.num_inference_steps, max_noise),
             time_sensitive_db=self.time_sensitive_db, num_samples=len(self.prompts),
             num_inference_steps=self.spec.num_inference_steps, ranks=self.ranks)

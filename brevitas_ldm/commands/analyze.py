@@ -5,10 +5,16 @@ from __future__ import annotations
 import argparse
 import time
 
-from brevitas_ldm.commands.common import add_model_options, add_output_options, check_sampling_args, positive_int
+from brevitas_ldm.commands.common import (
+    add_model_options,
+    add_output_options,
+    check_sampling_args,
+    load_model,
+    positive_int,
+)
 from brevitas_ldm.cost import analysis_job_phases, estimate
 from brevitas_ldm.denoiser.job_progress import JobProgress
-from brevitas_ldm.denoiser.loading import load_pipeline, model_display_name
+from brevitas_ldm.denoiser.loading import model_display_name
 from brevitas_ldm.denoiser.sampling import SamplingSpec, get_denoiser
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.evaluation.prompts import calibration_set, read_prompt_file
@@ -44,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         raise BrevitasLDMError("--out is required (the folder the reports go to), except with --dry-run")
     recipe = get_recipe(args.recipe)
     prompts = read_prompt_file(args.prompts) if args.prompts else None
-    pipe = load_pipeline(args.model, args.device)
+    pipe, _ = load_model(args)
     samples = calibration_set(args.num_prompts or recipe.analysis.num_prompts, seed=args.seed, prompts=prompts)
     spec = SamplingSpec(args.steps, args.guidance_scale, args.batch_size)
     model_name = model_display_name(args.model)

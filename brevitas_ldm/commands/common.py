@@ -6,11 +6,15 @@ import argparse
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from brevitas_ldm.denoiser.loading import DTYPES, load_pipeline
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.threads import THREADS_ENV
 from brevitas_ldm.zoo import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    from brevitas_ldm.denoiser.lora import FusedLora
 
 
 def positive_int(text: str) -> int:
@@ -23,10 +27,18 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
+def add_model_options(parser: argparse.ArgumentParser, dtype: bool = True) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"embedded model name ({DEFAULT_MODEL}) or a local diffusers pipeline directory")
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--device", default="auto", help="torch device: auto (CUDA when present, else the CPU), cpu, "
+                                                         "cuda or cuda:N (default: auto)")
+    if dtype:
+        parser.add_argument("--dtype", choices=DTYPES, default=None,
+                            help="precision the pipeline loads and runs in; SQNR is measured against the float "
+                                 "reference in the same dtype (default: float32, or the checkpoint's)")
+    parser.add_argument("--lora", type=Path, default=None,
+                        help="a diffusers/peft LoRA .safetensors file fused into the pipeline before anything runs, "
+                             "so the model quantized is the one you run (a checkpoint remembers it)")
     parser.add_argument("--threads", default=os.environ.get(THREADS_ENV, "auto"),
                         help=f"CPU threads for torch: a number, or auto: the cores the machine's load leaves idle, at "
                              f"least one (default: ${THREADS_ENV} or auto). Thread counts can change the last bits "
@@ -97,4 +109,29 @@ def checked_checkpoint(args: argparse.Namespace) -> dict[str, Any] | None:
     meta = read_checkpoint_meta(args.checkpoint)
     if folder is not None:
         args.model = base_model(folder, meta)
+    from brevitas_ldm.checkpoint import checkpoint_lora
+
+    args.lora = checkpoint_lora(meta, args.lora)
+    _checkpoint_dtype(args, meta)
     return meta
+
+
+def _checkpoint_dtype(args: argparse.Namespace, meta: dict[str, Any]) -> None:
+    """A checkpoint reloads in the dtype it was quantized in (its scales and weights are that dtype's values)."""
+    recorded = meta.get("dtype") or "float32"
+    if not hasattr(args, "dtype"):
+        return
+    if args.dtype is None:
+        args.dtype = recorded
+    elif args.dtype != recorded:
+        raise BrevitasLDMError(f"--dtype {args.dtype} differs from the checkpoint's {recorded}, the dtype it was "
+                               f"calibrated in: drop --dtype, or quantize again in {args.dtype}")
+
+
+def load_model(args: argparse.Namespace) -> tuple[Any, FusedLora | None]:
+    """The pipeline a command works on: ``--model`` loaded on ``--device``, with ``--lora`` fused in."""
+    from brevitas_ldm.denoiser.lora import check_lora_file, fuse_lora
+
+    lora_file = check_lora_file(args.lora) if getattr(args, "lora", None) is not None else None
+    pipe = load_pipeline(args.model, args.device, getattr(args, "dtype", None) or "float32")
+    return pipe, (fuse_lora(pipe, lora_file) if lora_file is not None else None)

@@ -14,8 +14,9 @@ from brevitas_ldm.commands.common import (
     check_evaluator_samples,
     check_sampling_args,
     checked_checkpoint,
+    load_model,
 )
-from brevitas_ldm.denoiser.loading import load_pipeline, model_display_name
+from brevitas_ldm.denoiser.loading import model_display_name
 from brevitas_ldm.denoiser.sampling import SamplingSpec
 from brevitas_ldm.evaluation.prompts import evaluation_set, read_prompt_file
 from brevitas_ldm.evaluation.run import digits_metrics, generate_with_latents, has_digits_evaluator
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     check_sampling_args(args)
     check_evaluator_samples(args)
     prompts = read_prompt_file(args.prompts) if args.prompts else None
-    pipe = load_pipeline(args.model, args.device)
+    pipe, _ = load_model(args)
     eval_set = evaluation_set(args.num_samples, args.seed, prompts)
     spec = SamplingSpec(args.steps, args.guidance_scale, args.batch_size)
     if meta is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from brevitas_ldm.commands.common import add_model_options, add_output_options, checked_checkpoint
+from brevitas_ldm.commands.common import add_model_options, add_output_options, checked_checkpoint, load_model
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.io import atomic_output_dir, write_json_atomic
 
@@ -21,7 +21,7 @@ def add_parser(subparsers) -> None:
 
     parser = subparsers.add_parser("export", help="export a quantized checkpoint (ONNX QCDQ or integer kernels, "
                                                   "torch QCDQ, QONNX)")
-    add_model_options(parser)
+    add_model_options(parser, dtype=False)     # onnxruntime runs float32: a checkpoint's values cast exactly
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="checkpoint folder written by `quantize`, with the FP --model (not needed when --model "
                         "is a quantized pipeline folder)")
@@ -43,14 +43,13 @@ def add_parser(subparsers) -> None:
 def capture_inputs(pipe, prompt: str, seed: int) -> dict:
     """Keyword tensors of the denoiser's first call when the pipeline samples ``prompt`` with ``seed``."""
     from brevitas_ldm.denoiser.sampling import SamplingSpec
-    from brevitas_ldm.export import capture_denoiser_calls
+    from brevitas_ldm.export.wrapper import first_call_inputs
 
-    return capture_denoiser_calls(pipe, [prompt], [seed], SamplingSpec(num_inference_steps=1, batch_size=1), {0})[0]
+    return first_call_inputs(pipe, [prompt], [seed], SamplingSpec(batch_size=1))
 
 
 def run(args: argparse.Namespace) -> int:
     from brevitas_ldm.checkpoint import load_quantized
-    from brevitas_ldm.denoiser.loading import load_pipeline
     from brevitas_ldm.denoiser.sampling import get_denoiser
     from brevitas_ldm.export import (
         ONNXRUNTIME_FORMATS,
@@ -74,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if args.emulate_cpu and args.format not in ONNXRUNTIME_FORMATS:
         raise BrevitasLDMError(f"--emulate-cpu runs the file in onnxruntime, which cannot run {args.format}: use "
                                f"--format onnx-int8 or onnx-qcdq")
-    pipe = load_pipeline(args.model, args.device)
+    pipe, _ = load_model(args)
     float_inputs = capture_inputs(pipe, prompt_for(3), seed=1) if args.float_baseline else None
     float_denoiser = None
     if args.float_baseline:

@@ -17,10 +17,12 @@ from brevitas_ldm.commands.common import (
     add_sampling_options,
     check_evaluator_samples,
     check_sampling_args,
+    load_model,
 )
 from brevitas_ldm.cost import estimate, quantize_job_phases
 from brevitas_ldm.denoiser.job_progress import JobProgress
-from brevitas_ldm.denoiser.loading import load_pipeline, model_display_name
+from brevitas_ldm.denoiser.loading import model_display_name
+from brevitas_ldm.denoiser.lora import FusedLora
 from brevitas_ldm.denoiser.sampling import SamplingSpec, get_denoiser
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.evaluation.comparison import compare_quantized, fp_reference
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     calibration_prompts = (read_prompt_file(args.calibration_prompt_path, "--calibration-prompt-path")
                            if args.calibration_prompt_path else prompts)
     plan = read_plan(args.plan) if args.plan is not None else None    # a bad plan file fails before any work
-    pipe = load_pipeline(args.model, args.device)
+    pipe, lora = load_model(args)
     eval_set = evaluation_set(args.num_samples, args.seed, prompts)
     spec = SamplingSpec(args.steps, args.guidance_scale, args.batch_size)
     cal = calibration_set(args.calibration_prompts or recipe.calibration.num_prompts, prompts=calibration_prompts)
@@ -91,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     with JobProgress(type(get_denoiser(pipe)), work.total_calls) as job:
-        summary = _run_job(args, recipe, pipe, plan, eval_set, spec, cal, cal_spec, work, job)
+        summary = _run_job(args, recipe, pipe, plan, eval_set, spec, cal, cal_spec, work, job, lora)
     print(summary)      # after the job's bar has closed
     return 0
 
@@ -113,7 +115,7 @@ def with_calibration_flags(recipe: Recipe, args: argparse.Namespace) -> Recipe:
 
 
 def _run_job(args: argparse.Namespace, recipe, pipe, plan, eval_set, spec: SamplingSpec, cal, cal_spec: SamplingSpec,
-             work, job: JobProgress) -> str:
+             work, job: JobProgress, lora: FusedLora | None) -> str:
     digits = has_digits_evaluator(args.model)
     model_name = model_display_name(args.model)
     timing: dict[str, float] = {}
@@ -137,7 +139,9 @@ def _run_job(args: argparse.Namespace, recipe, pipe, plan, eval_set, spec: Sampl
         "model": model_name, "recipe": recipe.name, "seed": args.seed, "num_samples": args.num_samples,
         "threads": work.timing.threads,   # thread counts change float sums in the last bits: --threads N reproduces
         **({"processes": current_ranks().world_size} if current_ranks().is_distributed else {}),
-        "steps": args.steps, "guidance_scale": args.guidance_scale,
+        "steps": args.steps, "guidance_scale": args.guidance_scale, "dtype": args.dtype or "float32",
+        "device": args.device,
+        **({"lora": lora.to_dict()} if lora is not None else {}),
         "fp": reference.metrics,
         "quantized": quantized,
         "per_step_sqnr_db": per_step,
@@ -153,7 +157,7 @@ def _run_job(args: argparse.Namespace, recipe, pipe, plan, eval_set, spec: Sampl
     }
     command = "brevitas-ldm " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "brevitas-ldm quantize"
     with atomic_output_dir(args.out, args.overwrite) as staging:
-        write_outputs(staging, metrics, result, reference, generation, eval_set, per_step, command, model_name)
+        write_outputs(staging, metrics, result, reference, generation, eval_set, per_step, command, model_name, lora)
     q = metrics["quantized"]
     extra = f", prompt accuracy {q['prompt_accuracy']:.3f}, digits-FID {q['digits_fid']:.2f}" if digits else ""
     return (f"wrote {args.out}: output SQNR {q['output_sqnr_db']:.2f} dB, image PSNR {q['image_psnr_db']:.2f} dB, "
@@ -174,7 +178,7 @@ def folder_summary(out: Path, model_name: str) -> str:
 
 
 def write_outputs(staging: Path, metrics: dict, result, reference, generation, eval_set, per_step: list[float],
-                  command: str, model_name: str) -> None:
+                  command: str, model_name: str, lora: FusedLora | None = None) -> None:
     from brevitas_ldm.planning.plan import Plan
     from brevitas_ldm.report import write_report
 
@@ -199,5 +203,5 @@ def write_outputs(staging: Path, metrics: dict, result, reference, generation, e
     for key, name in ANALYSIS_FIGURES.items():
         if (staging / "analysis" / name).is_file():
             figures[key] = f"analysis/{name}"
-    result.save(staging / CHECKPOINT_SUBDIR, model=model_name)
+    result.save(staging / CHECKPOINT_SUBDIR, model=model_name, lora=lora.to_dict() if lora is not None else None)
     write_report(staging / "report.md", metrics, result, figures, command)

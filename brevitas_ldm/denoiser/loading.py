@@ -39,9 +39,39 @@ def model_display_name(model: str | Path) -> str:
     return text if text in EMBEDDED_MODELS else str(Path(text).expanduser().resolve())
 
 
-def load_pipeline(model: str | Path = DEFAULT_MODEL, device: str = "cpu") -> Any:
-    """Load a pipeline offline with diffusers' ``DiffusionPipeline.from_pretrained`` (float32, progress off)."""
+#: ``--dtype`` names and the torch dtypes a pipeline can be loaded in.
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def torch_dtype(name: str) -> Any:
+    """The torch dtype behind a ``--dtype`` name, refused in one line when it is none of :data:`DTYPES`."""
     import torch
+
+    if name not in DTYPES:
+        raise ModelError(f"--dtype {name!r} is not supported: use one of {', '.join(DTYPES)}")
+    return getattr(torch, name)
+
+
+def resolve_device(name: str) -> str:
+    """The torch device behind ``--device``: ``auto`` is CUDA when present, else the CPU; a device this machine
+    does not have is refused in one line."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ModelError(f"--device {name!r} is not a torch device: pass auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"--device {name} asks for CUDA, which this machine does not have: pass --device cpu")
+    return name
+
+
+def load_pipeline(model: str | Path = DEFAULT_MODEL, device: str = "cpu", dtype: str = "float32") -> Any:
+    """Load a pipeline offline with diffusers' ``DiffusionPipeline.from_pretrained`` in ``dtype`` (float32,
+    float16 or bfloat16) on ``device``, progress bars off. Analysis, calibration and evaluation then run in that
+    dtype, and SQNR is measured against the float reference in the same dtype."""
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
@@ -59,7 +89,7 @@ def load_pipeline(model: str | Path = DEFAULT_MODEL, device: str = "cpu") -> Any
     except json.JSONDecodeError as exc:
         raise ModelError(f"{path / 'model_index.json'} is not valid JSON ({exc}): re-save the pipeline") from None
     try:
-        pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+        pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True, dtype=torch_dtype(dtype))
     except (OSError, ValueError, EnvironmentError) as exc:
         raise ModelError(f"could not load the {index.get('_class_name', 'diffusers')} pipeline at {path}: "
                          f"{str(exc).splitlines()[0]}; re-save it with save_pretrained()") from None

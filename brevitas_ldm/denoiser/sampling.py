@@ -12,8 +12,9 @@ seed, so a sample's result does not depend on the batch it was drawn in.
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +47,23 @@ def num_train_timesteps(pipe: Any) -> int:
     config = getattr(getattr(pipe, "scheduler", None), "config", None) or {}
     value = config.get("num_train_timesteps") if hasattr(config, "get") else getattr(config, "num_train_timesteps", None)
     return int(value) if value is not None else 1000
+
+
+def is_flow_matching(pipe: Any) -> bool:
+    """Whether the pipeline's scheduler is a flow-matching one (SD3, Flux: ``FlowMatch*Scheduler``).
+
+    Their runs start at sigma = 1, the maximum noise, whatever the step count, and their denoisers see the
+    timestep in pipeline-specific units (SD3 1000 * sigma, Flux sigma), so maximum-noise calibration keeps the first
+    step's own timestep there instead of substituting T - 1.
+    """
+    return type(getattr(pipe, "scheduler", None)).__name__.startswith("FlowMatch")
+
+
+def max_noise_timestep(pipe: Any) -> int | None:
+    """The timestep single-step calibration evaluates the denoiser at: T - 1 for DDPM/DDIM- and Karras/Euler-style
+    schedulers (sigma_max is the sigma of t = T - 1; their first step's timestep depends on the step count and
+    spacing), None for flow matching, whose first step is already sigma = 1 (:func:`is_flow_matching`)."""
+    return None if is_flow_matching(pipe) else num_train_timesteps(pipe) - 1
 
 
 def set_denoiser(pipe: Any, denoiser: nn.Module) -> None:
@@ -144,21 +162,124 @@ class SamplingSpec:
 Condition = str | int | None
 
 
-def _pipeline_call_kwargs(pipe: Any, conditions: Sequence[Condition]) -> dict[str, Any]:
-    if hasattr(pipe, "tokenizer") and getattr(pipe, "text_encoder", None) is not None:
-        return {"prompt": [c if c is not None else "" for c in conditions]}
-    if all(isinstance(c, int) for c in conditions):
-        return {"class_labels": list(conditions)}
-    return {"batch_size": len(conditions)}
+def _call_parameters(pipe: Any) -> Mapping[str, inspect.Parameter]:
+    return inspect.signature(type(pipe).__call__).parameters
+
+
+def class_label(pipe: Any, condition: Condition) -> int:
+    """The class id a class-conditional pipeline (DiT) gets for ``condition``: an int as is; a text that names one
+    of the pipeline's labels (``pipe.labels``, e.g. ImageNet's "golden retriever"), is an integer, or names a digit
+    (the default prompts "a handwritten digit seven" give 7)."""
+    if isinstance(condition, int):
+        return condition
+    text = str(condition or "").strip()
+    labels = getattr(pipe, "labels", None) or {}
+    if text in labels:
+        return int(labels[text])
+    if text.isdigit():
+        return int(text)
+    from brevitas_ldm.zoo.data import label_from_prompt
+
+    digit = label_from_prompt(text)
+    if digit is not None:
+        return digit
+    names = ", ".join(list(labels)[:3]) or "0, 1, 2"
+    raise BrevitasLDMError(f"prompt {text!r} names no class of {type(pipe).__name__}, which is conditioned on class "
+                           f"labels: pass --prompts with one class name or id per line (e.g. {names})")
+
+
+def _pipeline_call_kwargs(pipe: Any, conditions: Sequence[Condition], spec: "SamplingSpec") -> dict[str, Any]:
+    """The keyword arguments that condition ``pipe`` on ``conditions``, taken from its own call signature:
+    prompts (text pipelines), class labels (DiT) or a batch size (unconditional DDPM/LDM)."""
+    parameters = _call_parameters(pipe)
+    if "prompt" in parameters:
+        kwargs: dict[str, Any] = {"prompt": [str(c) if c is not None else "" for c in conditions]}
+    elif "class_labels" in parameters:
+        kwargs = {"class_labels": [class_label(pipe, c) for c in conditions]}
+    elif "batch_size" in parameters:
+        kwargs = {"batch_size": len(conditions)}
+    else:
+        raise ModelError(f"{type(pipe).__name__}.__call__ takes neither prompt, class_labels nor batch_size: "
+                         f"brevitas-ldm cannot condition it; wrap it in a pipeline that takes one of them")
+    if "guidance_scale" in parameters and "batch_size" not in kwargs:
+        kwargs["guidance_scale"] = spec.guidance_scale
+    if "use_resolution_binning" in parameters:
+        # PixArt snaps the requested size to its aspect-ratio bins (1024-px ones by default); at the pipeline's
+        # default square size binning changes nothing, and for small test models it would refuse the size.
+        kwargs["use_resolution_binning"] = False
+    return kwargs
+
+
+def autoencoder(pipe: Any) -> nn.Module | None:
+    """The pipeline's latent decoder (``vae``, or ``vqvae`` for LDMPipeline); None for pixel-space pipelines."""
+    for attr in ("vae", "vqvae"):
+        module = getattr(pipe, attr, None)
+        if isinstance(module, nn.Module):
+            return module
+    return None
+
+
+@contextmanager
+def _decoder_inputs(pipe: Any) -> Iterator[list[torch.Tensor]]:
+    """Record what the pipeline's autoencoder decodes while the context is open (for pipelines that decode even
+    when asked for latents: DiT, LDM)."""
+    vae = autoencoder(pipe)
+    recorded: list[torch.Tensor] = []
+    if vae is None:
+        yield recorded
+        return
+    original = vae.decode
+
+    def decode(latents: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        recorded.append(latents.detach())
+        return original(latents, *args, **kwargs)
+
+    vae.decode = decode
+    try:
+        yield recorded
+    finally:
+        del vae.decode
+
+
+def decoder_input(pipe: Any, latents: torch.Tensor) -> torch.Tensor:
+    """The tensor the pipeline's autoencoder decodes, from the final latents the pipeline returns for
+    ``output_type="latent"``: Flux-style packed latents unpacked, then the VAE's scaling, latents mean/std (SDXL
+    variants) and shift (SD3, Flux) undone, as each pipeline does before decoding."""
+    vae = autoencoder(pipe)
+    if vae is None:
+        return latents
+    if latents.ndim == 3 and hasattr(pipe, "_unpack_latents"):
+        tokens_per_side = math.isqrt(latents.shape[1])
+        if tokens_per_side * tokens_per_side != latents.shape[1]:
+            raise ModelError(f"{type(pipe).__name__} returned {latents.shape[1]} latent tokens, not a square grid: "
+                             f"brevitas-ldm samples square images only")
+        side = tokens_per_side * 2 * pipe.vae_scale_factor
+        latents = pipe._unpack_latents(latents, side, side, pipe.vae_scale_factor)
+    config = vae.config
+    scaling = config.get("scaling_factor", None) or 1.0
+    mean, std = config.get("latents_mean", None), config.get("latents_std", None)
+    if mean is not None and std is not None:
+        shape = (1, -1) + (1,) * (latents.ndim - 2)
+        return latents * torch.tensor(std).view(shape).to(latents) / scaling + torch.tensor(mean).view(shape).to(
+            latents)
+    return latents / scaling + (config.get("shift_factor", None) or 0.0)
+
+
+def _as_nchw(images: Any) -> torch.Tensor:
+    """Pipelines that return images whatever ``output_type`` says (DDPM, LDM) give numpy (N, H, W, C)."""
+    if isinstance(images, torch.Tensor):
+        return images
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
 
 
 @torch.no_grad()
 def generate(pipe: Any, conditions: Sequence[Condition], seeds: Sequence[int], spec: SamplingSpec = SamplingSpec(),
              output_type: str = "latent", progress: bool = False, desc: str = "sampling") -> torch.Tensor:
-    """Run the pipeline on every (condition, seed) pair, in batches; return latents or images stacked.
+    """Run the pipeline on every (condition, seed) pair, in batches; return final latents or images, stacked.
 
-    ``output_type="latent"`` returns the final latents (what output SQNR is measured on); ``"pt"`` returns decoded
-    images in [0, 1], shape (N, C, H, W).
+    ``output_type="latent"`` returns what the pipeline's autoencoder decodes (:func:`decoder_input`; for
+    pixel-space pipelines, the final images): the tensor output SQNR is measured on, the same whether the pipeline
+    can return latents or always decodes (DiT, LDM). ``"pt"`` returns decoded images in [0, 1], (N, C, H, W).
     """
     if len(conditions) != len(seeds):
         raise BrevitasLDMError(f"{len(conditions)} conditions but {len(seeds)} seeds: give one seed per sample")
@@ -170,14 +291,16 @@ def generate(pipe: Any, conditions: Sequence[Condition], seeds: Sequence[int], s
     for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
         batch_conditions = conditions[start:start + spec.batch_size]
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds[start:start + spec.batch_size]]
-        kwargs = _pipeline_call_kwargs(pipe, batch_conditions)
-        if "prompt" in kwargs or "class_labels" in kwargs:
-            kwargs["guidance_scale"] = spec.guidance_scale
-        result = pipe(**kwargs, num_inference_steps=spec.num_inference_steps, generator=generators,
-                      output_type=output_type)
+        kwargs = _pipeline_call_kwargs(pipe, batch_conditions, spec)
+        with _decoder_inputs(pipe) as decoded:
+            result = pipe(**kwargs, num_inference_steps=spec.num_inference_steps, generator=generators,
+                          output_type="latent" if output_type == "latent" else "pt")
         images = result.images if hasattr(result, "images") else result[0]
-        if not isinstance(images, torch.Tensor):
-            images = torch.as_tensor(images)
+        if output_type == "latent":
+            images = torch.cat(decoded) if decoded else (
+                decoder_input(pipe, images) if isinstance(images, torch.Tensor) else _as_nchw(images))
+        else:
+            images = _as_nchw(images)
         outputs.append(images.float().cpu())
     return torch.cat(outputs)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from brevitas_ldm.denoiser.sampling import SamplingSpec, generate
+from brevitas_ldm.denoiser.sampling import SamplingSpec, autoencoder, generate
 from brevitas_ldm.evaluation.digits import DigitsEvaluator
 from brevitas_ldm.evaluation.prompts import EvaluationSet
 from brevitas_ldm.zoo import EMBEDDED_MODELS
@@ -36,12 +36,14 @@ def generate_with_latents(pipe: Any, eval_set: EvaluationSet, spec: SamplingSpec
 
 @torch.no_grad()
 def decode_latents(pipe: Any, latents: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    vae = getattr(pipe, "vae", None)
+    """Images in [0, 1] from what :func:`generate` returns as latents (the autoencoder's input, already unscaled
+    and unshifted); pixel-space pipelines' latents are their images already."""
+    vae = autoencoder(pipe)
     if vae is None:
         return latents
     out = []
     for chunk in latents.split(batch_size):
-        decoded = vae.decode(chunk.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+        decoded = vae.decode(chunk.to(vae.dtype), return_dict=False)[0]
         out.append(((decoded.float() + 1.0) / 2.0).clamp(0, 1).cpu())
     return torch.cat(out)
 

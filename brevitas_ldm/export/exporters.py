@@ -29,7 +29,9 @@ from brevitas_ldm.compat import reset_export_state
 from brevitas_ldm.errors import BrevitasLDMError, ModelError
 from brevitas_ldm.export.features import MAX_OPSET, MIN_OPSET, ONNXRUNTIME_FORMATS, check_exportable, layer_proxies
 from brevitas_ldm.export.integer_kernels import lower_to_integer_kernels
+from brevitas_ldm.export.onnx_symbolics import missing_symbolics
 from brevitas_ldm.export.session import OUTPUT_NAME
+from brevitas_ldm.export.static_shape_ifs import fold_static_shape_ifs
 from brevitas_ldm.export.wide_qcdq import WideQCDQONNXManager, move_wide_qdq_to_ms_domain
 from brevitas_ldm.export.wrapper import DenoiserForExport, export_signature
 from brevitas_ldm.export.x86_storage import WEIGHT_STORAGES, store_for_x86
@@ -140,7 +142,7 @@ def export_denoiser(denoiser: nn.Module, example_inputs: Mapping[str, torch.Tens
     check_weight_storage(fmt, weight_storage)
     features = check_exportable(denoiser, fmt, opset)
     with _prepared_export(denoiser, example_inputs, path) as (wrapper, names, tensors, tmp), \
-            _clean_export_state(denoiser):
+            _clean_export_state(denoiser), missing_symbolics():
         try:
             if fmt in ONNXRUNTIME_FORMATS:
                 _export_onnx_qcdq(wrapper, names, tensors, tmp, opset, wide=max(features["act_bits"], default=0) > 8,
@@ -185,9 +187,9 @@ def _rewrite_for_onnxruntime(path: Path, integer_kernels: bool, portable: bool) 
     """The project's graph passes on a freshly exported QCDQ file (in place, before the atomic rename)."""
     import onnx
 
-    if not (integer_kernels or portable):
-        return
     model = onnx.load(str(path))
+    if not (fold_static_shape_ifs(model) or integer_kernels or portable):
+        return
     if portable:
         store_for_x86(model)
     if integer_kernels:
@@ -209,8 +211,13 @@ def export_float_onnx(denoiser: nn.Module, example_inputs: Mapping[str, torch.Te
     if any(True for _ in layer_proxies(denoiser)):
         raise ModelError(f"{type(denoiser).__name__} holds Brevitas quant layers: export_float_onnx needs the float "
                          f"denoiser (export it before quantize_denoiser); use export_denoiser for the quantized one")
-    with _prepared_export(denoiser, example_inputs, path) as (wrapper, names, tensors, tmp):
+    with _prepared_export(denoiser, example_inputs, path) as (wrapper, names, tensors, tmp), missing_symbolics():
         torch.onnx.export(wrapper, tensors, str(tmp), **_onnx_kwargs(names, tensors, opset))
+        import onnx
+
+        model = onnx.load(str(tmp))
+        if fold_static_shape_ifs(model):
+            onnx.save(model, str(tmp))
     return Path(path)
 
 

@@ -31,7 +31,7 @@ from brevitas_ldm.export.features import layer_proxies
 from brevitas_ldm.export.inspection import overflowing_int8_weights
 from brevitas_ldm.export.integer_kernels import INTEGER_KERNELS
 from brevitas_ldm.export.session import OUTPUT_NAME, session_options
-from brevitas_ldm.export.wrapper import export_signature
+from brevitas_ldm.export.wrapper import export_signature, nested_inputs
 from brevitas_ldm.sqnr import sqnr_db
 
 
@@ -86,10 +86,10 @@ def _torch_reference(denoiser: nn.Module, inputs: Mapping[str, Any], quantized: 
     denoiser.eval()
     try:
         if quantized:
-            return first_tensor(denoiser(**inputs)).float()
+            return first_tensor(denoiser(**nested_inputs(inputs))).float()
         with quantization_status_manager(denoiser, disable_act_quant=True, disable_weight_quant=True,
                                          disable_bias_quant=True, is_training=False):
-            return first_tensor(denoiser(**inputs)).float()
+            return first_tensor(denoiser(**nested_inputs(inputs))).float()
     finally:
         denoiser.train(training)
 

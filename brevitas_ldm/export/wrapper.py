@@ -41,7 +41,7 @@ class DenoiserForExport(nn.Module):
         self.input_names = tuple(input_names)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        output = self.denoiser(**dict(zip(self.input_names, inputs)), return_dict=False)
+        output = self.denoiser(**nested_inputs(dict(zip(self.input_names, inputs))), return_dict=False)
         return output[0]
 
 
@@ -75,14 +75,39 @@ def call_inputs(denoiser: nn.Module, args: tuple, kwargs: Mapping[str, Any]) -> 
 
     Pipelines call ``unet(latents, t, encoder_hidden_states=...)`` with positional and keyword arguments mixed;
     binding them to the forward signature gives the named dict that :func:`export_denoiser`, :func:`verify_onnx`
-    and :func:`onnx_latency` take. Non-tensor and None arguments are dropped; tensors are detached copies.
+    and :func:`onnx_latency` take. A dict of tensors (SDXL's ``added_cond_kwargs``) is flattened to dotted names
+    (``added_cond_kwargs.text_embeds``) that :func:`nested_inputs` folds back, so every tensor becomes one graph
+    input. Non-tensor and None arguments are dropped; tensors are detached copies.
     """
     try:
         bound = inspect.signature(denoiser.forward).bind(*args, **kwargs)
     except TypeError as exc:
         raise ModelError(f"cannot match this call to {type(denoiser).__name__}.forward ({exc}): pass the args and "
                          f"kwargs of one real denoiser call") from None
-    return {k: v.detach().clone() for k, v in bound.arguments.items() if isinstance(v, torch.Tensor)}
+    flat: dict[str, torch.Tensor] = {}
+    for name, value in bound.arguments.items():
+        if isinstance(value, torch.Tensor):
+            flat[name] = value.detach().clone()
+        elif isinstance(value, Mapping):
+            flat.update({f"{name}{NESTED_SEPARATOR}{key}": item.detach().clone() for key, item in value.items()
+                         if isinstance(item, torch.Tensor)})
+    return flat
+
+
+#: Joins a dict argument's name and its key in a flattened input name (``added_cond_kwargs.text_embeds``).
+NESTED_SEPARATOR = "."
+
+
+def nested_inputs(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Fold the dotted names of :func:`call_inputs` back into the keyword arguments the denoiser takes."""
+    kwargs: dict[str, Any] = {}
+    for name, value in flat.items():
+        outer, separator, inner = name.partition(NESTED_SEPARATOR)
+        if separator:
+            kwargs.setdefault(outer, {})[inner] = value
+        else:
+            kwargs[name] = value
+    return kwargs
 
 
 def _class_conditional(unet: nn.Module) -> bool:
@@ -109,3 +134,39 @@ def capture_denoiser_calls(pipe: Any, conditions: Sequence[Any], seeds: Sequence
     with denoiser_step_hook(denoiser, keep):
         generate(pipe, list(conditions), list(seeds), spec, output_type="latent")
     return calls
+
+
+class _FirstCallSeen(Exception):
+    """Raised from a pre-hook to stop a pipeline once its first denoiser call has been captured."""
+
+
+@torch.no_grad()
+def first_call_inputs(pipe: Any, conditions: Sequence[Any], seeds: Sequence[int],
+                      spec: SamplingSpec) -> dict[str, torch.Tensor]:
+    """Keyword tensors of the denoiser's first call when ``pipe`` samples ``conditions`` in one batch.
+
+    The pipeline runs ``spec``'s step count (at least 2, because some pipelines take another path for one-step
+    sampling: PixArt's expects a one-step scheduler) and is stopped before the denoiser's second call, so this costs
+    one denoiser call whatever the model.
+    """
+    denoiser = get_denoiser(pipe)
+    captured: list[dict[str, torch.Tensor]] = []
+
+    def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if captured:
+            raise _FirstCallSeen
+        captured.append(call_inputs(denoiser, args, kwargs))
+
+    handle = denoiser.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    one_batch = SamplingSpec(num_inference_steps=max(2, spec.num_inference_steps), guidance_scale=spec.guidance_scale,
+                             batch_size=len(conditions))
+    try:
+        generate(pipe, list(conditions), list(seeds), one_batch, output_type="latent")
+    except _FirstCallSeen:
+        pass
+    finally:
+        handle.remove()
+    if not captured:
+        raise ModelError(f"{type(pipe).__name__} sampled without calling its denoiser: pass a diffusers pipeline "
+                         f"whose __call__ runs pipe.unet or pipe.transformer")
+    return captured[0]

@@ -31,7 +31,7 @@ from brevitas_ldm.denoiser.sampling import (
     first_tensor,
     generate,
     get_denoiser,
-    num_train_timesteps,
+    max_noise_timestep,
     sampling_calls,
 )
 from brevitas_ldm.errors import CalibrationError
@@ -122,16 +122,20 @@ class single_step_calibration(_StepCalibration):
     """Calibrate activation ranges on the maximum-noise step only (t = T).
 
     ``timestep`` is the timestep the denoiser is evaluated at for calibration (default ``num_train_timesteps - 1``,
-    the maximum noise level); pass ``num_train_timesteps`` from the pipeline's scheduler config when it is not
-    1000. Usage::
+    the maximum noise level of DDPM/DDIM- and Karras/Euler-style schedulers); pass ``num_train_timesteps`` from the
+    pipeline's scheduler config when it is not 1000. ``keep_first_timestep`` keeps the first step's own timestep
+    instead: flow-matching runs (SD3, Flux) start at sigma = 1 whatever the step count, in units only the pipeline
+    knows (:func:`~brevitas_ldm.denoiser.sampling.max_noise_timestep` picks for a pipeline). Usage::
 
         with single_step_calibration(pipe.unet, num_train_timesteps=pipe.scheduler.config.num_train_timesteps):
             pipe(prompts, output_type="latent")
     """
 
-    def __init__(self, model: nn.Module, timestep: int | None = None, num_train_timesteps: int = 1000) -> None:
+    def __init__(self, model: nn.Module, timestep: int | None = None, num_train_timesteps: int = 1000,
+                 keep_first_timestep: bool = False) -> None:
         super().__init__(model)
         self.timestep = num_train_timesteps - 1 if timestep is None else int(timestep)
+        self.keep_first_timestep = keep_first_timestep
 
     def _observe(self, step: int) -> bool:
         return step == 0
@@ -140,6 +144,8 @@ class single_step_calibration(_StepCalibration):
         return step > 0
 
     def _prepare(self, step, args, kwargs, where):
+        if self.keep_first_timestep:
+            return args, kwargs
         return _replace_timestep(args, kwargs, where, self.timestep)
 
 
@@ -183,11 +189,17 @@ def check_activation_scales(model: nn.Module) -> None:
 
 
 def recipe_calibration(denoiser: nn.Module, recipe, num_inference_steps: int,
-                       num_train_timesteps: int = 1000) -> _StepCalibration:
-    """The calibration context a recipe asks for (``[calibration] mode``), for ``denoiser``."""
+                       max_noise: int | None = 999) -> _StepCalibration:
+    """The calibration context a recipe asks for (``[calibration] mode``), for ``denoiser``.
+
+    ``max_noise`` is the timestep of maximum noise the single-step mode evaluates at, or None to keep the first
+    step's own (flow matching); :func:`~brevitas_ldm.denoiser.sampling.max_noise_timestep` gives it for a pipeline.
+    """
     mode = recipe.calibration.mode
     if mode == "single_step":
-        return single_step_calibration(denoiser, num_train_timesteps=num_train_timesteps)
+        if max_noise is None:
+            return single_step_calibration(denoiser, keep_first_timestep=True)
+        return single_step_calibration(denoiser, timestep=max_noise)
     if mode == "uniform_steps":
         return multi_step_calibration(denoiser, steps=recipe.calibration.num_steps,
                                       num_inference_steps=num_inference_steps)
@@ -208,7 +220,7 @@ def calibrate_pipeline(pipe, recipe, prompts: Sequence, seeds: Sequence[int], sp
     """Run the calibration set through ``pipe`` under the recipe's calibration context; return the context
     (its ``calls``/``observed_calls`` say what calibration cost)."""
     denoiser = get_denoiser(pipe)
-    context = recipe_calibration(denoiser, recipe, spec.num_inference_steps, num_train_timesteps(pipe))
+    context = recipe_calibration(denoiser, recipe, spec.num_inference_steps, max_noise_timestep(pipe))
     with context:
         generate(pipe, list(prompts), list(seeds), spec, output_type="latent", progress=progress,
                  desc=f"calibration ({recipe.calibration.mode})")

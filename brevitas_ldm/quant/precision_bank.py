@@ -22,7 +22,7 @@ from typing import Any
 import torch.nn as nn
 
 from brevitas_ldm.denoiser.blocks import Block, expand_to_layers, quantizable_layers
-from brevitas_ldm.denoiser.sampling import Condition, SamplingSpec, generate, get_denoiser, num_train_timesteps
+from brevitas_ldm.denoiser.sampling import Condition, SamplingSpec, generate, get_denoiser, max_noise_timestep
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.precision import Precision, parse_precision
 from brevitas_ldm.quant.calibration import recipe_calibration
@@ -89,7 +89,7 @@ class PrecisionBank:
                for layer in layers.values()):
             with self.configured({name: precision for name in targets}, inference_mode=False):
                 context = recipe_calibration(self.denoiser, self.recipe, self.calibration_spec.num_inference_steps,
-                                             num_train_timesteps(self.pipe))
+                                             max_noise_timestep(self.pipe))
                 with context:
                     generate(self.pipe, self.calibration_prompts, self.calibration_seeds, self.calibration_spec,
                              progress=False)

@@ -46,10 +46,16 @@ def tiny_dit(seed: int = 0) -> DiTTransformer2DModel:
     torch.manual_seed(seed)
     model = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4,
                                   num_layers=2, sample_size=8, patch_size=2, num_embeds_ada_norm=10).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.abs().sum() == 0:
-                param.normal_(0, 0.02)
+    return randomise_zero_parameters(model)
+
+
+@torch.no_grad()
+def randomise_zero_parameters(model: torch.nn.Module, std: float = 0.02) -> torch.nn.Module:
+    """Draw every all-zero parameter from N(0, std) (adaLN-zero and adaLN-single start at zero, which would make a
+    random-weight transformer's modulation the identity and its output zero); the global seed decides the draw."""
+    for param in model.parameters():
+        if param.abs().sum() == 0:
+            param.normal_(0, std)
     return model
 
 
