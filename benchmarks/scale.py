@@ -70,6 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@dataclasses.dataclass(frozen=True)
 class Setup:
     """What every part of the run shares: device, recipe variants, prompts, seeds, sampling spec."""
 

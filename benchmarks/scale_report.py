@@ -85,6 +85,23 @@ def memory_table(rec: Recorder, cuda: bool) -> list[str]:
     return lines
 
 
+def global_analysis_memory(rec: Recorder, info: dict, cuda: bool) -> list[str]:
+    """The global analysis' memory above what was resident when it started, as a multiple of the FP denoiser's
+    own weights in the run's dtype (issue 12's target: at most 1.5x, one extra copy of the weights at most)."""
+    phases = [p for p in rec.phases if p.name == "global analysis"]
+    if not phases:
+        return []
+    element = {"float32": 4, "bfloat16": 2, "float16": 2}[info.get("dtype", "float32")]
+    model_bytes = info["params"] * element
+    if cuda and phases[0].cuda_peak is not None and phases[0].cuda_before is not None:
+        extra, where = max(p.cuda_peak - p.cuda_before for p in phases), "CUDA allocation"
+    else:
+        extra, where = max(max(0, (p.peak_rss_kb or 0) - (p.rss_before_kb or 0)) * 1024 for p in phases), "RSS"
+    return [f"Global analysis: its peak {where} rose {extra / 2**30:.2f} GiB above what was resident when it "
+            f"started, {extra / model_bytes:.2f}x the FP UNet's own weights ({model_bytes / 2**30:.2f} GiB in "
+            f"{info.get('dtype', 'float32')}); the target is at most 1.5x.", ""]
+
+
 def kind_summary(report) -> dict[str, dict[str, float]]:
     """Per block kind: block count, parameters, mean/min isolated SQNR and summed progressive share (dB)."""
     default = report.default_precision
@@ -418,6 +435,7 @@ def write_report(args, argv, device, rec: Recorder, info: dict[str, Any], block_
         f"Highest peak of the run: {gib(max(p.peak_rss_kb or 0 for p in rec.phases))} GiB RSS. Total wall time "
         f"{info['total_s'] / 60:.1f} min.",
         "",
+        *global_analysis_memory(rec, info, cuda),
         "The analyses split across processes (`torchrun`, one rank per core or GPU): per-rank time, calls and "
         "memory in [ranks.md](ranks.md) (`benchmarks/ranks.py`).",
         "",
