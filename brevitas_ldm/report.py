@@ -62,7 +62,7 @@ def write_report(path: Path, metrics: dict[str, Any], result: Any, figures: dict
         to_markdown = getattr(result.block_report, "to_markdown", None)
         if to_markdown:
             lines += [to_markdown(), ""]
-        for key in ("block_progressive", "block_heatmap"):
+        for key in ("block_progressive", "block_added_noise", "block_heatmap"):
             if key in figures:
                 lines += [f"![{key}]({figures[key]})", ""]
     if result.layer_report is not None:

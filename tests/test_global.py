@@ -139,6 +139,23 @@ def test_report_round_trip_markdown_and_figures(analysed, tmp_path):
     assert report.ranking()[0] == min(report.block_names, key=lambda n: report.block(n).isolated_db["w8a8"])
 
 
+def test_added_noise_shares_show_every_blocks_contribution(analysed, tmp_path):
+    _, report, _ = analysed
+    shares = report.added_noise_shares("w8a8")
+    assert list(shares) == report.block_names
+    assert sum(shares.values()) == pytest.approx(1.0, abs=1e-9)       # the increments add up to the full noise
+    first = report.block_names[0]
+    # The first block's share is its noise alone: 10^(-SQNR_first/10) / 10^(-SQNR_full/10).
+    full_db = report.block(report.block_names[-1]).progressive_db["w8a8"]
+    assert shares[first] == pytest.approx(10 ** ((full_db - report.block(first).progressive_db["w8a8"]) / 10))
+    # A later block whose total SQNR barely moves still shows the noise power it adds.
+    later = report.block_names[1:]
+    assert any(abs(report.block(n).progressive_drop_db["w8a8"]) < 1.0 and shares[n] > 0.01 for n in later)
+    assert report.added_noise_shares("w4a8") == {}                    # no progressive sweep at that precision
+    report.save(tmp_path)
+    assert (tmp_path / "global_added_noise.png").stat().st_size > 1000
+
+
 def test_cached_rerun_is_fast_and_identical(pipe, analysed):
     _, report, cache = analysed
     with CallCounter(get_denoiser(pipe)) as calls:

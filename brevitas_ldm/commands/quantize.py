@@ -35,8 +35,9 @@ from brevitas_ldm.ranks import current_ranks
 from brevitas_ldm.recipe import Recipe, get_recipe
 
 #: The PNGs the analysis reports write, by the key report.md links them under.
-ANALYSIS_FIGURES = {"block_progressive": "global_progressive_sqnr.png", "block_heatmap": "global_isolated_heatmap.png",
-                    "module_ranked": "layer_sqnr.png", "module_steps": "layer_sqnr_steps.png"}
+ANALYSIS_FIGURES = {"block_progressive": "global_progressive_sqnr.png", "block_added_noise": "global_added_noise.png",
+                    "block_heatmap": "global_isolated_heatmap.png", "module_ranked": "layer_sqnr.png",
+                    "module_steps": "layer_sqnr_steps.png"}
 
 
 def add_parser(subparsers) -> None:
