@@ -89,7 +89,8 @@ def _block_plan(pipe: Any, recipe: Recipe, plan: PlanLike | None, prompts: Seque
     result.block_report = report
     result.plan = choose_plan(report, recipe.plan, recipe.default_precision)
     result.timing_s["global_analysis"] = time.perf_counter() - start
-    result.denoiser_calls["global_analysis"] = int(report.denoiser_calls.get("total", 0))
+    # Calls this run made: a report read from --cache-dir cost none (the report keeps what computing it cost).
+    result.denoiser_calls["global_analysis"] = 0 if report.from_cache else int(report.denoiser_calls.get("total", 0))
     return result.plan.precisions
 
 

@@ -162,19 +162,21 @@ def test_every_command_works_on_every_family(family, family_dirs, tmp_path):
     model = str(family_dirs(family))
     recipe = str(_small_hybrid_recipe(tmp_path / "recipe.toml"))
     common = ["--model", model, *EVALUATION]
+    cache = str(tmp_path / "cache")
 
-    assert main(["analyze", "--model", model, *SAMPLING, "--recipe", recipe, "--out", str(tmp_path / "a")]) == 0
+    assert main(["analyze", "--model", model, *SAMPLING, "--recipe", recipe, "--cache-dir", cache, "--out",
+                 str(tmp_path / "a")]) == 0
     analysis = json.loads((tmp_path / "a" / "analysis.json").read_text())
     assert analysis["denoiser_calls"]["global_analysis"] > 0
     block_report = json.loads((tmp_path / "a" / "block_report.json").read_text())
     assert [b["name"] for b in block_report["blocks"]] == [b.name for b in get_blocks(get_denoiser(
         load_pipeline(model)))]
 
-    assert main(["quantize", *common, "--recipe", recipe, "--calibration-prompts", "2",
+    assert main(["quantize", *common, "--recipe", recipe, "--cache-dir", cache, "--calibration-prompts", "2",
                  "--out", str(tmp_path / "q")]) == 0
     metrics = json.loads((tmp_path / "q" / "metrics.json").read_text())
     quantized = metrics["quantized"]
-    assert metrics["denoiser_calls"]["global_analysis"] > 0
+    assert metrics["denoiser_calls"]["global_analysis"] == 0          # analyze's global analysis was reused
     assert 8.0 < quantized["output_sqnr_db"] < 120.0 and math.isfinite(quantized["image_psnr_db"])
     assert quantized["avg_weight_bits"] <= 8.0 + 1e-9 and quantized["avg_act_bits"] <= 9.0 + 1e-9
     assert (tmp_path / "q" / "figures" / "samples.png").is_file()

@@ -93,7 +93,7 @@ def _run_analysis(args: argparse.Namespace, recipe, pipe, samples, spec: Samplin
         return ""       # the main rank holds the same reports and writes them
     summary = {"model": model_name, "recipe": recipe.name, "num_prompts": len(samples), "steps": args.steps,
                "timing_s": timing,
-               "denoiser_calls": {"global_analysis": report.denoiser_calls.get("total", 0),
+               "denoiser_calls": {"global_analysis": 0 if report.from_cache else report.denoiser_calls.get("total", 0),
                                   **({"local_analysis": sum(layer_report.denoiser_calls.values())}
                                      if layer_report is not None else {})},
                "global_from_cache": bool(getattr(report, "from_cache", False)),
