@@ -193,7 +193,7 @@ class BlockReport:
         values = [self.block(n).progressive_db.get(precision) for n in names]
         if not names or any(v is None or not math.isfinite(v) for v in values):
             return {}
-        noise = [10.0 ** (-v / 10.0) for v in values]
+        noise = [db_to_noise_ratio(v) for v in values]
         full = noise[-1]
         if full <= 0.0:
             return {}

@@ -30,6 +30,8 @@ CATEGORY_LABELS = {
     "sampler": "up/down sampler", "time_embedding": "time-embedding projection", "in_out": "input/output conv",
     "other": "other"}
 VARIANTS = ("total", "weight", "act")
+RANKED_PNG = "layer_sqnr.png"
+STEPS_PNG = "layer_sqnr_steps.png"
 DEFAULT_TIME_SENSITIVE_DB = 6.0
 
 
@@ -209,8 +211,8 @@ class LayerReport:
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / self.FILENAME
         write_json_atomic(path, self.to_dict())
-        plot_ranked(self, directory / "layer_sqnr.png", top=top)
-        plot_steps(self, directory / "layer_sqnr_steps.png", count=curves)
+        plot_ranked(self, directory / RANKED_PNG, top=top)
+        plot_steps(self, directory / STEPS_PNG, count=curves)
         return path
 
     @classmethod

@@ -96,7 +96,7 @@ def _run_analysis(args: argparse.Namespace, recipe, pipe, samples, spec: Samplin
                "denoiser_calls": {"global_analysis": 0 if report.from_cache else report.denoiser_calls.get("total", 0),
                                   **({"local_analysis": sum(layer_report.denoiser_calls.values())}
                                      if layer_report is not None else {})},
-               "global_from_cache": bool(getattr(report, "from_cache", False)),
+               "global_from_cache": report.from_cache,
                "peak_rss_bytes": peak_rss_bytes(),
                "plan": {"method": plan.method, "predicted_sqnr_db": plan.predicted_sqnr_db,
                         "avg_weight_bits": plan.avg_weight_bits, "avg_act_bits": plan.avg_act_bits,

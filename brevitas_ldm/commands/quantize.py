@@ -10,7 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+from brevitas_ldm.analysis.block_report import ADDED_NOISE_PNG, HEATMAP_PNG, PROGRESSIVE_PNG
 from brevitas_ldm.analysis.figures import comparison_grid, line_plot
+from brevitas_ldm.analysis.layer_report import RANKED_PNG, STEPS_PNG
 from brevitas_ldm.commands.common import (
     add_model_options,
     add_output_options,
@@ -35,9 +37,8 @@ from brevitas_ldm.ranks import current_ranks
 from brevitas_ldm.recipe import Recipe, get_recipe
 
 #: The PNGs the analysis reports write, by the key report.md links them under.
-ANALYSIS_FIGURES = {"block_progressive": "global_progressive_sqnr.png", "block_added_noise": "global_added_noise.png",
-                    "block_heatmap": "global_isolated_heatmap.png", "module_ranked": "layer_sqnr.png",
-                    "module_steps": "layer_sqnr_steps.png"}
+ANALYSIS_FIGURES = {"block_progressive": PROGRESSIVE_PNG, "block_added_noise": ADDED_NOISE_PNG,
+                    "block_heatmap": HEATMAP_PNG, "module_ranked": RANKED_PNG, "module_steps": STEPS_PNG}
 
 
 def add_parser(subparsers) -> None:

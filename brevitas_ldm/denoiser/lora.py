@@ -53,11 +53,15 @@ def fuse_lora(pipe: Any, path: str | Path) -> FusedLora:
     if not hasattr(pipe, "load_lora_weights"):
         raise ModelError(f"{type(pipe).__name__} does not take LoRA weights (no load_lora_weights): drop --lora, or "
                          f"fuse the LoRA into the pipeline yourself and save_pretrained() it")
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
     denoiser = get_denoiser(pipe)
-    before = {name: param.detach().clone() for name, param in denoiser.named_parameters()}
     try:
         pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=ADAPTER_NAME)
-        pipe.fuse_lora(lora_scale=1.0, adapter_names=[ADAPTER_NAME])
+        # The denoiser's layers peft wrapped are the ones the fused LoRA changes (counted without copying weights).
+        changed = sum(1 for module in denoiser.modules() if isinstance(module, BaseTunerLayer))
+        if changed:
+            pipe.fuse_lora(lora_scale=1.0, adapter_names=[ADAPTER_NAME])
         pipe.unload_lora_weights()
     except (ValueError, RuntimeError, KeyError, TypeError, OSError) as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -65,8 +69,6 @@ def fuse_lora(pipe: Any, path: str | Path) -> FusedLora:
         first = first[:200]
         raise ModelError(f"--lora {path.name} does not fit {type(denoiser).__name__} ({first}): pass a LoRA trained "
                          f"for this model") from None
-    after = dict(denoiser.named_parameters())
-    changed = sum(1 for name, value in before.items() if name in after and not torch.equal(after[name], value))
     if changed == 0:
         raise ModelError(f"--lora {path.name} changes no weight of {type(denoiser).__name__}: none of its tensors "
                          f"names a layer of this denoiser; pass a LoRA trained for this model")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -292,7 +292,7 @@ def generate(pipe: Any, conditions: Sequence[Condition], seeds: Sequence[int], s
         batch_conditions = conditions[start:start + spec.batch_size]
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds[start:start + spec.batch_size]]
         kwargs = _pipeline_call_kwargs(pipe, batch_conditions, spec)
-        with _decoder_inputs(pipe) as decoded:
+        with _decoder_inputs(pipe) if output_type == "latent" else nullcontext([]) as decoded:
             result = pipe(**kwargs, num_inference_steps=spec.num_inference_steps, generator=generators,
                           output_type="latent" if output_type == "latent" else "pt")
         images = result.images if hasattr(result, "images") else result[0]
