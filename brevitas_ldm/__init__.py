@@ -59,6 +59,8 @@ _EXPORTS = {
     "quantize_pipeline": "brevitas_ldm.workflow",
     "load_quantized": "brevitas_ldm.checkpoint",
     "from_pretrained": "brevitas_ldm.pretrained",
+    "qat": "brevitas_ldm.training.qat",
+    "QATResult": "brevitas_ldm.training.qat",
     "export_denoiser": "brevitas_ldm.export",
     "verify_onnx": "brevitas_ldm.export",
 }
@@ -85,6 +87,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time names load on 
     from brevitas_ldm.workflow import QuantizationResult, quantize_pipeline  # noqa: F401
     from brevitas_ldm.checkpoint import load_quantized  # noqa: F401
     from brevitas_ldm.pretrained import from_pretrained  # noqa: F401
+    from brevitas_ldm.training.qat import QATResult, qat  # noqa: F401
     from brevitas_ldm.export import export_denoiser, verify_onnx  # noqa: F401
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -29,6 +29,8 @@ ACT_SCALE_METHODS = ("minmax", "percentile", "mse")
 CALIBRATION_MODES = ("all_steps", "uniform_steps", "single_step")
 SMOOTHQUANT_SCOPES = ("all", "sensitive")
 PLAN_METHODS = ("uniform", "threshold", "top_k", "budget")
+QAT_LEARNABLE = ("weights", "biases", "act_scales")
+QAT_TIMESTEP_SAMPLINGS = ("uniform", "high_noise")
 
 
 def _check_choice(value: Any, allowed: tuple[str, ...], key: str) -> str:
@@ -210,6 +212,58 @@ class PlanRule:
 
 
 
+@dataclass(frozen=True)
+class QAT:
+    """Quantization-aware fine-tuning after PTQ (``brevitas-ldm qat``): distil the quantized denoiser from the float
+    one on the float model's own sampling trajectories, through Brevitas' straight-through estimators.
+
+    ``steps = 0`` (the default) makes a PTQ-only recipe. ``learnable``: the quant layers' ``weights`` (full, or
+    through rank-``adapter_rank`` adapters merged at the end when ``adapter_rank > 0``), their ``biases``, and the
+    calibrated activation scales (``act_scales``, LSQ-style: Brevitas' scale parameters get gradients through the
+    rounding). Everything else stays frozen, bit for bit. ``timestep_sampling``: which recorded denoiser calls train,
+    ``uniform`` over the schedule or ``high_noise`` (probability falling linearly from the first step to the last).
+    ``num_prompts`` trajectories of ``batch_size`` samples are recorded once, before quantization.
+    """
+
+    steps: int = 0
+    learning_rate: float = 1e-5
+    scale_learning_rate: float = 1e-3
+    learnable: tuple[str, ...] = ("act_scales",)
+    adapter_rank: int = 0
+    timestep_sampling: str = "uniform"
+    num_prompts: int = 64
+    batch_size: int = 8
+
+    def validate(self) -> None:
+        for key in ("steps", "adapter_rank"):
+            value = _check_type(getattr(self, key), int, f"qat.{key}", "a non-negative integer")
+            if value < 0:
+                raise RecipeError(f"qat.{key} = {value} must be >= 0")
+        for key in ("num_prompts", "batch_size"):
+            value = _check_type(getattr(self, key), int, f"qat.{key}", "a positive integer")
+            if value < 1:
+                raise RecipeError(f"qat.{key} = {value} must be a positive integer")
+        for key in ("learning_rate", "scale_learning_rate"):
+            value = _check_type(getattr(self, key), (int, float), f"qat.{key}", "a positive number")
+            if not 0.0 < float(value) < 1.0:
+                raise RecipeError(f"qat.{key} = {value!r} must be in (0, 1), e.g. 1e-5")
+        if isinstance(self.learnable, str) or not isinstance(self.learnable, (list, tuple)) or not self.learnable:
+            raise RecipeError(f"qat.learnable = {self.learnable!r} must be a non-empty list drawn from "
+                              f"{', '.join(QAT_LEARNABLE)}, e.g. [\"act_scales\"]")
+        for i, item in enumerate(self.learnable):
+            _check_choice(item, QAT_LEARNABLE, f"qat.learnable[{i}]")
+        if len(set(self.learnable)) != len(self.learnable):
+            raise RecipeError(f"qat.learnable = {list(self.learnable)!r} names an entry twice: list each once")
+        if self.adapter_rank and "weights" not in self.learnable:
+            raise RecipeError(f"qat.adapter_rank = {self.adapter_rank} trains the weights through adapters, but "
+                              f"qat.learnable has no \"weights\": add it or set qat.adapter_rank = 0")
+        _check_choice(self.timestep_sampling, QAT_TIMESTEP_SAMPLINGS, "qat.timestep_sampling")
+
+    @property
+    def enabled(self) -> bool:
+        return self.steps > 0
+
+
 def _plain(value: Any) -> Any:
     """A section value as TOML writes it: precisions by name, tuples as lists (the edge where types go)."""
     if isinstance(value, Precision):
@@ -227,6 +281,7 @@ _SECTIONS: dict[str, type] = {
     "analysis": Analysis,
     "plan": PlanRule,
     "deploy": Deploy,
+    "qat": QAT,
 }
 _TOML_KEY = {"global_": "global"}
 _FIELD_FOR_TOML_KEY = {v: k for k, v in _TOML_KEY.items()}
@@ -245,6 +300,7 @@ class Recipe:
     analysis: Analysis = field(default_factory=Analysis)
     plan: PlanRule = field(default_factory=PlanRule)
     deploy: Deploy = field(default_factory=Deploy)
+    qat: QAT = field(default_factory=QAT)
     skip_layers: tuple[str, ...] = ()
     #: Layer class name (``Linear``, ``Conv2d``) -> precision, e.g. weight-only Linear layers (``{Linear = "w8"}``).
     type_precisions: tuple[tuple[str, Precision], ...] = ()
@@ -266,6 +322,7 @@ class Recipe:
         self.analysis.validate()
         self.plan.validate()
         self.deploy.validate()
+        self.qat.validate()
         if self.deploy.requantize_conv_outputs and self.activations.format != "int":
             raise RecipeError(f"deploy.requantize_conv_outputs needs integer activations (activations.format = "
                               f"{self.activations.format!r}): set activations.format = \"int\" or drop the key")

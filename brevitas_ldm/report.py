@@ -21,14 +21,43 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def metrics_table(metrics: dict[str, Any]) -> str:
-    fp, q = metrics.get("fp", {}), metrics.get("quantized", {})
-    rows = ["| metric | FP | quantized |", "|---|---|---|"]
+def metrics_table(metrics: dict[str, Any], columns: dict[str, str] | None = None) -> str:
+    """Metric rows, one column per ``columns`` entry (metrics key -> heading; default FP and quantized)."""
+    columns = columns or {"fp": "FP", "quantized": "quantized"}
+    tables = [metrics.get(key, {}) for key in columns]
+    rows = ["| metric | " + " | ".join(columns.values()) + " |", "|---" * (len(columns) + 1) + "|"]
     for key in ("digits_fid", "prompt_accuracy", "output_sqnr_db", "image_psnr_db", "avg_weight_bits",
                 "avg_act_bits", "size_bytes"):
-        if key in fp or key in q:
-            rows.append(f"| {key} | {_fmt(fp.get(key))} | {_fmt(q.get(key))} |")
+        if any(key in table for table in tables):
+            rows.append(f"| {key} | " + " | ".join(_fmt(table.get(key)) for table in tables) + " |")
     return "\n".join(rows)
+
+
+def write_qat_report(path: Path, metrics: dict[str, Any], result: Any, figures: dict[str, str], command: str) -> None:
+    """report.md of a ``brevitas-ldm qat`` run: FP, the PTQ start and the QAT result side by side, then training."""
+    recipe, qat = result.recipe, metrics["qat"]
+    lines = [f"# brevitas-ldm QAT report: {metrics['model']} with `{recipe.name}`", "", f"Command: `{command}`", "",
+             f"{recipe.description}", "", "## Quality against the FP pipeline (same prompts and seeds)", "",
+             f"{metrics['num_samples']} samples, {metrics['steps']} sampling steps, seed {metrics['seed']}. The PTQ "
+             f"column is the quantized model before training, the QAT column after; same quant layers and bits.", "",
+             metrics_table(metrics, {"fp": "FP", "ptq": "PTQ start", "quantized": "after QAT"}), ""]
+    for key, text in (("samples", "FP, PTQ and QAT samples"), ("per_step", "per-step SQNR"),
+                      ("loss", "distillation loss")):
+        if key in figures:
+            lines += [f"![{text}]({figures[key]})", ""]
+    lines += ["## Training", "", "| setting | value |", "|---|---|"]
+    for key in ("steps", "data", "recorded_calls", "learnable", "adapter_rank", "timestep_sampling",
+                "trained_parameters", "merged_adapters", "distillation_loss_before", "distillation_loss_after"):
+        lines.append(f"| {key} | {_fmt(qat.get(key))} |")
+    lines += ["", "| phase | wall time (s) | denoiser calls |", "|---|---|---|"]
+    calls = metrics.get("denoiser_calls", {})
+    for phase, seconds in metrics.get("timing_s", {}).items():
+        lines.append(f"| {phase} | {seconds:.2f} | {_fmt(calls.get(phase))} |")
+    lines += ["", "## Files", "", "- `metrics.json`: the numbers above (`ptq`: before training, `quantized`: after)",
+              "- `plan.json`: the per-layer precision plan of the PTQ start", "- `checkpoint/`: the trained quantized "
+              "denoiser, recipe (with its `[qat]` section) and plan; reload with "
+              "`brevitas_ldm.from_pretrained(<this folder>)`, evaluate or export it like a `quantize` folder", ""]
+    write_text_atomic(path, "\n".join(lines))
 
 
 def write_report(path: Path, metrics: dict[str, Any], result: Any, figures: dict[str, str], command: str) -> None:

@@ -1,0 +1,183 @@
+"""PTQ vs QAT side by side at the same bits on the embedded model -> docs/qat.md (+ docs/qat.json).
+
+Every row starts from a fresh FP denoiser, runs :func:`brevitas_ldm.qat` (the PTQ start, evaluated before any
+parameter moves, then distillation), and evaluates the trained model on the same prompts and seeds. Rows can be
+split across processes (``--rows``, each writing ``docs/results/qat-<part>.json``); ``--report`` assembles the page
+from every part. Example (two cores, one thread per process):
+
+    BREVITAS_LDM_THREADS=1 python benchmarks/qat.py --rows w4a8 w4a8-hybrid w4a6 w4a6-hybrid --part a &
+    BREVITAS_LDM_THREADS=1 python benchmarks/qat.py --rows w4a4 w4a4-hybrid w4a4-weights w4a4-adapters --part b
+    python benchmarks/qat.py --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import machine  # noqa: E402
+
+from brevitas_ldm.denoiser.loading import load_pipeline  # noqa: E402
+from brevitas_ldm.denoiser.sampling import SamplingSpec  # noqa: E402
+from brevitas_ldm.evaluation.comparison import compare_quantized, fp_reference  # noqa: E402
+from brevitas_ldm.evaluation.prompts import calibration_set, evaluation_set  # noqa: E402
+from brevitas_ldm.io import write_json_atomic, write_text_atomic  # noqa: E402
+from brevitas_ldm.precision import parse_precision  # noqa: E402
+from brevitas_ldm.recipe import Recipe, get_recipe  # noqa: E402
+from brevitas_ldm.training.qat import qat  # noqa: E402
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+PARTS = DOCS / "results"
+
+
+def _with_act_bits(recipe: Recipe, bits: int, name: str) -> Recipe:
+    return dataclasses.replace(recipe, name=name, activations=dataclasses.replace(recipe.activations, bits=bits))
+
+
+def _hybrid(recipe: Recipe, act_bits: int) -> Recipe:
+    """The same QAT recipe with a hybrid PTQ plan: the global SQNR analysis picks per-block precisions under a
+    budget of +0.5 average bits over the uniform row (first/last layers stay float, as in the uniform row)."""
+    menu = tuple(parse_precision(p) for p in ("w8a8", "w4a8", f"w4a{act_bits}"))
+    plan = dataclasses.replace(recipe.plan, method="budget", menu=tuple(dict.fromkeys(menu)), avg_weight_bits=4.5,
+                               avg_act_bits=act_bits + 0.5)
+    return dataclasses.replace(recipe, name=f"{recipe.name}-hybrid", plan=plan,
+                               analysis=dataclasses.replace(recipe.analysis, global_=True))
+
+
+def rows_by_name() -> dict[str, Recipe]:
+    w4a8, w4a4 = get_recipe("qat-w4a8"), get_recipe("qat-w4a4")
+    w4a6 = _with_act_bits(w4a4, 6, "qat-w4a6")
+    settings = w4a4.qat
+    return {
+        "w4a8": w4a8, "w4a8-hybrid": _hybrid(w4a8, 8),
+        "w4a6": w4a6, "w4a6-hybrid": _hybrid(w4a6, 6),
+        "w4a4": w4a4, "w4a4-hybrid": _hybrid(w4a4, 4),
+        "w4a4-weights": dataclasses.replace(w4a4, name="qat-w4a4 +weights", qat=dataclasses.replace(
+            settings, learnable=("weights", "act_scales", "biases"))),
+        "w4a4-adapters": dataclasses.replace(w4a4, name="qat-w4a4 +rank-4 adapters", qat=dataclasses.replace(
+            settings, learnable=("weights", "act_scales", "biases"), adapter_rank=4)),
+        "w4a4-scales": dataclasses.replace(w4a4, name="qat-w4a4 scales only", qat=dataclasses.replace(
+            settings, learnable=("act_scales",))),
+    }
+
+
+KEYS = ("output_sqnr_db", "image_psnr_db", "digits_fid", "prompt_accuracy", "avg_weight_bits", "avg_act_bits")
+
+
+def run(names: list[str], num_samples: int, steps: int, seed: int, part: str) -> None:
+    from brevitas_ldm.threads import THREADS_ENV, apply_threads, choose_threads, parse_threads
+
+    apply_threads(choose_threads(parse_threads(os.environ.get(THREADS_ENV, "auto"))))
+    recipes = rows_by_name()
+    pipe = load_pipeline("tiny-sd-digits")
+    fp_denoiser = copy.deepcopy(pipe.unet)
+    eval_set = evaluation_set(num_samples, seed)
+    spec = SamplingSpec(steps, 2.0, 100)
+    reference = fp_reference(pipe, eval_set, spec, with_digits=True)
+    rows = []
+    for name in names:
+        recipe = recipes[name]
+        pipe.unet = copy.deepcopy(fp_denoiser)
+        print(f"== {name} ({recipe.name})", file=sys.stderr, flush=True)
+        before = {}
+
+        def evaluate_start(result) -> None:
+            before["metrics"], _, _ = compare_quantized(pipe, eval_set, spec, reference, result.precisions, True)
+
+        cal = calibration_set(recipe.calibration.num_prompts)
+        start = time.perf_counter()
+        result = qat(pipe, recipe, calibration_prompts=list(cal.prompts), calibration_seeds=list(cal.seeds),
+                     spec=SamplingSpec(steps, 2.0, recipe.qat.batch_size), seed=seed, progress=True,
+                     before_training=evaluate_start)
+        total = time.perf_counter() - start
+        after, _, _ = compare_quantized(pipe, eval_set, spec, reference, result.quantization.precisions, True)
+        rows.append({"row": name, "recipe": recipe.name, "ptq": {k: before["metrics"][k] for k in KEYS},
+                     "qat": {k: after[k] for k in KEYS}, "training_steps": len(result.log.losses),
+                     "learnable": list(recipe.qat.learnable), "adapter_rank": recipe.qat.adapter_rank,
+                     "loss_before": result.loss_before, "loss_after": result.loss_after,
+                     "training_s": result.log.wall_time_s, "job_s_without_evaluation": total,
+                     "denoiser_calls": dict(result.denoiser_calls)})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    context = {"model": "tiny-sd-digits", "num_samples": num_samples, "steps": steps, "seed": seed,
+               "fp": reference.metrics, "machine": machine(), "threads": torch.get_num_threads(),
+               "command": "python " + " ".join(sys.argv)}
+    write_json_atomic(PARTS / f"qat-{part}.json", {"context": context, "rows": rows})
+
+
+def _fmt(value, digits=2) -> str:
+    if value is None:
+        return "–"
+    return "inf" if isinstance(value, float) and math.isinf(value) else f"{value:.{digits}f}"
+
+
+def report() -> None:
+    parts = [json.loads(path.read_text()) for path in sorted(PARTS.glob("qat-*.json"))]
+    rows = [row for part in parts for row in part["rows"]]
+    context = parts[0]["context"]
+    fp = context["fp"]
+    lines = ["| row | W / A bits | output SQNR PTQ → QAT (dB) | image PSNR PTQ → QAT (dB) | digits-FID PTQ → QAT | "
+             "prompt acc. PTQ → QAT | distillation loss | training steps | training (s) | denoiser calls (train) |",
+             "|" + "---|" * 10]
+    for row in rows:
+        p, q = row["ptq"], row["qat"]
+        lines.append(f"| {row['recipe']} | {_fmt(q['avg_weight_bits'])} / {_fmt(q['avg_act_bits'])} | "
+                     f"{_fmt(p['output_sqnr_db'])} → **{_fmt(q['output_sqnr_db'])}** | "
+                     f"{_fmt(p['image_psnr_db'])} → {_fmt(q['image_psnr_db'])} | "
+                     f"{_fmt(p['digits_fid'])} → **{_fmt(q['digits_fid'])}** | "
+                     f"{_fmt(p['prompt_accuracy'], 3)} → {_fmt(q['prompt_accuracy'], 3)} | "
+                     f"{row['loss_before']:.4f} → {row['loss_after']:.4f} | {row['training_steps']} | "
+                     f"{row['training_s']:.0f} | {row['denoiser_calls'].get('training', 0)} |")
+    commands = sorted({part["context"]["command"] for part in parts})
+    table = "\n".join(lines)
+    page = PAGE.format(table=table, fp_fid=_fmt(fp["digits_fid"]), fp_acc=_fmt(fp["prompt_accuracy"], 3),
+                       num_samples=context["num_samples"], steps=context["steps"], seed=context["seed"],
+                       machine=context["machine"], threads=context["threads"],
+                       commands="\n".join(f"    {c}" for c in commands))
+    write_json_atomic(DOCS / "qat.json", {"context": context, "rows": rows})
+    write_text_atomic(DOCS / "qat.md", page)
+
+
+PAGE = """# QAT: PTQ vs QAT at the same bits (tiny-sd-digits)
+
+`brevitas-ldm qat` (or `brevitas_ldm.qat(pipe, recipe, plan=..., checkpoint=...)`) starts from the PTQ result of the
+recipe (same quant layers, same plan, same calibrated scales), then distils the quantized denoiser from the float one
+on the float model's own sampling trajectories (data-free) or on noised latents of `--data` images. See
+`docs/guide.md` for the command and `[qat]` keys.
+
+{num_samples} samples per row, {steps} sampling steps, seed {seed}, guidance 2.0; FP digits-FID {fp_fid}, prompt
+accuracy {fp_acc}. Each row's PTQ and QAT columns have the same quant layers and the same average bits (training
+changes values, never bit widths). Hybrid rows: the global SQNR analysis picks per-block precisions under a budget
+of +0.5 average bits.
+
+{table}
+
+{findings}
+
+Machine: {machine}; {threads} torch thread(s) per process. Commands:
+
+{commands}
+"""
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", nargs="+", default=[], choices=sorted(rows_by_name()))
+    parser.add_argument("--part", default="a")
+    parser.add_argument("--num-samples", type=int, default=500)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--report", action="store_true")
+    args = parser.parse_args()
+    if args.rows:
+        run(args.rows, args.num_samples, args.steps, args.seed, args.part)
+    if args.report:
+        report()
