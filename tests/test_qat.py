@@ -170,8 +170,12 @@ def test_qat_command_writes_a_folder_that_reloads_bit_identically_and_exports(sd
     assert main(["quantize", "--model", str(sd_dir), "--recipe", "minmax-w8a8", "--out", str(ptq),
                  "--calibration-prompts", "2", *CLI_FAST]) == 0
     resumed = tmp_path / "r"
-    assert main(["qat", "--model", str(sd_dir), "--checkpoint", str(ptq / "checkpoint"), "--recipe", str(recipe),
+    assert main(["qat", "--model", str(sd_dir), "--checkpoint", str(ptq), "--recipe", str(recipe),
                  "--out", str(resumed), *CLI_FAST]) == 0
+    # --model naming the PTQ folder is the same start; a --plan beside it is refused before any work.
+    assert main(["qat", "--model", str(ptq), "--plan", str(ptq / "plan.json"), "--recipe", str(recipe), "--out",
+                 str(tmp_path / "refused"), *CLI_FAST]) == 2
+    assert not (tmp_path / "refused").exists()
     resumed_metrics = json.loads((resumed / "metrics.json").read_text())
     assert resumed_metrics["recipe"] == "minmax-w8a8+qat-w4a8-test"
     assert resumed_metrics["ptq"]["output_sqnr_db"] == json.loads((ptq / "metrics.json").read_text())["quantized"][
@@ -203,6 +207,7 @@ def test_qat_on_a_folder_of_captioned_images(sd_dir, tmp_path):
     (["--qat-steps", "0"], "--qat-steps 0 must be at least 1"),
     (["--data", "nowhere"], "--data nowhere is not a folder"),
     (["--checkpoint", "nowhere"], "is not a brevitas-ldm checkpoint"),
+    (["--plan", "nowhere.json"], "nowhere.json"),
 ])
 def test_qat_command_refuses_bad_input_in_one_line_before_any_work(sd_dir, tmp_path, capsys, args, message):
     out = tmp_path / "q"

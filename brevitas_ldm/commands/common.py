@@ -106,6 +106,7 @@ def checked_checkpoint(args: argparse.Namespace) -> dict[str, Any] | None:
         args.checkpoint = folder
     if args.checkpoint is None:
         return None
+    args.checkpoint = quantized_folder(args.checkpoint) or args.checkpoint     # a `quantize --out` folder works too
     meta = read_checkpoint_meta(args.checkpoint)
     if folder is not None:
         args.model = base_model(folder, meta)

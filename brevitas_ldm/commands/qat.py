@@ -45,8 +45,8 @@ def add_parser(subparsers) -> None:
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--plan", type=Path, default=None, help="plan.json for the PTQ start instead of the analysis")
     start.add_argument("--checkpoint", type=Path, default=None,
-                       help="start from this PTQ checkpoint (a `quantize` folder or its checkpoint/): its quant layers, "
-                            "plan and calibrated scales; only the recipe's [qat] section is used")
+                       help="start from this PTQ checkpoint (a `quantize` folder or its checkpoint/): its quant "
+                            "layers, plan and calibrated scales; only the recipe's [qat] section is used")
     parser.add_argument("--data", type=Path, default=None,
                         help="folder of images with a .txt caption each: distil on their noised latents instead of "
                              "the FP model's own trajectories (data-free, the default)")
@@ -68,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
     if args.data is not None:
         read_image_folder(args.data)                     # a bad folder fails before the model loads
     checked_checkpoint(args)                             # so does a bad checkpoint (and --model may be one)
+    if plan is not None and args.checkpoint is not None:
+        raise BrevitasLDMError(f"--plan {args.plan} and the checkpoint {args.checkpoint} both set the precisions: drop "
+                               f"--plan (a checkpoint carries its plan) or pass the FP pipeline as --model")
     pipe, lora = load_model(args)
     if args.data is not None:
         check_data_pipeline(pipe)
@@ -86,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = qat(pipe, recipe, plan=plan, checkpoint=args.checkpoint, data=data, calibration_prompts=list(cal.prompts),
                  calibration_seeds=list(cal.seeds), spec=train_spec, seed=args.seed, progress=True,
-                 cache_dir=args.cache_dir, before_training=evaluate_start)
+                 cache_dir=args.cache_dir, trajectory_prompts=prompts, before_training=evaluate_start)
     quantized, generation, per_step = compare_quantized(pipe, eval_set, spec, reference, result.quantization.precisions,
                                                         with_digits=digits)
     model_name = model_display_name(args.model)

@@ -28,7 +28,7 @@ from brevitas_ldm.errors import BrevitasLDMError
 
 
 def detached(value: Any) -> Any:
-    """``value`` with every tensor inside (tuples, lists, dicts) detached and copied, so later calls cannot change it."""
+    """``value`` with every tensor inside (tuples, lists, dicts) detached and copied: later calls cannot change it."""
     if isinstance(value, torch.Tensor):
         return value.detach().clone()
     if isinstance(value, dict):

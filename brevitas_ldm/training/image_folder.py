@@ -110,7 +110,8 @@ def _conditioning_call(pipe: Any, captions: Sequence[str], spec: SamplingSpec) -
     return captured[0]
 
 
-def _with_sample_and_timestep(args: tuple, kwargs: dict, sample: torch.Tensor, timestep: torch.Tensor) -> tuple[tuple, dict]:
+def _with_sample_and_timestep(args: tuple, kwargs: dict, sample: torch.Tensor,
+                              timestep: torch.Tensor) -> tuple[tuple, dict]:
     where, old = find_timestep(args, kwargs)
     new_t = timestep.to(old.dtype).expand_as(old).clone() if isinstance(old, torch.Tensor) else type(old)(timestep)
     args, kwargs = list(args), dict(kwargs)

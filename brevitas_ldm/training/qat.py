@@ -86,12 +86,14 @@ def qat(pipe: Any, recipe: Recipe | str, plan: PlanLike | None = None, checkpoin
         data: DistillationSet | None = None, calibration_prompts: Sequence[str] | None = None,
         calibration_seeds: Sequence[int] | None = None, spec: SamplingSpec | None = None, seed: int = 0,
         steps: int | None = None, progress: bool = False, cache_dir: str | Path | None = None,
+        trajectory_prompts: Sequence[str] | None = None,
         before_training: Callable[[QuantizationResult], None] | None = None) -> QATResult:
     """Quantize ``pipe``'s float denoiser in place with ``recipe`` (PTQ, or the PTQ ``checkpoint``), then fine-tune
     it by distillation from the float denoiser following ``recipe.qat``.
 
-    ``data``: the distillation set (default: the float trajectories of ``recipe.qat.num_prompts`` calibration
-    prompts, recorded here before quantization); ``calibration_prompts``/``seeds`` feed PTQ as in
+    ``data``: the distillation set (default: the float trajectories of ``recipe.qat.num_prompts`` samples cycling
+    through ``trajectory_prompts``, or the model's own prompts, with calibration seeds; recorded here before
+    quantization); ``calibration_prompts``/``seeds`` feed PTQ as in
     :func:`~brevitas_ldm.workflow.quantize_pipeline`. ``spec``: how trajectories are sampled (its batch size is the
     training batch). ``seed`` fixes which calls train and the adapters' initial values. ``before_training`` sees
     the PTQ result before any parameter moves (the command line evaluates it there).
@@ -109,7 +111,8 @@ def qat(pipe: Any, recipe: Recipe | str, plan: PlanLike | None = None, checkpoin
     calls: dict[str, int] = {}
     start = time.perf_counter()
     if data is None:
-        trajectories = calibration_set(settings.num_prompts)
+        trajectories = calibration_set(settings.num_prompts,
+                                       prompts=list(trajectory_prompts) if trajectory_prompts else None)
         data = record_trajectories(pipe, trajectories.prompts, trajectories.seeds, spec, progress=progress)
     timing["recording"] = time.perf_counter() - start
     calls["recording"] = len(data)
