@@ -147,8 +147,37 @@ def report() -> None:
                        num_samples=context["num_samples"], steps=context["steps"], seed=context["seed"],
                        machine=context["machine"], threads=context["threads"],
                        commands="\n".join(f"    {c}" for c in commands))
+    _figure(rows, fp, DOCS / "figures" / "qat.png")
     write_json_atomic(DOCS / "qat.json", {"context": context, "rows": rows})
     write_text_atomic(DOCS / "qat.md", page)
+
+
+def _figure(rows: list[dict], fp: dict, path: Path) -> None:
+    """PTQ start -> QAT per row: output SQNR and digits-FID (FP's FID as a line)."""
+    from brevitas_ldm.analysis.figures import plt, save_figure
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(rows) + 1.8), sharey=True)
+    labels = [row["recipe"] for row in rows]
+    for ax, key, name in ((axes[0], "output_sqnr_db", "output SQNR vs FP (dB, higher is better)"),
+                          (axes[1], "digits_fid", "digits-FID (lower is better)")):
+        for y, row in enumerate(rows):
+            before, after = row["ptq"][key], row["qat"][key]
+            ax.annotate("", xy=(after, y), xytext=(before, y), arrowprops={"arrowstyle": "->", "color": "grey"})
+            ax.plot([before], [y], "o", markerfacecolor="white", color="tab:blue")
+            ax.plot([after], [y], "o", color="tab:orange")
+        ax.set_xlabel(name)
+        ax.grid(alpha=0.3)
+    axes[1].axvline(fp["digits_fid"], color="black", linestyle="--", label="FP")
+    axes[1].axvline(1.1 * fp["digits_fid"], color="grey", linestyle=":", label="FP + 10%")
+    axes[1].legend(fontsize=8)
+    axes[0].plot([], [], "o", markerfacecolor="white", color="tab:blue", label="PTQ start")
+    axes[0].plot([], [], "o", color="tab:orange", label="after QAT")
+    axes[0].legend(fontsize=8)
+    axes[0].set_yticks(range(len(labels)))
+    axes[0].set_yticklabels(labels, fontsize=8)
+    axes[0].invert_yaxis()
+    fig.suptitle("PTQ -> QAT at the same bits, tiny-sd-digits")
+    save_figure(fig, path)
 
 
 def _findings(rows: list[dict], fp: dict) -> str:
@@ -186,6 +215,8 @@ changes values, never bit widths). Hybrid rows: the global SQNR analysis picks p
 of +0.5 average bits.
 
 {table}
+
+![PTQ -> QAT per row](figures/qat.png)
 
 {findings}
 

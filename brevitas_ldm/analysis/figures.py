@@ -81,3 +81,22 @@ def line_plot(series: dict[str, Sequence[float]], path: Path, title: str, xlabel
     if len(series) > 1:
         ax.legend(fontsize=8)
     save_figure(fig, path)
+
+
+def training_curve(losses: Sequence[float], path: Path, title: str, window: int = 25) -> None:
+    """A loss per training step, as faint points plus its running mean over ``window`` steps, on a log scale: one
+    step's loss depends on which recorded call it drew (early sampling steps cost ten times more), so only the
+    running mean shows the trend. Fixed size, whatever the number of steps."""
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    values = torch.tensor([float(v) for v in losses], dtype=torch.float64)
+    ax.plot(range(len(values)), values.numpy(), ".", markersize=2, alpha=0.35, label="per step")
+    if len(values) >= window:
+        running = values.unfold(0, window, 1).mean(dim=1).numpy()
+        ax.plot(range(window - 1, len(values)), running, linewidth=2, label=f"running mean ({window} steps)")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("MSE vs the float output")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    save_figure(fig, path)

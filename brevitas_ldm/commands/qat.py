@@ -8,7 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from brevitas_ldm.analysis.figures import comparison_grid, line_plot
+from brevitas_ldm.analysis.figures import comparison_grid, line_plot, training_curve
 from brevitas_ldm.commands.common import (
     add_model_options,
     add_output_options,
@@ -137,8 +137,7 @@ def _write_outputs(staging: Path, metrics: dict, result: QATResult, reference, p
     line_plot({"PTQ start": metrics["ptq_per_step_sqnr_db"], "after QAT": metrics["per_step_sqnr_db"]},
               staging / "figures" / "per_step_sqnr.png", title="SQNR of the denoiser output per sampling step",
               xlabel="sampling step", ylabel="SQNR (dB)")
-    line_plot({"distillation loss": result.log.losses}, staging / "figures" / LOSS_PNG,
-              title="QAT distillation loss per training step", xlabel="training step", ylabel="MSE vs FP output")
+    training_curve(result.log.losses, staging / "figures" / LOSS_PNG, title="QAT distillation loss")
     figures = {"samples": "figures/samples.png", "per_step": "figures/per_step_sqnr.png", "loss": f"figures/{LOSS_PNG}"}
     result.save(staging / CHECKPOINT_SUBDIR, model=model_name, lora=lora.to_dict() if lora is not None else None)
     write_qat_report(staging / "report.md", metrics, result, figures, command)
