@@ -68,6 +68,11 @@ def rows_by_name() -> dict[str, Recipe]:
             settings, learnable=("weights", "act_scales", "biases"), adapter_rank=4)),
         "w4a4-3000": dataclasses.replace(w4a4, name="qat-w4a4 3000 steps", qat=dataclasses.replace(
             settings, steps=3000)),
+        "w4a4-mse": dataclasses.replace(w4a4, name="qat-w4a4 mse activations", activations=dataclasses.replace(
+            w4a4.activations, scale_method="mse")),
+        "w4a4-percentile": dataclasses.replace(w4a4, name="qat-w4a4 percentile activations",
+                                               activations=dataclasses.replace(w4a4.activations,
+                                                                               scale_method="percentile")),
         "w4a4-scales": dataclasses.replace(w4a4, name="qat-w4a4 scales only", qat=dataclasses.replace(
             settings, learnable=("act_scales",))),
     }
