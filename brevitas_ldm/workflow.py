@@ -55,17 +55,20 @@ class QuantizationResult:
     timing_s: dict[str, float] = field(default_factory=dict)
     denoiser_calls: dict[str, int] = field(default_factory=dict)
 
+    def plan_or_uniform(self, model: str | None) -> Plan:
+        """The plan, or for a uniform recipe (no analysis plan) one saying so, so every folder has a plan.json in
+        the same file format."""
+        return self.plan or Plan(precisions={}, method="uniform", default=str(self.recipe.default_precision),
+                                 model=model, recipe=self.recipe.name)
+
     def save(self, directory: str | Path, model: str | None = None, lora: Mapping[str, Any] | None = None) -> Path:
         """Quantized pipeline folder (quantized denoiser state + recipe + plan + a reference to the base pipeline,
         ``model`` or where the pipeline was loaded from), reloadable with :func:`brevitas_ldm.from_pretrained` in
         one call, or onto an FP pipeline with :func:`load_quantized`. ``lora``: the LoRA fused into the base
         (:class:`~brevitas_ldm.denoiser.lora.FusedLora` as a dict), which reloading fuses again."""
         model = model or pipeline_source(self.pipeline)
-        # A uniform recipe has no analysis plan; its folder still says what it did, in the same file format.
-        plan = self.plan or Plan(precisions={}, method="uniform", default=str(self.recipe.default_precision),
-                                 model=model, recipe=self.recipe.name)
         return save_checkpoint(get_denoiser(self.pipeline), self.recipe, Path(directory), model=model,
-                               smoothing_alphas=self.smoothing.alphas, plan=plan,
+                               smoothing_alphas=self.smoothing.alphas, plan=self.plan_or_uniform(model),
                                denoiser_component=denoiser_component(self.pipeline), lora=lora)
 
 

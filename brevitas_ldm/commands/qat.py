@@ -18,6 +18,7 @@ from brevitas_ldm.commands.common import (
     checked_checkpoint,
     load_model,
 )
+from brevitas_ldm.commands.quantize import write_plan_files
 from brevitas_ldm.denoiser.loading import model_display_name
 from brevitas_ldm.denoiser.sampling import SamplingSpec
 from brevitas_ldm.errors import BrevitasLDMError
@@ -27,7 +28,6 @@ from brevitas_ldm.evaluation.run import has_digits_evaluator
 from brevitas_ldm.io import atomic_output_dir, write_json_atomic
 from brevitas_ldm.planning.plan import read_plan
 from brevitas_ldm.pretrained import CHECKPOINT_SUBDIR
-from brevitas_ldm.recipe import get_recipe
 from brevitas_ldm.report import write_qat_report
 from brevitas_ldm.training.image_folder import check_data_pipeline, read_image_folder, record_image_folder
 from brevitas_ldm.training.qat import QATResult, qat, qat_recipe
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     check_evaluator_samples(args)
     if args.qat_steps is not None and args.qat_steps < 1:
         raise BrevitasLDMError(f"--qat-steps {args.qat_steps} must be at least 1")
-    recipe = qat_recipe(get_recipe(args.recipe), args.qat_steps)
+    recipe = qat_recipe(args.recipe, args.qat_steps)
     prompts = read_prompt_file(args.prompts) if args.prompts else None
     plan = read_plan(args.plan) if args.plan is not None else None
     if args.data is not None:
@@ -121,14 +121,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_outputs(staging: Path, metrics: dict, result: QATResult, reference, ptq_generation, generation, eval_set,
                    command: str, model_name: str, lora) -> None:
-    from brevitas_ldm.planning.plan import Plan
-
-    quantization = result.quantization
     write_json_atomic(staging / "metrics.json", metrics)
-    plan = quantization.plan or Plan(precisions={}, method="uniform", default=str(result.recipe.default_precision),
-                                     model=model_name, recipe=result.recipe.name)
-    plan.save(staging / "plan.json")
-    write_json_atomic(staging / "layer_precisions.json", {k: str(v) for k, v in quantization.precisions.items()})
+    write_plan_files(staging, result.quantization, model_name)
     (staging / "figures").mkdir()
     columns = min(10, len(eval_set))
     comparison_grid({"FP": reference.generation.images[:columns], "PTQ": ptq_generation.images[:columns],

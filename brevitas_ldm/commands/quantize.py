@@ -179,17 +179,19 @@ def folder_summary(out: Path, model_name: str) -> str:
             f"reload with brevitas_ldm.from_pretrained({str(out)!r}) or pass --model {out} to evaluate/export")
 
 
+def write_plan_files(staging: Path, result, model_name: str) -> None:
+    """``plan.json`` (editable, reusable with ``--plan``) and ``layer_precisions.json`` of a quantized run."""
+    result.plan_or_uniform(model_name).save(staging / "plan.json")
+    write_json_atomic(staging / "layer_precisions.json", {k: str(v) for k, v in result.precisions.items()})
+
+
 def write_outputs(staging: Path, metrics: dict, result, reference, generation, eval_set, per_step: list[float],
                   command: str, model_name: str, lora: FusedLora | None = None) -> None:
-    from brevitas_ldm.planning.plan import Plan
     from brevitas_ldm.report import write_report
 
     figures: dict[str, str] = {}
     write_json_atomic(staging / "metrics.json", metrics)
-    plan = result.plan or Plan(precisions={}, method="uniform", default=str(result.recipe.default_precision),
-                               model=model_name, recipe=result.recipe.name)
-    plan.save(staging / "plan.json")
-    write_json_atomic(staging / "layer_precisions.json", {k: str(v) for k, v in result.precisions.items()})
+    write_plan_files(staging, result, model_name)
     (staging / "figures").mkdir()
     columns = min(10, len(eval_set))
     comparison_grid({"FP": reference.generation.images[:columns], result.recipe.name: generation.images[:columns]},

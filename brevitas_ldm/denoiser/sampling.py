@@ -82,6 +82,18 @@ def find_timestep(args: tuple, kwargs: dict) -> tuple[str | int, Any]:
                            "called as denoiser(sample, timestep, ...)")
 
 
+def replace_argument(args: tuple, kwargs: dict, where: str | int, value: Any) -> tuple[tuple, dict]:
+    """A denoiser call's arguments with the one at ``where`` (a keyword or a position) replaced by ``value``."""
+    if isinstance(where, str):
+        return args, {**kwargs, where: value}
+    return args[:where] + (value,) + args[where + 1:], kwargs
+
+
+def timestep_like(old: Any, value: float) -> Any:
+    """``value`` as a timestep argument of the same kind as ``old`` (tensor dtype and shape, or Python type)."""
+    return torch.full_like(old, value) if isinstance(old, torch.Tensor) else type(old)(value)
+
+
 def timestep_value(timestep: Any) -> float:
     if isinstance(timestep, torch.Tensor):
         return float(timestep.flatten()[0].item()) if timestep.numel() else math.nan
@@ -303,6 +315,56 @@ def generate(pipe: Any, conditions: Sequence[Condition], seeds: Sequence[int], s
             images = _as_nchw(images)
         outputs.append(images.float().cpu())
     return torch.cat(outputs)
+
+
+def detached(value: Any) -> Any:
+    """``value`` with every tensor inside (tuples, lists, dicts) detached and copied: later calls cannot change it."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {key: detached(item) for key, item in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(detached(item) for item in value)
+    return value
+
+
+class _FirstCallSeen(Exception):
+    """Raised from a pre-hook to stop a pipeline once its first denoiser call has been captured."""
+
+
+@torch.no_grad()
+def first_denoiser_call(pipe: Any, conditions: Sequence[Condition], seeds: Sequence[int], spec: SamplingSpec,
+                        run_it: bool = True) -> tuple[tuple, dict]:
+    """Arguments of the denoiser's first call (copied) when ``pipe`` samples ``conditions`` in one batch.
+
+    The pipeline runs ``spec``'s step count (at least 2, because some pipelines take another path for one-step
+    sampling: PixArt's expects a one-step scheduler) and is stopped before the denoiser's second call, so this costs
+    one denoiser call whatever the model; with ``run_it=False`` it is stopped before the first call runs, for
+    callers that only want the inputs (a call that ran leaves the model warm for whoever times the next one).
+    """
+    denoiser = get_denoiser(pipe)
+    captured: list[tuple[tuple, dict]] = []
+
+    def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if captured:
+            raise _FirstCallSeen
+        captured.append((detached(args), detached(kwargs)))
+        if not run_it:
+            raise _FirstCallSeen
+
+    handle = denoiser.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    one_batch = SamplingSpec(num_inference_steps=max(2, spec.num_inference_steps), guidance_scale=spec.guidance_scale,
+                             batch_size=len(conditions))
+    try:
+        generate(pipe, list(conditions), list(seeds), one_batch, output_type="latent")
+    except _FirstCallSeen:
+        pass
+    finally:
+        handle.remove()
+    if not captured:
+        raise ModelError(f"{type(pipe).__name__} sampled without calling its denoiser: pass a diffusers pipeline "
+                         f"whose __call__ runs pipe.unet or pipe.transformer")
+    return captured[0]
 
 
 def sampling_calls(num_samples: int, spec: SamplingSpec) -> int:

@@ -15,7 +15,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from brevitas_ldm.denoiser.sampling import SamplingSpec, denoiser_step_hook, generate, get_denoiser
+from brevitas_ldm.denoiser.sampling import (
+    SamplingSpec,
+    denoiser_step_hook,
+    first_denoiser_call,
+    generate,
+    get_denoiser,
+)
 from brevitas_ldm.errors import ModelError
 
 _SAMPLE_KEYS = ("sample", "hidden_states")
@@ -136,37 +142,9 @@ def capture_denoiser_calls(pipe: Any, conditions: Sequence[Any], seeds: Sequence
     return calls
 
 
-class _FirstCallSeen(Exception):
-    """Raised from a pre-hook to stop a pipeline once its first denoiser call has been captured."""
-
-
-@torch.no_grad()
 def first_call_inputs(pipe: Any, conditions: Sequence[Any], seeds: Sequence[int],
                       spec: SamplingSpec) -> dict[str, torch.Tensor]:
-    """Keyword tensors of the denoiser's first call when ``pipe`` samples ``conditions`` in one batch.
-
-    The pipeline runs ``spec``'s step count (at least 2, because some pipelines take another path for one-step
-    sampling: PixArt's expects a one-step scheduler) and is stopped before the denoiser's second call, so this costs
-    one denoiser call whatever the model.
-    """
-    denoiser = get_denoiser(pipe)
-    captured: list[dict[str, torch.Tensor]] = []
-
-    def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if captured:
-            raise _FirstCallSeen
-        captured.append(call_inputs(denoiser, args, kwargs))
-
-    handle = denoiser.register_forward_pre_hook(pre_hook, with_kwargs=True)
-    one_batch = SamplingSpec(num_inference_steps=max(2, spec.num_inference_steps), guidance_scale=spec.guidance_scale,
-                             batch_size=len(conditions))
-    try:
-        generate(pipe, list(conditions), list(seeds), one_batch, output_type="latent")
-    except _FirstCallSeen:
-        pass
-    finally:
-        handle.remove()
-    if not captured:
-        raise ModelError(f"{type(pipe).__name__} sampled without calling its denoiser: pass a diffusers pipeline "
-                         f"whose __call__ runs pipe.unet or pipe.transformer")
-    return captured[0]
+    """Keyword tensors of the denoiser's first call when ``pipe`` samples ``conditions`` in one batch
+    (:func:`~brevitas_ldm.denoiser.sampling.first_denoiser_call`: one denoiser call, which runs)."""
+    args, kwargs = first_denoiser_call(pipe, conditions, seeds, spec)
+    return call_inputs(get_denoiser(pipe), args, kwargs)

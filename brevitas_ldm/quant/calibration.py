@@ -32,17 +32,11 @@ from brevitas_ldm.denoiser.sampling import (
     generate,
     get_denoiser,
     max_noise_timestep,
+    replace_argument,
     sampling_calls,
+    timestep_like,
 )
 from brevitas_ldm.errors import CalibrationError
-
-
-def _replace_timestep(args: tuple, kwargs: dict, where: str | int, value: int) -> tuple[tuple, dict]:
-    old = kwargs[where] if isinstance(where, str) else args[where]
-    new = torch.full_like(old, value) if isinstance(old, torch.Tensor) else type(old)(value)
-    if isinstance(where, str):
-        return args, {**kwargs, where: new}
-    return args[:where] + (new,) + args[where + 1:], kwargs
 
 
 class _StepCalibration:
@@ -146,7 +140,8 @@ class single_step_calibration(_StepCalibration):
     def _prepare(self, step, args, kwargs, where):
         if self.keep_first_timestep:
             return args, kwargs
-        return _replace_timestep(args, kwargs, where, self.timestep)
+        old = kwargs[where] if isinstance(where, str) else args[where]
+        return replace_argument(args, kwargs, where, timestep_like(old, self.timestep))
 
 
 def uniform_step_indices(num_inference_steps: int, count: int) -> list[int]:

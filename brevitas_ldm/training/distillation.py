@@ -21,7 +21,7 @@ from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.quant.quantize import initialise_weight_scales, quant_layers
 from brevitas_ldm.recipe import QAT
 from brevitas_ldm.training.adapters import attach_adapters
-from brevitas_ldm.training.distillation_set import DistillationSet
+from brevitas_ldm.training.distillation_set import DistillationCall, DistillationSet
 
 
 @dataclass
@@ -80,19 +80,24 @@ class TrainingLog:
         return sum(part) / len(part) if part else float("nan")
 
 
+def call_loss(denoiser: nn.Module, call: DistillationCall) -> torch.Tensor:
+    """Mean squared error of the denoiser's output on a recorded call against the float output (the QAT loss)."""
+    return torch.nn.functional.mse_loss(first_tensor(denoiser(*call.args, **call.kwargs)).float(),
+                                        call.target.float())
+
+
 @torch.no_grad()
 def mean_distillation_loss(denoiser: nn.Module, data: DistillationSet, every: int = 1) -> float:
-    """Mean squared error of the denoiser against the float outputs over every ``every``-th recorded call."""
-    losses = [torch.nn.functional.mse_loss(first_tensor(denoiser(*call.args, **call.kwargs)).float(),
-                                           call.target.float()).item() for call in data.calls[::every]]
+    """:func:`call_loss` averaged over every ``every``-th recorded call."""
+    losses = [call_loss(denoiser, call).item() for call in data.calls[::every]]
     return sum(losses) / len(losses)
 
 
 def distil(denoiser: nn.Module, data: DistillationSet, settings: QAT, trainable: TrainableParameters, seed: int,
-           steps: int | None = None, progress: bool = False) -> TrainingLog:
-    """Train ``trainable`` for ``steps`` (default ``settings.steps``) steps, one recorded call per step, drawn with
+           progress: bool = False) -> TrainingLog:
+    """Train ``trainable`` for ``settings.steps`` steps, one recorded call per step, drawn with
     ``settings.timestep_sampling`` from a generator seeded with ``seed``; the denoiser is left frozen again."""
-    steps = settings.steps if steps is None else steps
+    steps = settings.steps
     if not len(data):
         raise BrevitasLDMError("nothing to distil from: the float run recorded no denoiser calls")
     groups = [{"params": params, "lr": lr} for params, lr in (
@@ -108,10 +113,8 @@ def distil(denoiser: nn.Module, data: DistillationSet, settings: QAT, trainable:
     bar = tqdm(order, desc="QAT", disable=not progress, leave=False)
     try:
         for index in bar:
-            call = data.calls[index]
             with torch.enable_grad():
-                output = first_tensor(denoiser(*call.args, **call.kwargs))
-                loss = torch.nn.functional.mse_loss(output.float(), call.target.float())
+                loss = call_loss(denoiser, data.calls[index])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
             optimizer.step()

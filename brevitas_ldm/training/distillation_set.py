@@ -20,22 +20,12 @@ from brevitas_ldm.denoiser.sampling import (
     Condition,
     SamplingSpec,
     denoiser_step_hook,
+    detached,
     first_tensor,
     generate,
     get_denoiser,
 )
 from brevitas_ldm.errors import BrevitasLDMError
-
-
-def detached(value: Any) -> Any:
-    """``value`` with every tensor inside (tuples, lists, dicts) detached and copied: later calls cannot change it."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    if isinstance(value, dict):
-        return {key: detached(item) for key, item in value.items()}
-    if isinstance(value, (tuple, list)):
-        return type(value)(detached(item) for item in value)
-    return value
 
 
 @dataclass(frozen=True)

@@ -23,13 +23,15 @@ from tqdm.auto import tqdm
 from brevitas_ldm.denoiser.sampling import (
     SamplingSpec,
     find_timestep,
+    first_denoiser_call,
     first_tensor,
-    generate,
     get_denoiser,
     is_flow_matching,
+    replace_argument,
+    timestep_like,
 )
 from brevitas_ldm.errors import BrevitasLDMError
-from brevitas_ldm.training.distillation_set import DistillationCall, DistillationSet, detached
+from brevitas_ldm.training.distillation_set import DistillationCall, DistillationSet
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -83,48 +85,9 @@ def _load_images(paths: Sequence[Path], size: int, channels: int) -> torch.Tenso
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) * 2.0 - 1.0
 
 
-class _FirstCall(Exception):
-    pass
-
-
-def _conditioning_call(pipe: Any, captions: Sequence[str], spec: SamplingSpec) -> tuple[tuple, dict]:
-    """The arguments of the pipeline's first denoiser call for ``captions`` (the pipeline is stopped right there)."""
-    denoiser = get_denoiser(pipe)
-    captured: list[tuple[tuple, dict]] = []
-
-    def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        captured.append((detached(args), detached(kwargs)))
-        raise _FirstCall
-
-    handle = denoiser.register_forward_pre_hook(pre_hook, with_kwargs=True)
-    try:
-        generate(pipe, list(captions), list(range(len(captions))),
-                 SamplingSpec(max(2, spec.num_inference_steps), spec.guidance_scale, len(captions)))
-    except _FirstCall:
-        pass
-    finally:
-        handle.remove()
-    if not captured:
-        raise BrevitasLDMError(f"{type(pipe).__name__} sampled without calling its denoiser: --data needs a pipeline "
-                               f"whose __call__ runs pipe.unet or pipe.transformer")
-    return captured[0]
-
-
-def _with_sample_and_timestep(args: tuple, kwargs: dict, sample: torch.Tensor,
-                              timestep: torch.Tensor) -> tuple[tuple, dict]:
-    where, old = find_timestep(args, kwargs)
-    new_t = timestep.to(old.dtype).expand_as(old).clone() if isinstance(old, torch.Tensor) else type(old)(timestep)
-    args, kwargs = list(args), dict(kwargs)
-    if isinstance(where, str):
-        kwargs[where] = new_t
-    else:
-        args[where] = new_t
-    for key in ("sample", "hidden_states"):
-        if key in kwargs:
-            kwargs[key] = sample
-            return tuple(args), kwargs
-    args[0] = sample
-    return tuple(args), kwargs
+def _sample_position(kwargs: dict) -> str | int:
+    """Where the latents sit in a denoiser call: the ``sample``/``hidden_states`` keyword, else the first argument."""
+    return next((key for key in ("sample", "hidden_states") if key in kwargs), 0)
 
 
 @torch.no_grad()
@@ -144,14 +107,19 @@ def record_image_folder(pipe: Any, folder: str | Path, spec: SamplingSpec, seed:
         batch = pairs[start:start + spec.batch_size]
         pixels = _load_images([path for path, _ in batch], size, channels).to(vae.device, vae.dtype)
         latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
-        args, kwargs = _conditioning_call(pipe, [caption for _, caption in batch], spec)
+        captions = [caption for _, caption in batch]
+        args, kwargs = first_denoiser_call(pipe, captions, list(range(len(captions))), spec, run_it=False)
+        sample_at = _sample_position(kwargs)
+        timestep_at, old_timestep = find_timestep(args, kwargs)
+        # The pipeline's batch (both guidance halves) over the images': each image's latents go in every half.
+        repeats = int((kwargs[sample_at] if isinstance(sample_at, str) else args[0]).shape[0]) // latents.shape[0]
         scheduler.set_timesteps(spec.num_inference_steps)
         for step, timestep in enumerate(timesteps):
             noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
             noisy = scheduler.scale_model_input(scheduler.add_noise(latents, noise, timestep.reshape(1)), timestep)
-            sample_arg = kwargs.get("sample", kwargs.get("hidden_states", args[0] if args else None))
-            repeats = int(sample_arg.shape[0]) // noisy.shape[0]
-            call_args, call_kwargs = _with_sample_and_timestep(args, kwargs, noisy.repeat(repeats, 1, 1, 1), timestep)
+            call_args, call_kwargs = replace_argument(args, kwargs, sample_at, noisy.repeat(repeats, 1, 1, 1))
+            call_args, call_kwargs = replace_argument(call_args, call_kwargs, timestep_at,
+                                                      timestep_like(old_timestep, timestep.item()))
             target = first_tensor(denoiser(*call_args, **call_kwargs))
-            calls.append(DistillationCall(step, call_args, call_kwargs, target.detach().clone()))
+            calls.append(DistillationCall(step, call_args, call_kwargs, target))
     return DistillationSet(calls, spec.num_inference_steps, source=f"images in {folder}")
