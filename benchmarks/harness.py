@@ -15,25 +15,32 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn as nn
 
 from brevitas_ldm.denoiser.loading import load_pipeline
 from brevitas_ldm.denoiser.sampling import SamplingSpec
 from brevitas_ldm.evaluation.comparison import compare_quantized, fp_reference
 from brevitas_ldm.evaluation.prompts import calibration_set, evaluation_set
 from brevitas_ldm.evaluation.run import has_digits_evaluator
+from brevitas_ldm.quant.footprint import footprint
+from brevitas_ldm.quant.quantize import resolve_precisions
 from brevitas_ldm.recipe import Recipe
 from brevitas_ldm.workflow import quantize_pipeline
 
 
 @dataclass(frozen=True)
 class Configuration:
+    """One row: a recipe, and optionally a fixed block/layer -> precision plan that replaces its global analysis."""
+
     label: str
     recipe: Recipe
+    plan: Mapping[str, str] | None = None
 
 
 def add_run_arguments(parser, default_out: str) -> None:
@@ -52,8 +59,34 @@ def machine() -> str:
             f"{torch.__version__}, {torch.get_num_threads()} torch threads, Python {platform.python_version()}")
 
 
-def run_rows(model: str, configurations: list[Configuration], num_samples: int, steps: int, guidance: float,
-             seed: int, calibration_prompts: int | None, batch_size: int = 100) -> tuple[dict[str, Any], list[dict]]:
+@dataclass
+class Bench:
+    """The FP side of a benchmark, computed once: the pipeline, a pristine copy of its denoiser, the evaluation set
+    and the FP reference every row is compared with."""
+
+    model: str
+    pipe: Any
+    fp_denoiser: nn.Module
+    eval_set: Any
+    spec: SamplingSpec
+    digits: bool
+    reference: Any
+    fp_seconds: float
+
+    def fp_row(self) -> dict:
+        return {"label": "FP", "recipe": "", **self.reference.metrics, "avg_weight_bits": 32.0, "avg_act_bits": 32.0,
+                "size_bytes": sum(p.numel() for p in self.fp_denoiser.parameters()) * 4, "output_sqnr_db": math.inf,
+                "image_psnr_db": math.inf, "prep_s": 0.0}
+
+    def bits_of(self, recipe: Recipe, plan: Mapping[str, str] | None = None) -> tuple[float, float]:
+        """(average weight bits, average activation bits) a recipe + fixed plan gives, without quantizing: the
+        footprint the evaluation will report."""
+        precisions = resolve_precisions(self.fp_denoiser, recipe, plan)
+        size = footprint(self.fp_denoiser, precisions, self.reference.weights, self.reference.activations)
+        return size.avg_weight_bits, size.avg_act_bits
+
+
+def start_bench(model: str, num_samples: int, steps: int, guidance: float, seed: int, batch_size: int = 100) -> Bench:
     pipe = load_pipeline(model)
     fp_denoiser = copy.deepcopy(pipe.unet)
     eval_set = evaluation_set(num_samples, seed)
@@ -61,28 +94,43 @@ def run_rows(model: str, configurations: list[Configuration], num_samples: int, 
     digits = has_digits_evaluator(model)
     start = time.perf_counter()
     reference = fp_reference(pipe, eval_set, spec, with_digits=digits)
-    fp_seconds = time.perf_counter() - start
-    rows = [{"label": "FP", "recipe": "", **reference.metrics, "avg_weight_bits": 32.0, "avg_act_bits": 32.0,
-             "size_bytes": sum(p.numel() for p in fp_denoiser.parameters()) * 4, "output_sqnr_db": math.inf,
-             "image_psnr_db": math.inf, "prep_s": 0.0}]
-    for config in configurations:
-        pipe.unet = copy.deepcopy(fp_denoiser)
-        recipe = config.recipe
-        cal = calibration_set(calibration_prompts or recipe.calibration.num_prompts)
-        cal_spec = SamplingSpec(steps, guidance, recipe.calibration.batch_size)
-        print(f"== {config.label} ({recipe.name})", file=sys.stderr, flush=True)
-        start = time.perf_counter()
-        result = quantize_pipeline(pipe, recipe, list(cal.prompts), list(cal.seeds), cal_spec, progress=True)
-        prep = time.perf_counter() - start
-        metrics, _, per_step = compare_quantized(pipe, eval_set, spec, reference, result.precisions, digits)
-        rows.append({"label": config.label, "recipe": recipe.name, **metrics, "prep_s": prep,
-                     "timing_s": result.timing_s, "denoiser_calls": result.denoiser_calls,
-                     "per_step_sqnr_db": per_step,
-                     "plan": result.plan.to_dict()["precisions"] if result.plan is not None else None,
-                     "smoothed": list(result.smoothing.layers)})
-    context = {"model": model, "num_samples": num_samples, "steps": steps, "guidance_scale": guidance,
-               "seed": seed, "fp_sampling_s": fp_seconds, "machine": machine()}
-    return context, rows
+    return Bench(model, pipe, fp_denoiser, eval_set, spec, digits, reference, time.perf_counter() - start)
+
+
+def run_row(bench: Bench, config: Configuration, calibration_prompts: int | None = None) -> dict:
+    """Quantize a fresh copy of the FP denoiser by ``config`` (timed) and compare it with the FP reference."""
+    pipe = bench.pipe
+    pipe.unet = copy.deepcopy(bench.fp_denoiser)
+    recipe = config.recipe
+    cal = calibration_set(calibration_prompts or recipe.calibration.num_prompts)
+    cal_spec = SamplingSpec(bench.spec.num_inference_steps, bench.spec.guidance_scale, recipe.calibration.batch_size)
+    print(f"== {config.label} ({recipe.name})", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    result = quantize_pipeline(pipe, recipe, list(cal.prompts), list(cal.seeds), cal_spec, plan=config.plan,
+                               progress=True)
+    prep = time.perf_counter() - start
+    metrics, _, per_step = compare_quantized(pipe, bench.eval_set, bench.spec, bench.reference, result.precisions,
+                                             bench.digits)
+    return {"label": config.label, "recipe": recipe.name, **metrics, "prep_s": prep,
+            "timing_s": result.timing_s, "denoiser_calls": result.denoiser_calls,
+            "per_step_sqnr_db": per_step,
+            "plan": (result.plan.to_dict()["precisions"] if result.plan is not None else
+                     dict(config.plan) if config.plan is not None else None),
+            "predicted_sqnr_db": result.plan.predicted_sqnr_db if result.plan is not None else None,
+            "smoothed": list(result.smoothing.layers)}
+
+
+def run_rows(model: str, configurations: list[Configuration], num_samples: int, steps: int, guidance: float,
+             seed: int, calibration_prompts: int | None, batch_size: int = 100) -> tuple[dict[str, Any], list[dict]]:
+    bench = start_bench(model, num_samples, steps, guidance, seed, batch_size)
+    rows = [bench.fp_row()] + [run_row(bench, config, calibration_prompts) for config in configurations]
+    return bench_context(bench, seed), rows
+
+
+def bench_context(bench: Bench, seed: int) -> dict[str, Any]:
+    return {"model": bench.model, "num_samples": len(bench.eval_set.prompts), "steps": bench.spec.num_inference_steps,
+            "guidance_scale": bench.spec.guidance_scale, "seed": seed, "fp_sampling_s": bench.fp_seconds,
+            "machine": machine()}
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -152,4 +200,4 @@ def write_json(path: Path, context: dict, rows: list[dict]) -> None:
     write_json_atomic(path, {"context": context, "rows": clean(rows)})
 
 
-__all__ = ["Configuration", "add_run_arguments", "markdown_table", "quality_vs_bits_png", "run_rows", "write_json", "json"]
+__all__ = ["Bench", "Configuration", "add_run_arguments", "bench_context", "run_row", "start_bench", "markdown_table", "quality_vs_bits_png", "run_rows", "write_json", "json"]

@@ -25,10 +25,9 @@ import torch
 from brevitas_ldm.analysis.block_report import REPORT_FILE
 from brevitas_ldm.analysis.block_sensitivity import BlockSensitivity
 from brevitas_ldm.analysis.layer_sensitivity import LayerSensitivity
-from brevitas_ldm.denoiser.blocks import get_blocks
 from brevitas_ldm.denoiser.sampling import SamplingSpec, get_denoiser, sampling_calls
 from brevitas_ldm.export.wrapper import first_call_inputs, nested_inputs
-from brevitas_ldm.quant.calibration import calibration_calls
+from brevitas_ldm.quant.calibration import bias_correction_calls, calibration_calls
 from brevitas_ldm.quant.quantize import fast_inference, quantize_denoiser
 from brevitas_ldm.quant.smoothquant import SmoothQuantStep
 from brevitas_ldm.ranks import current_ranks
@@ -163,7 +162,7 @@ def _global_phase(pipe: Any, analysis: BlockSensitivity, cache_dir: str | Path |
     if cache_dir is not None and (Path(cache_dir) / f"global-{key}" / REPORT_FILE).is_file():
         notes.append(f"the global analysis is cached in {cache_dir}: it will be loaded, not measured")
         return Phase("global analysis (cached)", 0, quantized=True, batch_size=analysis.spec.batch_size)
-    calls = analysis.planned_calls(get_blocks(get_denoiser(pipe)), current_ranks())
+    calls = analysis.planned_calls(analysis.units(get_denoiser(pipe)), current_ranks())
     return Phase("global analysis", calls["total"], quantized=True, batch_size=analysis.spec.batch_size,
                  copies=len(analysis.measured_precisions))
 
@@ -189,8 +188,9 @@ def quantize_job_phases(pipe: Any, recipe: Recipe, calibration_prompts: Sequence
         step = SmoothQuantStep.from_recipe(recipe)
         calls = step.planned_calls(sampling_calls(n_cal, spec), calibration_calls(recipe, n_cal, spec))
         phases.append(Phase("SmoothQuant", calls, True, spec.batch_size, at_most=True))
-    phases.append(Phase("calibration", calibration_calls(recipe, n_cal, calibration_spec(recipe, spec)), True,
-                        spec.batch_size))
+    final_spec = calibration_spec(recipe, spec)
+    phases.append(Phase("calibration", calibration_calls(recipe, n_cal, final_spec)
+                        + bias_correction_calls(recipe, n_cal, final_spec), True, spec.batch_size))
     if eval_spec is not None:
         phases.append(Phase("quantized evaluation", rank_sampling_calls(num_eval, eval_spec), True,
                             eval_spec.batch_size))

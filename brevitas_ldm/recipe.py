@@ -29,6 +29,7 @@ ACT_SCALE_METHODS = ("minmax", "percentile", "mse")
 CALIBRATION_MODES = ("all_steps", "uniform_steps", "single_step")
 SMOOTHQUANT_SCOPES = ("all", "sensitive")
 PLAN_METHODS = ("uniform", "threshold", "top_k", "budget")
+PLAN_GRANULARITIES = ("block", "layer")
 QAT_LEARNABLE = ("weights", "biases", "act_scales")
 QAT_TIMESTEP_SAMPLINGS = ("uniform", "high_noise")
 
@@ -82,6 +83,8 @@ class Calibration:
 
     ``single_step`` is the paper's choice: only the maximum-noise step (t = T) is seen, one denoiser call per
     batch. ``all_steps`` is the plain baseline; ``uniform_steps`` is Q-Diffusion's uniformly sampled steps.
+    ``bias_correction``: after calibration, Brevitas' bias correction adds to every biased layer the mean output
+    error its quantization causes, measured on the same calibration calls.
     """
 
     mode: str = "all_steps"
@@ -89,9 +92,11 @@ class Calibration:
     num_prompts: int = 16
     batch_size: int = 8
     sampling_steps: int = 0  # steps of the calibration sampling runs; 0 = the run's own number of steps
+    bias_correction: bool = False
 
     def validate(self) -> None:
         _check_choice(self.mode, CALIBRATION_MODES, "calibration.mode")
+        _check_type(self.bias_correction, bool, "calibration.bias_correction", "true or false")
         value = _check_type(self.sampling_steps, int, "calibration.sampling_steps", "a non-negative integer")
         if value < 0:
             raise RecipeError(f"calibration.sampling_steps = {value} must be >= 0 (0: use the run's --steps)")
@@ -134,13 +139,23 @@ class Analysis:
     global_: bool = False
     local: bool = False
     num_prompts: int = 8
+    #: Sampling steps of the global analysis' runs; 0 = the run's own ``--steps``. Fewer steps cost proportionally
+    #: fewer denoiser calls; the plan is then chosen on shorter trajectories than the ones it will serve.
+    steps: int = 0
+    #: The paper's progressive sweep (blocks 1..k quantized, k = 1..N): the added-noise view of the report. No
+    #: planner needs it (they predict from the isolated measurements), so it can be turned off to save its calls.
+    progressive: bool = True
 
     def validate(self) -> None:
         _check_type(self.global_, bool, "analysis.global", "true or false")
+        _check_type(self.progressive, bool, "analysis.progressive", "true or false")
         _check_type(self.local, bool, "analysis.local", "true or false")
         value = _check_type(self.num_prompts, int, "analysis.num_prompts", "a positive integer")
         if value < 1:
             raise RecipeError(f"analysis.num_prompts = {value} must be a positive integer")
+        steps = _check_type(self.steps, int, "analysis.steps", "a non-negative integer")
+        if steps < 0:
+            raise RecipeError(f"analysis.steps = {steps} must be 0 (the run's own steps) or a positive number of steps")
 
 
 @dataclass(frozen=True)
@@ -168,6 +183,11 @@ class PlanRule:
     ``uniform``: every block at the recipe's base precision (``weights.bits``/``activations.bits``). ``threshold``: blocks whose SQNR drop exceeds ``threshold_db`` get
     ``high_precision``. ``top_k``: the ``top_k`` most sensitive blocks get ``high_precision``. ``budget``: each
     block picks from ``menu`` to maximise predicted output SQNR under the average-bit budgets.
+
+    ``granularity``: what the global analysis measures and the planner assigns, ``block`` (the paper's blocks, swept
+    progressively and in isolation) or ``layer`` (every quantizable layer alone, MixDQ-style; no progressive sweep).
+    Layers cost one isolated measurement each per menu precision, about 13x the blocks on a UNet, and let a budget
+    be spent to the hundredth of a bit.
     """
 
     method: str = "uniform"
@@ -177,6 +197,7 @@ class PlanRule:
     top_k: int = 2
     avg_weight_bits: float = 0.0
     avg_act_bits: float = 0.0
+    granularity: str = "block"
 
     def __post_init__(self) -> None:
         # Precisions are parsed once, here, from the TOML/Python strings, and held typed from then on.
@@ -188,6 +209,7 @@ class PlanRule:
 
     def validate(self) -> None:
         _check_choice(self.method, PLAN_METHODS, "plan.method")
+        _check_choice(self.granularity, PLAN_GRANULARITIES, "plan.granularity")
         if not self.menu:
             raise RecipeError("plan.menu is empty: list at least one precision, e.g. [\"w8a8\", \"w8a16\"]")
         _check_type(self.threshold_db, (int, float), "plan.threshold_db", "a number of dB")

@@ -6,7 +6,7 @@ from brevitas_ldm.precision import FLOAT, Precision, parse_precision
 from brevitas_ldm.recipe import Recipe, get_recipe, list_recipes, register_recipe
 
 REQUIRED = ["minmax-w8a8", "smoothquant-w8a8", "qdiffusion-w8a8", "sqnr-hybrid-w8a8", "sqnr-hybrid-w4a8",
-            "minmax-w7a8-x86", "sqnr-hybrid-w7a8-x86"]
+            "sqnr-hybrid-w4a6", "sqnr-hybrid-w4a4", "minmax-w7a8-x86", "sqnr-hybrid-w7a8-x86"]
 
 
 def test_builtin_recipes_are_registered_and_round_trip_through_toml():
@@ -19,6 +19,10 @@ def test_builtin_recipes_are_registered_and_round_trip_through_toml():
     assert get_recipe("sqnr-hybrid-w8a8").calibration.mode == "single_step"
     assert get_recipe("minmax-w8a8").calibration.mode == "all_steps"
     assert get_recipe("qdiffusion-w8a8").calibration.mode == "uniform_steps"
+    for low_bits, act_bits in (("sqnr-hybrid-w4a6", 6), ("sqnr-hybrid-w4a4", 4)):
+        recipe = get_recipe(low_bits)
+        assert recipe.default_precision == Precision(4, act_bits) and recipe.plan.granularity == "layer"
+        assert recipe.calibration.bias_correction and recipe.plan.method == "budget"
 
 
 @pytest.mark.parametrize("text, message", [

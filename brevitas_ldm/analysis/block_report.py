@@ -27,7 +27,7 @@ PROGRESSIVE_PNG = "global_progressive_sqnr.png"
 ADDED_NOISE_PNG = "global_added_noise.png"
 HEATMAP_PNG = "global_isolated_heatmap.png"
 #: Bumped whenever the analysis changes what it measures, so stale caches are not reused.
-ANALYSIS_VERSION = 2
+ANALYSIS_VERSION = 3
 
 
 @dataclass
@@ -45,7 +45,7 @@ class BlockEntry:
 
     name: str
     kind: str
-    param_count: int
+    param_count: int          # weight elements of its quantized layers (what the weight-bit budget counts)
     act_elements: float
     num_layers: int
     isolated_db: dict[str, float] = field(default_factory=dict)
@@ -215,7 +215,7 @@ class BlockReport:
             written.append(directory / filename)
 
         directory.mkdir(parents=True, exist_ok=True)
-        fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(names)), 4.0))
+        fig, ax = plt.subplots(figsize=(_width(len(names)), 4.0))
         x = list(range(len(names)))
         for precision in self.progressive_precisions:
             values = [self.block(n).progressive_db.get(precision, math.nan) for n in names]
@@ -225,7 +225,7 @@ class BlockReport:
                 continue
             values = [self.block(n).isolated_db.get(precision, math.nan) for n in names]
             ax.plot(x, values, linestyle=":", marker=".", label=f"isolated {precision}")
-        ax.set_xticks(x, names, rotation=60, ha="right")
+        ax.set_xticks(x, names, rotation=60, ha="right", fontsize=_tick_size(len(names)))
         ax.set_ylabel("output SQNR (dB)")
         ax.set_title("Global analysis: SQNR of the final latents vs FP")
         ax.grid(alpha=0.3)
@@ -234,13 +234,13 @@ class BlockReport:
 
         shares = {precision: self.added_noise_shares(precision) for precision in self.progressive_precisions}
         if any(shares.values()):
-            fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(names)), 4.0))
+            fig, ax = plt.subplots(figsize=(_width(len(names)), 4.0))
             width = 0.8 / max(1, len(shares))
             for index, (precision, share) in enumerate(shares.items()):
                 ax.bar([i + index * width for i in x], [100.0 * share.get(n, math.nan) for n in names], width,
                        label=f"progressive {precision}")
             ax.axhline(0.0, color="black", linewidth=0.6)
-            ax.set_xticks(x, names, rotation=60, ha="right")
+            ax.set_xticks(x, names, rotation=60, ha="right", fontsize=_tick_size(len(names)))
             ax.set_ylabel("added noise power (% of fully quantized)")
             ax.set_title("Global analysis: noise each block adds to the final latents, in execution order")
             ax.grid(alpha=0.3, axis="y")
@@ -250,14 +250,23 @@ class BlockReport:
         precision = self.default_precision
         rows = [self.block(n).isolated_steps_db.get(precision) for n in names]
         if all(rows):
-            fig, ax = plt.subplots(figsize=(max(6.0, 0.3 * len(rows[0])), max(3.0, 0.35 * len(names))))
+            fig, ax = plt.subplots(figsize=(max(6.0, 0.3 * len(rows[0])), min(30.0, max(3.0, 0.35 * len(names)))))
             finite = [v for row in rows for v in row if math.isfinite(v)]
             image = ax.imshow([[v if math.isfinite(v) else (max(finite) if finite else 0.0) for v in row]
                                for row in rows], aspect="auto", cmap="viridis")
-            ax.set_yticks(range(len(names)), names)
+            ax.set_yticks(range(len(names)), names, fontsize=_tick_size(len(names)))
             ax.set_xticks(range(0, len(rows[0]), max(1, len(rows[0]) // 10)))
             ax.set_xlabel("sampling step")
             ax.set_title(f"Isolated {precision}: denoiser-output SQNR (dB) per step")
             fig.colorbar(image, ax=ax)
             save(fig, HEATMAP_PNG)
         return written
+
+
+def _width(units: int) -> float:
+    """Figure width in inches for ``units`` ticks: 0.6 in each, within 6..30 (a layer-granularity report has 100+)."""
+    return min(30.0, max(6.0, 0.6 * units))
+
+
+def _tick_size(units: int) -> float:
+    return 8.0 if units <= 40 else max(3.0, 8.0 * 40 / units)

@@ -52,6 +52,7 @@ from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.precision import Precision, parse_precision
 from brevitas_ldm.quant.calibration import calibration_calls
 from brevitas_ldm.quant.precision_bank import PrecisionBank
+from brevitas_ldm.quant.quantize import resolve_precisions
 from brevitas_ldm.ranks import SINGLE, Ranks, all_gather, broadcast_from_main, current_ranks, peak_rss_bytes
 from brevitas_ldm.recipe import Recipe
 from brevitas_ldm.sqnr import noise_ratio_to_db
@@ -87,6 +88,8 @@ class BlockSensitivity:
     ``menu`` lists the precisions measured in isolation (default: the recipe's ``plan.menu`` plus its base and
     high precision); ``progressive`` those swept progressively (default: the recipe's base precision only, the
     paper's analysis). ``calibration_prompts``/``calibration_seeds`` default to the analysis prompts/seeds.
+    ``granularity`` (default: the recipe's ``plan.granularity``) ``"layer"`` makes every quantizable layer its own
+    unit, measured in isolation only. The runs sample ``analysis.steps`` steps when the recipe sets it.
 
     >>> report = BlockSensitivity(recipe, prompts, seeds, SamplingSpec(20)).run(pipe, cache_dir=".cache")
     """
@@ -95,7 +98,8 @@ class BlockSensitivity:
                  spec: SamplingSpec = SamplingSpec(), menu: Sequence[str | Precision] | None = None,
                  progressive: Sequence[str | Precision] | None = None, progress: bool = True,
                  calibration_prompts: Sequence[Condition] | None = None,
-                 calibration_seeds: Sequence[int] | None = None, isolated: bool = True) -> None:
+                 calibration_seeds: Sequence[int] | None = None, isolated: bool = True,
+                 granularity: str | None = None) -> None:
         if len(prompts) != len(seeds):
             raise BrevitasLDMError(f"{len(prompts)} prompts but {len(seeds)} seeds: give one seed per prompt")
         if not prompts:
@@ -103,6 +107,11 @@ class BlockSensitivity:
         self.recipe = recipe
         self.prompts = list(prompts)
         self.seeds = [int(s) for s in seeds]
+        self.granularity = granularity or recipe.plan.granularity
+        if self.granularity not in ("block", "layer"):
+            raise BrevitasLDMError(f"granularity = {self.granularity!r}: use \"block\" or \"layer\"")
+        if recipe.analysis.steps:
+            spec = dataclasses.replace(spec, num_inference_steps=recipe.analysis.steps)
         self.spec = spec
         if menu is None:
             menu = [*recipe.plan.menu, recipe.default_precision, recipe.plan.high_precision]
@@ -112,8 +121,12 @@ class BlockSensitivity:
             if name not in names:
                 names.append(name)
         self.menu = [parse_precision(n) for n in names]
-        self.progressive = [parse_precision(p, "progressive") for p in (progressive if progressive is not None
-                                                                          else [recipe.default_precision])]
+        if progressive is None:
+            # A progressive sweep over 100+ single layers would cost a run per prefix and show nothing the
+            # isolated layers do not: the layer analysis is isolated only.
+            sweep = self.granularity == "block" and recipe.analysis.progressive
+            progressive = [recipe.default_precision] if sweep else []
+        self.progressive = [parse_precision(p, "progressive") for p in progressive]
         self.isolated = isolated
         self.progress = progress
         self.calibration_prompts = list(calibration_prompts) if calibration_prompts is not None else self.prompts
@@ -134,8 +147,22 @@ class BlockSensitivity:
             "spec": dataclasses.asdict(self.spec) | {"batch_size": None},
             "menu": [p.name for p in self.measured_precisions],
             "progressive": [p.name for p in self.progressive], "isolated": self.isolated,
+            "granularity": self.granularity,
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+    def units(self, denoiser: nn.Module) -> list[Block]:
+        """What is measured and planned: the denoiser's blocks, or one unit per quantizable layer (blocks in
+        execution order, layers in registration order within each)."""
+        blocks = get_blocks(denoiser)
+        if self.granularity == "block":
+            return blocks
+        # The recipe's skip_layers stay float: a layer entry of a plan would override them, so they are no unit.
+        base = resolve_precisions(denoiser, self.recipe)
+        modules = dict(denoiser.named_modules())
+        return [Block(name=name, module_names=(name,), kind=block.kind,
+                      param_count=modules[name].weight.numel())
+                for block in blocks for name in block.module_names if not base[name].is_float]
 
     @property
     def measured_precisions(self) -> list[Precision]:
@@ -219,7 +246,7 @@ class BlockSensitivity:
     def _analyse(self, pipe: Any, model_id: str | None, ranks: Ranks) -> BlockReport:
         start = time.perf_counter()
         denoiser = get_denoiser(pipe)
-        blocks = get_blocks(denoiser)
+        blocks = self.units(denoiser)
         show = self.progress and ranks.is_main
         self.reference = reference = fp_reference(pipe, self.prompts, self.seeds, self.spec, progress=False,
                                                   ranks=ranks)
@@ -234,11 +261,10 @@ class BlockSensitivity:
         skipped = bank.skipped
         entries = [BlockEntry(
             name=b.name, kind=b.kind, num_layers=len(b),
-            param_count=sum(p.numel() for n in b.module_names if n not in skipped
-                            for p in bank.fp_layers[n].parameters(recurse=False)),
+            param_count=sum(bank.fp_layers[n].weight.numel() for n in b.module_names if n not in skipped),
             act_elements=sum(reference.act_elements.get(n, 0.0) for n in b.module_names if n not in skipped))
             for b in blocks]
-        skipped_params = sum(p.numel() for n in skipped for p in bank.fp_layers[n].parameters(recurse=False))
+        skipped_params = sum(bank.fp_layers[n].weight.numel() for n in skipped)
         skipped_acts = sum(reference.act_elements.get(n, 0.0) for n in skipped)
 
         measured: dict[int, tuple[float, list[float], float, int, float]] = {}

@@ -17,12 +17,13 @@ Sampling runs are told apart by the timestep: it decreases within a run and jump
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-from brevitas.graph.calibrate import calibration_mode
+from brevitas.graph.calibrate import bias_correction_mode, calibration_mode
 from brevitas.proxy.runtime_quant import ActQuantProxyFromInjectorBase
 
 from brevitas_ldm.denoiser.sampling import (
@@ -40,16 +41,25 @@ from brevitas_ldm.errors import CalibrationError
 
 
 class _StepCalibration:
-    """Shared machinery: Brevitas calibration mode plus a forward wrapper that tracks the sampling step."""
+    """Shared machinery: a Brevitas data-driven mode plus a forward wrapper that tracks the sampling step.
 
-    def __init__(self, model: nn.Module) -> None:
+    The mode is Brevitas' ``calibration_mode`` (activation statistics), or ``bias_correction_mode``
+    (``bias_correction=True``): no observer is toggled then, and every executed call feeds the corrections (the
+    maximum-noise call alone in single-step mode; every step otherwise, as Brevitas' hooks hand each layer's float
+    output on, so the trajectory stays the float one).
+    """
+
+    def __init__(self, model: nn.Module, bias_correction: bool = False) -> None:
         self.model = model
         self.calls = 0            # denoiser forwards actually executed
         self.observed_calls = 0   # of which fed the activation observers
         self.skipped_calls = 0    # short-circuited (single-step mode)
         self._tracker = StepTracker()
-        self._brevitas = calibration_mode(model)
-        self._act_proxies = [m for m in model.modules() if isinstance(m, ActQuantProxyFromInjectorBase)]
+        # Layers without a bias keep none, so the checkpoint's state layout does not depend on the option.
+        self._brevitas = (bias_correction_mode(model, skip_if_no_bias=True) if bias_correction
+                          else calibration_mode(model))
+        self._act_proxies = ([] if bias_correction else
+                             [m for m in model.modules() if isinstance(m, ActQuantProxyFromInjectorBase)])
 
     # -- per-call policy, overridden -----------------------------------------------------------------------------
     def _observe(self, step: int) -> bool:
@@ -126,8 +136,8 @@ class single_step_calibration(_StepCalibration):
     """
 
     def __init__(self, model: nn.Module, timestep: int | None = None, num_train_timesteps: int = 1000,
-                 keep_first_timestep: bool = False) -> None:
-        super().__init__(model)
+                 keep_first_timestep: bool = False, bias_correction: bool = False) -> None:
+        super().__init__(model, bias_correction)
         self.timestep = num_train_timesteps - 1 if timestep is None else int(timestep)
         self.keep_first_timestep = keep_first_timestep
 
@@ -158,8 +168,8 @@ class multi_step_calibration(_StepCalibration):
     ``num_inference_steps`` (Q-Diffusion), or the explicit step indices ``steps``."""
 
     def __init__(self, model: nn.Module, steps: int | Sequence[int] | None = None,
-                 num_inference_steps: int | None = None) -> None:
-        super().__init__(model)
+                 num_inference_steps: int | None = None, bias_correction: bool = False) -> None:
+        super().__init__(model, bias_correction)
         if isinstance(steps, int):
             if num_inference_steps is None:
                 raise CalibrationError("multi_step_calibration(steps=N) needs num_inference_steps to spread N steps "
@@ -184,21 +194,22 @@ def check_activation_scales(model: nn.Module) -> None:
 
 
 def recipe_calibration(denoiser: nn.Module, recipe, num_inference_steps: int,
-                       max_noise: int | None = 999) -> _StepCalibration:
+                       max_noise: int | None = 999, bias_correction: bool = False) -> _StepCalibration:
     """The calibration context a recipe asks for (``[calibration] mode``), for ``denoiser``.
 
     ``max_noise`` is the timestep of maximum noise the single-step mode evaluates at, or None to keep the first
     step's own (flow matching); :func:`~brevitas_ldm.denoiser.sampling.max_noise_timestep` gives it for a pipeline.
+    ``bias_correction``: the same choice of calls, under Brevitas' bias correction instead of calibration.
     """
     mode = recipe.calibration.mode
     if mode == "single_step":
         if max_noise is None:
-            return single_step_calibration(denoiser, keep_first_timestep=True)
-        return single_step_calibration(denoiser, timestep=max_noise)
+            return single_step_calibration(denoiser, keep_first_timestep=True, bias_correction=bias_correction)
+        return single_step_calibration(denoiser, timestep=max_noise, bias_correction=bias_correction)
     if mode == "uniform_steps":
         return multi_step_calibration(denoiser, steps=recipe.calibration.num_steps,
-                                      num_inference_steps=num_inference_steps)
-    return multi_step_calibration(denoiser)
+                                      num_inference_steps=num_inference_steps, bias_correction=bias_correction)
+    return multi_step_calibration(denoiser, bias_correction=bias_correction)
 
 
 def calibration_calls(recipe, num_samples: int, spec) -> int:
@@ -209,14 +220,31 @@ def calibration_calls(recipe, num_samples: int, spec) -> int:
     return sampling_calls(num_samples, spec)
 
 
+def bias_correction_calls(recipe, num_samples: int, spec) -> int:
+    """Denoiser calls the recipe's bias correction adds after calibration: one per batch in single-step mode, every
+    step otherwise."""
+    if not recipe.calibration.bias_correction:
+        return 0
+    return calibration_calls(recipe.replace(calibration=dataclasses.replace(
+        recipe.calibration, mode="single_step" if recipe.calibration.mode == "single_step" else "all_steps")),
+        num_samples, spec)
+
+
 @torch.no_grad()
 def calibrate_pipeline(pipe, recipe, prompts: Sequence, seeds: Sequence[int], spec,
                        progress: bool = False) -> _StepCalibration:
-    """Run the calibration set through ``pipe`` under the recipe's calibration context; return the context
-    (its ``calls``/``observed_calls`` say what calibration cost)."""
+    """Run the calibration set through ``pipe`` under the recipe's calibration context, then its bias correction
+    when the recipe asks for it; return the calibration context (``calls`` counts both passes' denoiser calls)."""
     denoiser = get_denoiser(pipe)
     context = recipe_calibration(denoiser, recipe, spec.num_inference_steps, max_noise_timestep(pipe))
     with context:
         generate(pipe, list(prompts), list(seeds), spec, output_type="latent", progress=progress,
                  desc=f"calibration ({recipe.calibration.mode})")
+    if recipe.calibration.bias_correction:
+        correction = recipe_calibration(denoiser, recipe, spec.num_inference_steps, max_noise_timestep(pipe),
+                                        bias_correction=True)
+        with correction:
+            generate(pipe, list(prompts), list(seeds), spec, output_type="latent", progress=progress,
+                     desc="bias correction")
+        context.calls += correction.calls
     return context
