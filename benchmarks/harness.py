@@ -200,4 +200,5 @@ def write_json(path: Path, context: dict, rows: list[dict]) -> None:
     write_json_atomic(path, {"context": context, "rows": clean(rows)})
 
 
-__all__ = ["Bench", "Configuration", "add_run_arguments", "bench_context", "run_row", "start_bench", "markdown_table", "quality_vs_bits_png", "run_rows", "write_json", "json"]
+__all__ = ["Bench", "Configuration", "add_run_arguments", "bench_context", "markdown_table", "quality_vs_bits_png",
+           "run_row", "run_rows", "start_bench", "write_json", "json"]

@@ -54,7 +54,7 @@ from brevitas_ldm.quant.calibration import calibration_calls
 from brevitas_ldm.quant.precision_bank import PrecisionBank
 from brevitas_ldm.quant.quantize import resolve_precisions
 from brevitas_ldm.ranks import SINGLE, Ranks, all_gather, broadcast_from_main, current_ranks, peak_rss_bytes
-from brevitas_ldm.recipe import Recipe
+from brevitas_ldm.recipe import PLAN_GRANULARITIES, Recipe
 from brevitas_ldm.sqnr import noise_ratio_to_db
 
 
@@ -108,8 +108,8 @@ class BlockSensitivity:
         self.prompts = list(prompts)
         self.seeds = [int(s) for s in seeds]
         self.granularity = granularity or recipe.plan.granularity
-        if self.granularity not in ("block", "layer"):
-            raise BrevitasLDMError(f"granularity = {self.granularity!r}: use \"block\" or \"layer\"")
+        if self.granularity not in PLAN_GRANULARITIES:
+            raise BrevitasLDMError(f"granularity = {self.granularity!r}: use one of {', '.join(PLAN_GRANULARITIES)}")
         if recipe.analysis.steps:
             spec = dataclasses.replace(spec, num_inference_steps=recipe.analysis.steps)
         self.spec = spec

@@ -17,7 +17,6 @@ Sampling runs are told apart by the timestep: it decreases within a run and jump
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -225,9 +224,9 @@ def bias_correction_calls(recipe, num_samples: int, spec) -> int:
     step otherwise."""
     if not recipe.calibration.bias_correction:
         return 0
-    return calibration_calls(recipe.replace(calibration=dataclasses.replace(
-        recipe.calibration, mode="single_step" if recipe.calibration.mode == "single_step" else "all_steps")),
-        num_samples, spec)
+    if recipe.calibration.mode == "single_step":
+        return calibration_calls(recipe, num_samples, spec)
+    return sampling_calls(num_samples, spec)
 
 
 @torch.no_grad()
