@@ -17,6 +17,12 @@ A budget ``wWaA`` has two levels, and every row of a level has the same average 
   says, Brevitas' bias correction) and ``sqnr-hybrid-layer`` (the same with the planner working per layer).
   ``rule+bc`` is the rule with Brevitas' bias correction, a one-line addition any Brevitas user can make.
 
+``--rows asym`` runs the rows that quantize activations asymmetrically (unsigned with a zero point, Brevitas'
+``ShiftedUint8ActPerTensorFloat``, min-max ranges): ``rule+bc asym`` and ``per-layer MILP
+asym``, the strongest peers given the flagship's activation quantizer, and ``sqnr-hybrid-layer asym``, the
+flagship as the built-in low-bit recipes ship it (calibrated over all steps at 4-bit activations). The margin is
+taken against every peer, asymmetric or not.
+
 Parts run in separate processes (side by side on two cores, one torch thread each); ``--report`` joins them.
 """
 
@@ -50,6 +56,22 @@ LAYER_ANALYSIS_STEPS = 5
 RULE_FLOAT_LAYERS = ("conv_in", "conv_out")
 RULE_EXTRA_BLOCK = "up_blocks.2"
 NOTES_MARKER = "<!-- notes: kept when the tables are regenerated -->"
+ROW_SETS = ("all", "asym")
+PEERS = ("rule", "rule+bc", "per-layer MILP", "rule+bc asym", "per-layer MILP asym")
+FLAGSHIPS = ("sqnr-hybrid", "sqnr-hybrid-layer", "sqnr-hybrid-layer asym")
+
+
+def with_asymmetric_activations(config: Configuration, act_bits: int, flagship: bool = False) -> Configuration:
+    """``config`` with unsigned, zero-pointed activation quantizers. The flagship also calibrates over every step
+    at 4-bit activations, where one step's ranges serve the others worst (docs/ablation.md)."""
+    recipe = config.recipe
+    activations = dataclasses.replace(recipe.activations, symmetric=False)
+    calibration = recipe.calibration
+    if flagship and act_bits <= 4:
+        calibration = dataclasses.replace(calibration, mode="all_steps")
+    label, budget = config.label.rsplit(" ", 1)
+    return Configuration(f"{label} asym {budget}", recipe.replace(name=f"{recipe.name}-asym", activations=activations,
+                                                                  calibration=calibration), config.plan)
 
 
 def with_bits(recipe: Recipe, name: str, weight_bits: int, act_bits: int) -> Recipe:
@@ -119,13 +141,19 @@ def run_part(args) -> None:
         if target[0] > weight_bits + HEADROOM_BITS + 1e-9 or target[1] > act_bits + HEADROOM_BITS + 1e-9:
             print(f"warning: the rule at {budget} spends {target[0]:.2f}/{target[1]:.2f} bits, over the "
                   f"+{HEADROOM_BITS} headroom", file=sys.stderr)
-        rows.append(run_row(bench, simple) | {"budget": budget, "level": "headroom"})
-        rows.append(run_row(bench, rule_with_bias_correction(simple, budget)) | {"budget": budget,
-                                                                                 "level": "headroom"})
-        for config in planners(budget, weight_bits, act_bits, target):
+        per_layer, flagship, flagship_layer = planners(budget, weight_bits, act_bits, target)
+        if args.rows == "asym":
+            headroom = [with_asymmetric_activations(rule_with_bias_correction(simple, budget), act_bits),
+                        with_asymmetric_activations(per_layer, act_bits),
+                        with_asymmetric_activations(flagship_layer, act_bits, flagship=True)]
+            exact = []
+        else:
+            headroom = [simple, rule_with_bias_correction(simple, budget), per_layer, flagship, flagship_layer]
+            exact = exact_rows(budget, weight_bits, act_bits)
+        for config in headroom:
             rows.append(run_row(bench, config) | {"budget": budget, "level": "headroom",
                                                   "target_bits": list(target)})
-        for config in exact_rows(budget, weight_bits, act_bits):
+        for config in exact:
             rows.append(run_row(bench, config) | {"budget": budget, "level": "exact"})
         write_json(RESULTS / f"compare-{args.part}.json", bench_context(bench, args.seed) | {"command": _command()},
                    rows)
@@ -143,15 +171,16 @@ def _budget_table(rows: list[dict], budget: str) -> str:
 
 def _margin_lines(rows: list[dict], budgets: list[str]) -> list[str]:
     """The flagship rows against the best headroom peer of their budget, in dB and FID."""
-    lines = ["| budget | bits (W/A) | rule | rule+bc | per-layer MILP | sqnr-hybrid | sqnr-hybrid-layer | best "
-             "sqnr-hybrid minus best peer (dB) |", "|---|---|---|---|---|---|---|---|"]
+    columns = [*PEERS, *FLAGSHIPS]
+    lines = ["| budget | bits (W/A) | " + " | ".join(columns) + " | best sqnr-hybrid minus best peer (dB) |",
+             "|---|---|" + "---|" * len(columns) + "---|"]
     for budget in budgets:
         level = {r["label"].rsplit(" ", 1)[0]: r for r in rows if r.get("budget") == budget
                  and r.get("level") == "headroom"}
         if "rule" not in level:
             continue
-        peers = max(level[k]["output_sqnr_db"] for k in ("rule", "rule+bc", "per-layer MILP") if k in level)
-        ours = max(level[k]["output_sqnr_db"] for k in ("sqnr-hybrid", "sqnr-hybrid-layer") if k in level)
+        peers = max(level[k]["output_sqnr_db"] for k in PEERS if k in level)
+        ours = max(level[k]["output_sqnr_db"] for k in FLAGSHIPS if k in level)
 
         def cell(key: str) -> str:
             row = level.get(key)
@@ -161,8 +190,7 @@ def _margin_lines(rows: list[dict], budgets: list[str]) -> list[str]:
             return f"{row['output_sqnr_db']:.2f} dB{fid}"
 
         lines.append(f"| {budget} | {level['rule']['avg_weight_bits']:.2f}/{level['rule']['avg_act_bits']:.2f} | "
-                     f"{cell('rule')} | {cell('rule+bc')} | {cell('per-layer MILP')} | {cell('sqnr-hybrid')} | "
-                     f"{cell('sqnr-hybrid-layer')} | {ours - peers:+.2f} |")
+                     + " | ".join(cell(k) for k in columns) + f" | {ours - peers:+.2f} |")
     return lines
 
 
@@ -216,9 +244,8 @@ def report(out: Path) -> None:
 def _figure(rows: list[dict], budgets: list[str], path: Path) -> None:
     from brevitas_ldm.analysis.figures import plt, save_figure
 
-    kinds = ["minmax", "qdiffusion", "brevitas-sd", "rule", "rule+bc", "per-layer MILP", "sqnr-hybrid",
-             "sqnr-hybrid-layer"]
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+    kinds = ["minmax", "qdiffusion", "brevitas-sd", *PEERS, *FLAGSHIPS]
+    fig, ax = plt.subplots(figsize=(12, 4.5))
     width = 0.8 / len(kinds)
     for k, kind in enumerate(kinds):
         values = []
@@ -244,6 +271,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--budgets", nargs="+", default=["w8a8", "w4a8", "w4a6", "w8a4", "w4a4"])
     parser.add_argument("--part", default="a", help="name of this process' results file")
+    parser.add_argument("--rows", default="all", choices=ROW_SETS,
+                        help="all: the original rows; asym: the asymmetric-activation peers and flagship")
     parser.add_argument("--report", action="store_true", help="join the parts into --out")
     parser.add_argument("--out", type=Path, default=Path("docs/compare.md"))
     args = parser.parse_args()
