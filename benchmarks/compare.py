@@ -228,7 +228,11 @@ def report(out: Path) -> None:
             "(MixDQ-style: every layer quantized alone, output SQNR over 5-step runs, integer program; plain min-max "
             "over all steps), `sqnr-hybrid` (the paper's block analysis + budget planner, SmoothQuant on the local "
             "analysis' worst layers, single-step calibration, bias correction), `sqnr-hybrid-layer` (the same, "
-            "planned per layer: the built-in `sqnr-hybrid-w4a8`, `-w4a6` and `-w4a4` recipes). A budget is a cap: "
+            "planned per layer: the built-in `sqnr-hybrid-w4a8`). The `asym` rows quantize activations unsigned "
+            "with a zero point (min-max ranges); `sqnr-hybrid-layer asym` also calibrates over every step at 4-bit "
+            "activations, as the built-in `sqnr-hybrid-w4a6` and `-w4a4` recipes do, and `rule+bc asym` and "
+            "`per-layer MILP asym` are the strongest peers given the same quantizer. The margin column is the best "
+            "sqnr-hybrid row minus the best of the five peers. A budget is a cap: "
             "the block planner's coarse units leave it up to 0.07 weight bits under, and at W8 budgets the layer "
             "planners leave 0.09 weight bits unspent because the only dearer weights are float ones (each row's "
             "bits are in its table).", "",
@@ -253,7 +257,7 @@ def _figure(rows: list[dict], budgets: list[str], path: Path) -> None:
             match = [r for r in rows if r.get("budget") == budget and r["label"] == f"{kind} {budget}"]
             values.append(match[0]["output_sqnr_db"] if match else math.nan)
         ax.bar([i + (k - len(kinds) / 2) * width + width / 2 for i in range(len(budgets))], values, width,
-               label=kind, hatch="//" if kind.startswith("sqnr") else None)
+               label=kind, color=plt.cm.tab20(k), hatch="//" if kind.startswith("sqnr") else None)
     ax.set_xticks(range(len(budgets)), [b.upper() for b in budgets])
     ax.set_ylabel("output SQNR vs FP (dB)")
     ax.set_title("Equal bits per budget: exact level (first three bars), headroom level (the rest)")

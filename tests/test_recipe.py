@@ -23,6 +23,11 @@ def test_builtin_recipes_are_registered_and_round_trip_through_toml():
         recipe = get_recipe(low_bits)
         assert recipe.default_precision == Precision(4, act_bits) and recipe.plan.granularity == "layer"
         assert recipe.calibration.bias_correction and recipe.plan.method == "budget"
+    # 4-bit activations: zero-pointed ranges over every step (docs/compare.md, +3.4 dB over symmetric single-step).
+    w4a4 = get_recipe("sqnr-hybrid-w4a4")
+    assert not w4a4.activations.symmetric and w4a4.calibration.mode == "all_steps"
+    assert not get_recipe("sqnr-hybrid-w4a6").activations.symmetric       # +0.5 dB at 6 bits
+    assert get_recipe("sqnr-hybrid-w4a8").activations.symmetric           # no gain at 8 bits (31.33 vs 31.34 dB)
 
 
 @pytest.mark.parametrize("text, message", [
