@@ -18,10 +18,10 @@ A budget ``wWaA`` has two levels, and every row of a level has the same average 
   ``rule+bc`` is the rule with Brevitas' bias correction, a one-line addition any Brevitas user can make.
 
 ``--rows asym`` runs the rows that quantize activations asymmetrically (unsigned with a zero point, Brevitas'
-``ShiftedUint8ActPerTensorFloat``, min-max ranges): ``rule+bc asym`` and ``per-layer MILP
-asym``, the strongest peers given the flagship's activation quantizer, and ``sqnr-hybrid-layer asym``, the
-flagship as the built-in low-bit recipes ship it (calibrated over all steps at 4-bit activations). The margin is
-taken against every peer, asymmetric or not.
+``ShiftedUint8ActPerTensorFloat``, min-max ranges): ``rule+bc asym`` and ``per-layer MILP asym``, the strongest
+peers given the flagship's activation quantizer, and ``sqnr-hybrid-layer asym``, the flagship as
+``sqnr-hybrid-w4a6`` and ``-w4a4`` ship it (calibrated over all steps at 4-bit activations). The margin is taken
+against every peer, asymmetric or not.
 
 Parts run in separate processes (side by side on two cores, one torch thread each); ``--report`` joins them.
 """
