@@ -43,9 +43,9 @@ from harness import (
     run_row,
     start_bench,
     write_json,
+    write_page_keeping_notes,
 )
 
-from brevitas_ldm.io import write_text_atomic
 from brevitas_ldm.precision import parse_precision
 from brevitas_ldm.recipe import Recipe, get_recipe
 
@@ -237,11 +237,7 @@ def report(out: Path) -> None:
             "planners leave 0.09 weight bits unspent because the only dearer weights are float ones (each row's "
             "bits are in its table).", "",
             *margins, "", f"![quality at equal bits](figures/{figure.name})", ""]
-    # Hand-written reading notes below the marker survive a regeneration of the tables.
-    notes = ""
-    if out.is_file() and NOTES_MARKER in out.read_text():
-        notes = out.read_text()[out.read_text().index(NOTES_MARKER):]
-    write_text_atomic(out, "\n".join(head + sections) + ("\n" + notes if notes else ""))
+    write_page_keeping_notes(out, "\n".join(head + sections), NOTES_MARKER)
     print("\n".join(head))
 
 

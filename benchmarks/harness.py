@@ -28,6 +28,7 @@ from brevitas_ldm.denoiser.sampling import SamplingSpec
 from brevitas_ldm.evaluation.comparison import compare_quantized, fp_reference
 from brevitas_ldm.evaluation.prompts import calibration_set, evaluation_set
 from brevitas_ldm.evaluation.run import has_digits_evaluator
+from brevitas_ldm.io import write_text_atomic
 from brevitas_ldm.quant.footprint import footprint
 from brevitas_ldm.quant.quantize import resolve_precisions
 from brevitas_ldm.recipe import Recipe
@@ -133,6 +134,13 @@ def bench_context(bench: Bench, seed: int) -> dict[str, Any]:
             "machine": machine()}
 
 
+def write_page_keeping_notes(path: Path, generated: str, marker: str) -> None:
+    """Write a regenerated page atomically, keeping what the old page held from ``marker`` on: hand-written
+    sections, and sections other benchmarks write, survive a regeneration of the tables."""
+    old = path.read_text() if path.is_file() else ""
+    write_text_atomic(path, generated + ("\n" + old[old.index(marker):] if marker in old else ""))
+
+
 def _fmt(value: Any, digits: int = 2) -> str:
     if value is None:
         return "–"
@@ -201,4 +209,4 @@ def write_json(path: Path, context: dict, rows: list[dict]) -> None:
 
 
 __all__ = ["Bench", "Configuration", "add_run_arguments", "bench_context", "markdown_table", "quality_vs_bits_png",
-           "run_row", "run_rows", "start_bench", "write_json", "json"]
+           "run_row", "run_rows", "start_bench", "write_json", "write_page_keeping_notes", "json"]

@@ -220,13 +220,9 @@ def calibration_calls(recipe, num_samples: int, spec) -> int:
 
 
 def bias_correction_calls(recipe, num_samples: int, spec) -> int:
-    """Denoiser calls the recipe's bias correction adds after calibration: one per batch in single-step mode, every
-    step otherwise."""
-    if not recipe.calibration.bias_correction:
-        return 0
-    if recipe.calibration.mode == "single_step":
-        return calibration_calls(recipe, num_samples, spec)
-    return sampling_calls(num_samples, spec)
+    """Denoiser calls the recipe's bias correction adds after calibration: it runs the calibration's own calls again
+    (:func:`recipe_calibration` with ``bias_correction=True``), so as many as :func:`calibration_calls`."""
+    return calibration_calls(recipe, num_samples, spec) if recipe.calibration.bias_correction else 0
 
 
 @torch.no_grad()
@@ -235,15 +231,15 @@ def calibrate_pipeline(pipe, recipe, prompts: Sequence, seeds: Sequence[int], sp
     """Run the calibration set through ``pipe`` under the recipe's calibration context, then its bias correction
     when the recipe asks for it; return the calibration context (``calls`` counts both passes' denoiser calls)."""
     denoiser = get_denoiser(pipe)
-    context = recipe_calibration(denoiser, recipe, spec.num_inference_steps, max_noise_timestep(pipe))
+    max_noise = max_noise_timestep(pipe)
+    prompts, seeds = list(prompts), list(seeds)
+    context = recipe_calibration(denoiser, recipe, spec.num_inference_steps, max_noise)
     with context:
-        generate(pipe, list(prompts), list(seeds), spec, output_type="latent", progress=progress,
+        generate(pipe, prompts, seeds, spec, output_type="latent", progress=progress,
                  desc=f"calibration ({recipe.calibration.mode})")
     if recipe.calibration.bias_correction:
-        correction = recipe_calibration(denoiser, recipe, spec.num_inference_steps, max_noise_timestep(pipe),
-                                        bias_correction=True)
+        correction = recipe_calibration(denoiser, recipe, spec.num_inference_steps, max_noise, bias_correction=True)
         with correction:
-            generate(pipe, list(prompts), list(seeds), spec, output_type="latent", progress=progress,
-                     desc="bias correction")
+            generate(pipe, prompts, seeds, spec, output_type="latent", progress=progress, desc="bias correction")
         context.calls += correction.calls
     return context
