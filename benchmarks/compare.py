@@ -3,6 +3,8 @@
     python benchmarks/compare.py --budgets w8a8 w4a8 --num-samples 500 --part a
     python benchmarks/compare.py --budgets w4a6 w8a4 w4a4 --num-samples 200 --part b
     python benchmarks/compare.py --report                # docs/compare.md + figure from docs/results/compare-*.json
+    python benchmarks/compare.py --budgets w8a8 w4a8 --num-samples 500 --part a --only rule sqnr-hybrid
+                                                         # rerun those rows of part a, keep the others
 
 A budget ``wWaA`` has two levels, and every row of a level has the same average weight and activation bits:
 
@@ -10,7 +12,8 @@ A budget ``wWaA`` has two levels, and every row of a level has the same average 
   uniformly sampled calibration steps, without its reconstruction), ``brevitas-sd`` (Brevitas' Stable Diffusion
   example defaults: asymmetric weights, SmoothQuant everywhere at alpha 0.9, calibration over 8-step runs).
 * **headroom** (at most W+0.5/A+0.5): the best simple rule, which needs no analysis: conv_in and conv_out in
-  float, 8-bit weights on the last up block when W < 8, single-step calibration. Its average bits are the level's
+  float, 8-bit weights on the last up block when W < 8, single-step calibration as the flagship's (at W8A8 the
+  timestep-only layers over every step, as the quickstart recipe does since 0.6.0). Its average bits are the level's
   bits, and every planner gets exactly that budget: ``per-layer MILP`` (MixDQ-style: each layer quantized alone,
   output SQNR, an integer program over the layers; plain min-max calibrated over all steps), ``sqnr-hybrid``
   (the paper's block analysis and the project's block planner, single-step, SmoothQuant where the local analysis
@@ -57,6 +60,7 @@ RULE_FLOAT_LAYERS = ("conv_in", "conv_out")
 RULE_EXTRA_BLOCK = "up_blocks.2"
 NOTES_MARKER = "<!-- notes: kept when the tables are regenerated -->"
 ROW_SETS = ("all", "asym")
+QUICKSTART = "sqnr-hybrid-w8a8"
 PEERS = ("rule", "rule+bc", "per-layer MILP", "rule+bc asym", "per-layer MILP asym")
 FLAGSHIPS = ("sqnr-hybrid", "sqnr-hybrid-layer", "sqnr-hybrid-layer asym")
 
@@ -68,7 +72,7 @@ def with_asymmetric_activations(config: Configuration, act_bits: int, flagship: 
     activations = dataclasses.replace(recipe.activations, symmetric=False)
     calibration = recipe.calibration
     if flagship and act_bits <= 4:
-        calibration = dataclasses.replace(calibration, mode="all_steps")
+        calibration = dataclasses.replace(calibration, mode="all_steps", timestep_layers="calibration_steps")
     label, budget = config.label.rsplit(" ", 1)
     return Configuration(f"{label} asym {budget}", recipe.replace(name=f"{recipe.name}-asym", activations=activations,
                                                                   calibration=calibration), config.plan)
@@ -97,10 +101,22 @@ def exact_rows(budget: str, weight_bits: int, act_bits: int) -> list[Configurati
             for peer in ("minmax", "qdiffusion", "brevitas-sd")]
 
 
+def timestep_layers_at(weight_bits: int, act_bits: int) -> str:
+    """How the single-step rows of a budget calibrate the timestep-only layers: as the built-in recipe of those widths
+    does. Only the quickstart (W8A8) calibrates them over every step; the low-bit built-ins keep the maximum-noise
+    step, where every step measured worse (docs/ablation.md)."""
+    quickstart = get_recipe(QUICKSTART)
+    if (weight_bits, act_bits) == (quickstart.weights.bits, quickstart.activations.bits):
+        return quickstart.calibration.timestep_layers
+    return "calibration_steps"
+
+
 def rule(budget: str, weight_bits: int, act_bits: int) -> Configuration:
+    """The best simple rule, calibrated as the flagship of its budget is."""
     base = with_bits(get_recipe("minmax-w8a8"), f"rule-{budget}", weight_bits, act_bits)
     recipe = base.replace(skip_layers=RULE_FLOAT_LAYERS,
-                          calibration=dataclasses.replace(base.calibration, mode="single_step"),
+                          calibration=dataclasses.replace(base.calibration, mode="single_step",
+                                                          timestep_layers=timestep_layers_at(weight_bits, act_bits)),
                           description="Best simple rule: first/last conv float, 8-bit weights on the last up "
                                       "block, single-step calibration")
     plan = {RULE_EXTRA_BLOCK: f"w8a{act_bits}"} if weight_bits < 8 else None
@@ -115,8 +131,9 @@ def planners(budget: str, weight_bits: int, act_bits: int, target: tuple[float, 
     """The planned rows, each given the rule's average bits as its budget."""
     menu = tuple(parse_precision(m) for m in menu_for(weight_bits, act_bits))
     avg_w, avg_a = target
-    flagship = with_bias_correction(with_bits(get_recipe("sqnr-hybrid-w8a8"), f"sqnr-hybrid-{budget}", weight_bits,
-                                              act_bits))
+    flagship = with_bias_correction(with_bits(get_recipe(QUICKSTART), f"sqnr-hybrid-{budget}", weight_bits, act_bits))
+    flagship = flagship.replace(calibration=dataclasses.replace(
+        flagship.calibration, timestep_layers=timestep_layers_at(weight_bits, act_bits)))
     budget_plan = dataclasses.replace(flagship.plan, method="budget", menu=menu, avg_weight_bits=avg_w,
                                       avg_act_bits=avg_a)
     flagship = flagship.replace(plan=budget_plan)
@@ -130,9 +147,9 @@ def planners(budget: str, weight_bits: int, act_bits: int, target: tuple[float, 
             Configuration(f"sqnr-hybrid-layer {budget}", flagship_layer)]
 
 
-def run_part(args) -> None:
-    bench = start_bench(args.model, args.num_samples, args.steps, args.guidance_scale, args.seed)
-    rows = [bench.fp_row() | {"budget": "", "level": ""}]
+def part_configurations(args, bench) -> list[tuple[Configuration, dict]]:
+    """Every row of this part in order, with the fields its JSON row gets besides the measurements."""
+    chosen = []
     for budget in args.budgets:
         precision = parse_precision(budget, "--budgets")
         weight_bits, act_bits = precision.weight_bits, precision.act_bits
@@ -150,13 +167,33 @@ def run_part(args) -> None:
         else:
             headroom = [simple, rule_with_bias_correction(simple, budget), per_layer, flagship, flagship_layer]
             exact = exact_rows(budget, weight_bits, act_bits)
-        for config in headroom:
-            rows.append(run_row(bench, config) | {"budget": budget, "level": "headroom",
-                                                  "target_bits": list(target)})
-        for config in exact:
-            rows.append(run_row(bench, config) | {"budget": budget, "level": "exact"})
-        write_json(RESULTS / f"compare-{args.part}.json", bench_context(bench, args.seed) | {"command": _command()},
-                   rows)
+        chosen += [(config, {"budget": budget, "level": "headroom", "target_bits": list(target)})
+                   for config in headroom]
+        chosen += [(config, {"budget": budget, "level": "exact"}) for config in exact]
+    return chosen
+
+
+def run_part(args) -> None:
+    """Measure a part's rows into compare-PART.json. With ``--only``, rerun just those rows of an existing part
+    (after a change that leaves the other rows' configurations as they were) and keep the others in place."""
+    bench = start_bench(args.model, args.num_samples, args.steps, args.guidance_scale, args.seed)
+    path = RESULTS / f"compare-{args.part}.json"
+    chosen = part_configurations(args, bench)
+    context = bench_context(bench, args.seed) | {"command": _command()}
+    rows = [bench.fp_row() | {"budget": "", "level": ""}]
+    if args.only:
+        chosen = [(config, extra) for config, extra in chosen if config.label.rsplit(" ", 1)[0] in args.only]
+        previous = json.loads(path.read_text()) if path.is_file() else {"rows": [], "context": {}}
+        missing = sorted({config.label for config, _ in chosen} - {row["label"] for row in previous["rows"]})
+        if missing or not chosen:
+            raise SystemExit(f"--only {' '.join(args.only)}: {path} has no rows {missing or args.only} to replace; "
+                             f"name rows of an existing part, without the budget")
+        rows = previous["rows"]
+        context = previous["context"] | {"rerun": previous["context"].get("rerun", []) + [context["command"]]}
+    for config, extra in chosen:
+        row = run_row(bench, config) | extra
+        rows = [row if r["label"] == config.label else r for r in rows] if args.only else rows + [row]
+        write_json(path, context, rows)
 
 
 def _command() -> str:
@@ -273,6 +310,9 @@ def main() -> None:
     parser.add_argument("--part", default="a", help="name of this process' results file")
     parser.add_argument("--rows", default="all", choices=ROW_SETS,
                         help="all: the original rows; asym: the asymmetric-activation peers and flagship")
+    parser.add_argument("--only", nargs="+", metavar="ROW",
+                        help="rerun only these rows of an existing part (labels without the budget, e.g. rule "
+                             "sqnr-hybrid) and keep its other rows as measured")
     parser.add_argument("--report", action="store_true", help="join the parts into --out")
     parser.add_argument("--out", type=Path, default=Path("docs/compare.md"))
     args = parser.parse_args()

@@ -27,6 +27,7 @@ GRANULARITIES = ("per_channel", "per_tensor")
 WEIGHT_SCALE_METHODS = ("minmax", "mse")
 ACT_SCALE_METHODS = ("minmax", "percentile", "mse")
 CALIBRATION_MODES = ("all_steps", "uniform_steps", "single_step")
+TIMESTEP_LAYER_CALIBRATIONS = ("calibration_steps", "every_step")
 SMOOTHQUANT_SCOPES = ("all", "sensitive")
 PLAN_METHODS = ("uniform", "threshold", "top_k", "budget")
 PLAN_GRANULARITIES = ("block", "layer")
@@ -85,6 +86,11 @@ class Calibration:
     batch. ``all_steps`` is the plain baseline; ``uniform_steps`` is Q-Diffusion's uniformly sampled steps.
     ``bias_correction``: after calibration, Brevitas' bias correction adds to every biased layer the mean output
     error its quantization causes, measured on the same calibration calls.
+    ``timestep_layers``: the timestep/class-embedding projections (``time_embedding``, ``time_emb_proj``, adaLN
+    ``norm*.linear``, ...) see only the conditioning vector, one value per timestep, so the maximum-noise step
+    shows them one point of their range. ``"every_step"`` (single-step mode) calibrates them on every step of the
+    calibration run instead, their range the min-max over the schedule; ``"calibration_steps"`` gives them the
+    steps every other layer sees.
     """
 
     mode: str = "all_steps"
@@ -93,9 +99,15 @@ class Calibration:
     batch_size: int = 8
     sampling_steps: int = 0  # steps of the calibration sampling runs; 0 = the run's own number of steps
     bias_correction: bool = False
+    timestep_layers: str = "calibration_steps"
 
     def validate(self) -> None:
         _check_choice(self.mode, CALIBRATION_MODES, "calibration.mode")
+        _check_choice(self.timestep_layers, TIMESTEP_LAYER_CALIBRATIONS, "calibration.timestep_layers")
+        if self.timestep_layers == "every_step" and self.mode != "single_step":
+            raise RecipeError(f"calibration.timestep_layers = \"every_step\" needs calibration.mode = "
+                              f"\"single_step\" (mode {self.mode!r} already chooses the steps every layer sees): "
+                              f"set calibration.timestep_layers = \"calibration_steps\"")
         _check_type(self.bias_correction, bool, "calibration.bias_correction", "true or false")
         value = _check_type(self.sampling_steps, int, "calibration.sampling_steps", "a non-negative integer")
         if value < 0:

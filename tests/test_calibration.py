@@ -91,3 +91,68 @@ def test_nan_calibration_data_is_a_clear_error():
             pass
     with pytest.raises(CalibrationError, match="needs num_inference_steps"):
         multi_step_calibration(pipe.unet, steps=4)
+
+
+def _timestep_layer_inputs(pipe, steps):
+    """Per timestep-only layer, the largest |input| at each sampling step of a float run of PROMPTS[0]."""
+    from brevitas_ldm.denoiser.blocks import quantizable_layers
+    from brevitas_ldm.denoiser.layer_categories import layer_category
+
+    peaks, hooks = {}, []
+    for name, layer in quantizable_layers(pipe.unet):
+        if layer_category(name) == "time_embedding":
+            hooks.append(layer.register_forward_pre_hook(
+                lambda m, args, name=name: peaks.setdefault(name, []).append(args[0].abs().max().item())))
+    _run(pipe, steps, batches=PROMPTS[:1])
+    for hook in hooks:
+        hook.remove()
+    return peaks
+
+
+def _timestep_layer_error_db(float_pipe, pipe, steps):
+    """Output SQNR (dB) of the time embedding over a whole sampling run, quantized against float."""
+    outputs = {}
+    for key, unet in (("fp", float_pipe.unet), ("q", pipe.unet)):
+        handle = unet.time_embedding.register_forward_hook(lambda m, a, out, key=key: outputs.setdefault(key, [])
+                                                           .append(out.detach()))
+        _run(float_pipe if key == "fp" else pipe, steps, batches=PROMPTS[:1])
+        handle.remove()
+    from brevitas_ldm.sqnr import sqnr_db
+
+    return sqnr_db(torch.cat(outputs["fp"]), torch.cat(outputs["q"]))
+
+
+@torch.no_grad()
+def test_every_step_timestep_layers_cover_the_schedule_and_lower_their_error():
+    steps = 6
+    float_pipe = tiny_sd_pipeline()
+    peaks = _timestep_layer_inputs(float_pipe, steps)
+    assert len(peaks) == 10      # time_embedding.linear_1/2 and eight resnets' time_emb_proj
+    ranges, scales, errors = {}, {}, {}
+    for mode in ("calibration_steps", "every_step"):
+        pipe = _quantized_pipeline()
+        with single_step_calibration(pipe.unet, timestep_layers=mode) as calibration:
+            _run(pipe, steps)
+        # Still one full denoiser call per batch; the sweep adds one one-row call per later step of the first run.
+        assert calibration.calls == calibration.observed_calls == len(PROMPTS)
+        assert calibration.sweep_calls == (steps - 1 if mode == "every_step" else 0)
+        layers = quant_layers(pipe.unet)
+        # Brevitas' signed 8-bit activation scale is the calibrated max |x| / 2^7.
+        ranges[mode] = {name: layers[name].input_quant.scale().item() * 128 for name in peaks}
+        scales[mode] = {name: value for name, value in _act_scales(pipe.unet).items() if name not in peaks}
+        errors[mode] = _timestep_layer_error_db(float_pipe, pipe, steps)
+    # Every later step's input fits the every-step range (min-max); t = T alone clips some of them.
+    for name, seen in peaks.items():
+        assert ranges["every_step"][name] >= max(seen[1:]) * (1 - 1e-5), name
+    assert any(ranges["calibration_steps"][name] < max(seen[1:]) * 0.95 for name, seen in peaks.items())
+    # The other layers are calibrated exactly as before; the time embedding's error over the run drops.
+    assert scales["every_step"] == scales["calibration_steps"]
+    assert errors["every_step"] > errors["calibration_steps"] + 3.0, errors
+
+
+@torch.no_grad()
+def test_every_step_sweep_is_off_for_bias_correction():
+    pipe = _quantized_pipeline()
+    with single_step_calibration(pipe.unet, timestep_layers="every_step", bias_correction=True) as correction:
+        _run(pipe, 4)
+    assert correction.sweep_calls == 0 and correction.calls == len(PROMPTS)

@@ -6,6 +6,7 @@ single-step calibration evaluates maximum noise in every scheduler family, and t
 quantize with the SQNR strategy, evaluate --checkpoint, export to both onnxruntime forms) succeed.
 """
 
+import dataclasses
 import json
 import math
 
@@ -14,6 +15,7 @@ import torch
 
 from brevitas_ldm.cli import main
 from brevitas_ldm.denoiser.blocks import get_blocks
+from brevitas_ldm.denoiser.layer_categories import layer_category
 from brevitas_ldm.denoiser.loading import load_pipeline
 from brevitas_ldm.denoiser.sampling import SamplingSpec, _pipeline_call_kwargs, get_denoiser, max_noise_timestep
 from brevitas_ldm.errors import BrevitasLDMError
@@ -113,7 +115,9 @@ def _calibrated_scales_and_timesteps(pipe, steps):
         return original(*args, **kwargs)
 
     denoiser.forward = recording_forward
-    context = calibrate_pipeline(pipe, get_recipe("sqnr-hybrid-w8a8"), ["digit one", SEVEN, "digit two"], [1, 2, 3],
+    recipe = get_recipe("sqnr-hybrid-w8a8")     # without the one-row sweep, whose calls see every later timestep
+    recipe = recipe.replace(calibration=dataclasses.replace(recipe.calibration, timestep_layers="calibration_steps"))
+    context = calibrate_pipeline(pipe, recipe, ["digit one", SEVEN, "digit two"], [1, 2, 3],
                                  SamplingSpec(num_inference_steps=steps, batch_size=2))
     del denoiser.forward
     scales = {name: layer.input_quant.scale().flatten() for name, layer in quant_layers(denoiser).items()}
@@ -132,6 +136,34 @@ def test_single_step_calibration_is_maximum_noise_in_every_scheduler_family(fami
     # The calibrated scales do not depend on how many steps the run was asked for.
     for name, scale in results[3][0].items():
         torch.testing.assert_close(results[8][0][name], scale, rtol=1e-6, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@torch.no_grad()
+def test_every_step_sweep_calibrates_the_timestep_layers_of_every_family(family, family_dirs):
+    """The one-row sweep runs on each family's own call signature (SDXL's added conditions, Flux's ids, DiT's
+    labels) and widens, never narrows, the timestep-only layers' ranges; every other scale stays as it was."""
+    base = get_recipe("sqnr-hybrid-w8a8")
+    spec = SamplingSpec(num_inference_steps=4, batch_size=2)
+    scales, contexts = {}, {}
+    for mode in ("calibration_steps", "every_step"):
+        recipe = base.replace(calibration=dataclasses.replace(base.calibration, timestep_layers=mode))
+        denoiser = get_denoiser(pipe := load_pipeline(family_dirs(family)))
+        quantize_denoiser(denoiser, recipe)
+        contexts[mode] = calibrate_pipeline(pipe, recipe, ["digit one", SEVEN, "digit two"], [1, 2, 3], spec)
+        scales[mode] = {name: layer.input_quant.scale().item() for name, layer in quant_layers(denoiser).items()}
+        timestep_layers = {name for name in quant_layers(denoiser) if layer_category(name) == "time_embedding"}
+    assert timestep_layers, family
+    assert contexts["every_step"].sweep_calls == spec.num_inference_steps - 1
+    assert contexts["every_step"].calls == contexts["calibration_steps"].calls == 2
+    for name, scale in scales["calibration_steps"].items():
+        if name in timestep_layers:
+            assert scales["every_step"][name] >= scale * (1 - 1e-6), name
+        else:
+            assert scales["every_step"][name] == scale, name
+    # Later timesteps reach past t = T's range in every family but PixArt (whose random adaLN inputs peak at t = T).
+    widened = any(scales["every_step"][n] > scales["calibration_steps"][n] * 1.01 for n in timestep_layers)
+    assert widened or family.startswith("pixart"), family
 
 
 def test_flow_matching_keeps_the_first_step_and_the_others_substitute_t_max(family_dirs):

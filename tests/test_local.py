@@ -9,9 +9,10 @@ import math
 import pytest
 import torch
 
-from brevitas_ldm.analysis.layer_report import CATEGORIES, LayerReport, layer_category, select_for_smoothing
+from brevitas_ldm.analysis.layer_report import LayerReport, select_for_smoothing
 from brevitas_ldm.analysis.layer_sensitivity import LayerSensitivity
 from brevitas_ldm.denoiser.blocks import quantizable_layers
+from brevitas_ldm.denoiser.layer_categories import CATEGORIES, layer_category
 from brevitas_ldm.denoiser.sampling import SamplingSpec, denoiser_step_hook, generate, pipeline_denoiser
 from brevitas_ldm.errors import BrevitasLDMError, RecipeError
 from brevitas_ldm.quant.calibration import recipe_calibration

@@ -30,6 +30,26 @@ def test_builtin_recipes_are_registered_and_round_trip_through_toml():
     assert get_recipe("sqnr-hybrid-w4a8").activations.symmetric           # no gain at 8 bits (31.33 vs 31.34 dB)
 
 
+def test_the_quickstart_analysis_costs_under_a_third_of_the_20_step_one():
+    """Issue 13, item 6 (docs/global-analysis.md): 6-step analysis runs, the timestep-only layers calibrated over
+    every step (with them, 4-, 6- and 8-step analyses give one plan, measured as good as the 20-step one)."""
+    import dataclasses
+
+    from brevitas_ldm.analysis.block_sensitivity import BlockSensitivity
+    from brevitas_ldm.denoiser.sampling import SamplingSpec
+
+    quickstart = get_recipe("sqnr-hybrid-w8a8")
+    assert quickstart.calibration.timestep_layers == "every_step" and quickstart.analysis.progressive
+    full = quickstart.replace(analysis=dataclasses.replace(quickstart.analysis, steps=0))
+    prompts, seeds, spec = ["digit"] * 8, list(range(8)), SamplingSpec(num_inference_steps=20, batch_size=8)
+    calls = {recipe.analysis.steps: BlockSensitivity(recipe, prompts, seeds, spec, progress=False).planned_calls(10)
+             for recipe in (quickstart, full)}
+    assert calls[0]["total"] == 803 and calls[6]["total"] == 243 <= 803 / 3
+    # The other single-step recipes keep their published calibration.
+    for name in ("sqnr-hybrid-w4a8", "sqnr-hybrid-w4a6", "sqnr-hybrid-w7a8-x86"):
+        assert get_recipe(name).calibration.timestep_layers == "calibration_steps"
+
+
 @pytest.mark.parametrize("text, message", [
     ('name = "x"\nbogus = 1', "unknown key 'bogus'"),
     ('name = "x"\n[weights]\nbitz = 8', "unknown key weights.'bitz'"),
@@ -38,6 +58,9 @@ def test_builtin_recipes_are_registered_and_round_trip_through_toml():
     ('name = "x"\n[weights]\nformat = "fp4"', "weights.format = 'fp4' is not allowed: choose one of int, e4m3, e5m2"),
     ('name = "x"\n[weights]\nformat = "e4m3"\nbits = 4', "weights.bits = 4 does not fit format 'e4m3'"),
     ('name = "x"\n[calibration]\nmode = "sometimes"', "calibration.mode = 'sometimes' is not allowed"),
+    ('name = "x"\n[calibration]\ntimestep_layers = "all"', "calibration.timestep_layers = 'all' is not allowed"),
+    ('name = "x"\n[calibration]\nmode = "all_steps"\ntimestep_layers = "every_step"',
+     'calibration.timestep_layers = "every_step" needs calibration.mode = "single_step"'),
     ('name = "x"\n[smoothquant]\nalpha = 1.5', "smoothquant.alpha = 1.5 must be in"),
     ('name = "x"\n[plan]\nmethod = "budget"\navg_weight_bits = 6.0', "needs the global analysis"),
     ('name = "x"\n[plan]\nmenu = ["w8a8", "w99a8"]', "plan.menu[1] = 'w99a8'"),

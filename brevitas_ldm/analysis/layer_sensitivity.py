@@ -42,10 +42,10 @@ from brevitas_ldm.analysis.layer_report import (
     VARIANTS,
     LayerEntry,
     LayerReport,
-    layer_category,
 )
 from brevitas_ldm.compat import hookless_deepcopy
 from brevitas_ldm.denoiser.blocks import get_blocks, layer_to_block, quantizable_layers
+from brevitas_ldm.denoiser.layer_categories import layer_category
 from brevitas_ldm.denoiser.names import user_facing_names
 from brevitas_ldm.denoiser.sampling import (
     CallCounter,

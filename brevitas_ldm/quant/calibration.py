@@ -8,6 +8,10 @@ observers on, scales finalised on exit) and decide, call by call, whether the de
   how many inference steps the sampler was asked for. Every later step of the run is short-circuited (the
   denoiser is not executed; the output of the calibration call is returned again) so calibration costs one
   denoiser call per batch instead of one per step.
+  With ``timestep_layers="every_step"`` the timestep/class-embedding projections, whose input is the conditioning
+  vector alone, also see every later step: the short-circuited steps of the first run execute on one batch row
+  (their outputs discarded) so those layers' inputs at that timestep are recorded, and their range is the min-max
+  over the maximum-noise call and the whole schedule.
 * :class:`multi_step_calibration` (the baselines) follows the real trajectory and collects statistics at every
   step, or at a uniform sample of steps as Q-Diffusion does; the other steps run in float without observing.
 
@@ -24,7 +28,11 @@ import torch
 import torch.nn as nn
 from brevitas.graph.calibrate import bias_correction_mode, calibration_mode
 from brevitas.proxy.runtime_quant import ActQuantProxyFromInjectorBase
+from brevitas.quant_tensor import QuantTensor
 
+from brevitas_ldm.denoiser.blocks import quantizable_layers
+from brevitas_ldm.denoiser.layer_categories import layer_category
+from brevitas_ldm.denoiser.names import user_facing_names
 from brevitas_ldm.denoiser.sampling import (
     StepTracker,
     find_timestep,
@@ -53,12 +61,14 @@ class _StepCalibration:
         self.calls = 0            # denoiser forwards actually executed
         self.observed_calls = 0   # of which fed the activation observers
         self.skipped_calls = 0    # short-circuited (single-step mode)
+        self.sweep_calls = 0      # one-row forwards of short-circuited steps, for the timestep-only layers
         self._tracker = StepTracker()
         # Layers without a bias keep none, so the checkpoint's state layout does not depend on the option.
         self._brevitas = (bias_correction_mode(model, skip_if_no_bias=True) if bias_correction
                           else calibration_mode(model))
         self._act_proxies = ([] if bias_correction else
                              [m for m in model.modules() if isinstance(m, ActQuantProxyFromInjectorBase)])
+        self._last_output = None
 
     # -- per-call policy, overridden -----------------------------------------------------------------------------
     def _observe(self, step: int) -> bool:
@@ -70,6 +80,12 @@ class _StepCalibration:
     def _skip(self, step: int) -> bool:
         return False
 
+    def _on_skipped(self, step: int, original_forward, args: tuple, kwargs: dict) -> None:
+        """Called for every short-circuited call (nothing by default)."""
+
+    def _before_finalising(self) -> None:
+        """Called after a successful run, before Brevitas turns the statistics into scales (nothing by default)."""
+
     # -- mechanics ----------------------------------------------------------------------------------------------
     def _set_observing(self, observing: bool) -> None:
         for proxy in self._act_proxies:
@@ -80,6 +96,7 @@ class _StepCalibration:
         step = self._tracker.advance(timestep)
         if self._skip(step):
             self.skipped_calls += 1
+            self._on_skipped(step, original_forward, args, kwargs)
             return self._last_output
         observe = self._observe(step)
         args, kwargs = self._prepare(step, args, kwargs, where)
@@ -113,6 +130,8 @@ class _StepCalibration:
         if self._own_forward is not None:
             self.model.forward = self._own_forward
         self._last_output = None
+        if exc_type is None:
+            self._before_finalising()
         self._brevitas.__exit__(exc_type, exc, tb)
         if exc_type is None:
             if self.observed_calls == 0:
@@ -128,17 +147,29 @@ class single_step_calibration(_StepCalibration):
     the maximum noise level of DDPM/DDIM- and Karras/Euler-style schedulers); pass ``num_train_timesteps`` from the
     pipeline's scheduler config when it is not 1000. ``keep_first_timestep`` keeps the first step's own timestep
     instead: flow-matching runs (SD3, Flux) start at sigma = 1 whatever the step count, in units only the pipeline
-    knows (:func:`~brevitas_ldm.denoiser.sampling.max_noise_timestep` picks for a pipeline). Usage::
+    knows (:func:`~brevitas_ldm.denoiser.sampling.max_noise_timestep` picks for a pipeline).
+
+    ``timestep_layers="every_step"``: the timestep/class-embedding projections see one value per timestep, so t = T
+    alone shows them one point of their range (in the embedded model, ``time_embedding.linear_2``'s input peaks at
+    1.10 at t = T and 1.65 over a 20-step schedule). Their inputs are recorded at the maximum-noise call (every row)
+    and at every later step of the first run, each executed on one batch row (``sweep_calls`` of them); their
+    ranges come from all of it at once. Usage::
 
         with single_step_calibration(pipe.unet, num_train_timesteps=pipe.scheduler.config.num_train_timesteps):
             pipe(prompts, output_type="latent")
     """
 
     def __init__(self, model: nn.Module, timestep: int | None = None, num_train_timesteps: int = 1000,
-                 keep_first_timestep: bool = False, bias_correction: bool = False) -> None:
+                 keep_first_timestep: bool = False, bias_correction: bool = False,
+                 timestep_layers: str = "calibration_steps") -> None:
         super().__init__(model, bias_correction)
         self.timestep = num_train_timesteps - 1 if timestep is None else int(timestep)
         self.keep_first_timestep = keep_first_timestep
+        sweep = timestep_layers == "every_step" and not bias_correction
+        self._timestep_proxies = timestep_layer_proxies(model) if sweep else []
+        self._recorded: list[list[torch.Tensor]] = [[] for _ in self._timestep_proxies]
+        self._swept_steps: set[int] = set()
+        self._record_hooks: list = []
 
     def _observe(self, step: int) -> bool:
         return step == 0
@@ -151,6 +182,75 @@ class single_step_calibration(_StepCalibration):
             return args, kwargs
         old = kwargs[where] if isinstance(where, str) else args[where]
         return replace_argument(args, kwargs, where, timestep_like(old, self.timestep))
+
+    def _set_observing(self, observing: bool) -> None:
+        super()._set_observing(observing)
+        for proxy in self._timestep_proxies:   # recorded instead, see _before_finalising
+            proxy.train(False)
+
+    def _on_skipped(self, step, original_forward, args, kwargs) -> None:
+        if not self._timestep_proxies or self._tracker.run > 0 or step in self._swept_steps:
+            return
+        self._swept_steps.add(step)
+        sample = args[0] if args else next(iter(kwargs.values()))
+        batch = sample.shape[0] if isinstance(sample, torch.Tensor) and sample.ndim else 1
+        self._set_observing(False)
+        try:
+            try:
+                original_forward(*_first_rows(args, batch), **_first_rows(kwargs, batch))
+            except (RuntimeError, ValueError, IndexError):
+                # an argument whose first dimension only looks like the batch: run the whole batch instead
+                original_forward(*args, **kwargs)
+        finally:
+            self._set_observing(True)
+        self.sweep_calls += 1
+
+    def _record(self, index: int):
+        def hook(module: nn.Module, args: tuple) -> None:
+            value = args[0].value if isinstance(args[0], QuantTensor) else args[0]
+            self._recorded[index].append(value.detach().clone())
+        return hook
+
+    def __enter__(self) -> "single_step_calibration":
+        super().__enter__()
+        self._record_hooks = [proxy.register_forward_pre_hook(self._record(i))
+                              for i, proxy in enumerate(self._timestep_proxies)]
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        for handle in self._record_hooks:
+            handle.remove()
+        self._record_hooks = []
+        super().__exit__(exc_type, exc, tb)
+
+    @torch.no_grad()
+    def _before_finalising(self) -> None:
+        """One observation per timestep-only layer: every recorded input at once, so the range is their min-max."""
+        for proxy, recorded in zip(self._timestep_proxies, self._recorded):
+            if recorded:
+                proxy.train(True)
+                proxy(torch.cat(recorded))
+        self._recorded = [[] for _ in self._timestep_proxies]
+
+
+def timestep_layer_proxies(model: nn.Module) -> list[ActQuantProxyFromInjectorBase]:
+    """The activation quantizers of ``model``'s timestep/class-embedding layers (category ``time_embedding`` of
+    :func:`~brevitas_ldm.denoiser.layer_categories.layer_category`), whose input is the conditioning vector alone."""
+    names = user_facing_names(model)
+    return [proxy for internal, layer in quantizable_layers(model) if layer_category(names[internal]) == "time_embedding"
+            for proxy in layer.modules()
+            if isinstance(proxy, ActQuantProxyFromInjectorBase) and proxy.fused_activation_quant_proxy is not None]
+
+
+def _first_rows(value, batch: int):
+    """``value`` with every tensor whose first dimension is ``batch`` cut to its first row (containers followed)."""
+    if isinstance(value, torch.Tensor):
+        return value[:1] if value.ndim and value.shape[0] == batch else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_first_rows(item, batch) for item in value)
+    if isinstance(value, dict):
+        return {key: _first_rows(item, batch) for key, item in value.items()}
+    return value
 
 
 def uniform_step_indices(num_inference_steps: int, count: int) -> list[int]:
@@ -202,9 +302,9 @@ def recipe_calibration(denoiser: nn.Module, recipe, num_inference_steps: int,
     """
     mode = recipe.calibration.mode
     if mode == "single_step":
-        if max_noise is None:
-            return single_step_calibration(denoiser, keep_first_timestep=True, bias_correction=bias_correction)
-        return single_step_calibration(denoiser, timestep=max_noise, bias_correction=bias_correction)
+        return single_step_calibration(denoiser, timestep=max_noise, keep_first_timestep=max_noise is None,
+                                       bias_correction=bias_correction,
+                                       timestep_layers=recipe.calibration.timestep_layers)
     if mode == "uniform_steps":
         return multi_step_calibration(denoiser, steps=recipe.calibration.num_steps,
                                       num_inference_steps=num_inference_steps, bias_correction=bias_correction)
