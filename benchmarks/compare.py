@@ -176,20 +176,23 @@ def part_configurations(args, bench) -> list[tuple[Configuration, dict]]:
 def run_part(args) -> None:
     """Measure a part's rows into compare-PART.json. With ``--only``, rerun just those rows of an existing part
     (after a change that leaves the other rows' configurations as they were) and keep the others in place."""
-    bench = start_bench(args.model, args.num_samples, args.steps, args.guidance_scale, args.seed)
     path = RESULTS / f"compare-{args.part}.json"
+    if args.only:   # checked before the FP run: a typo must not cost minutes
+        rerun = {f"{name} {budget}" for name in args.only for budget in args.budgets}
+        previous = json.loads(path.read_text()) if path.is_file() else {"rows": [], "context": {}}
+        missing = sorted(rerun - {row["label"] for row in previous["rows"]})
+        if missing:
+            raise SystemExit(f"--only: {path} has no rows {missing} to replace; name rows of an existing part, "
+                             f"without the budget")
+    bench = start_bench(args.model, args.num_samples, args.steps, args.guidance_scale, args.seed)
     chosen = part_configurations(args, bench)
     context = bench_context(bench, args.seed) | {"command": _command()}
-    rows = [bench.fp_row() | {"budget": "", "level": ""}]
     if args.only:
-        chosen = [(config, extra) for config, extra in chosen if config.label.rsplit(" ", 1)[0] in args.only]
-        previous = json.loads(path.read_text()) if path.is_file() else {"rows": [], "context": {}}
-        missing = sorted({config.label for config, _ in chosen} - {row["label"] for row in previous["rows"]})
-        if missing or not chosen:
-            raise SystemExit(f"--only {' '.join(args.only)}: {path} has no rows {missing or args.only} to replace; "
-                             f"name rows of an existing part, without the budget")
+        chosen = [(config, extra) for config, extra in chosen if config.label in rerun]
         rows = previous["rows"]
         context = previous["context"] | {"rerun": previous["context"].get("rerun", []) + [context["command"]]}
+    else:
+        rows = [bench.fp_row() | {"budget": "", "level": ""}]
     for config, extra in chosen:
         row = run_row(bench, config) | extra
         rows = [row if r["label"] == config.label else r for r in rows] if args.only else rows + [row]

@@ -156,8 +156,6 @@ def quantize_pipeline(pipe: Any, recipe: Recipe | str, calibration_prompts: Sequ
                                      calibration_spec(recipe, spec), progress=progress)
     result.timing_s["calibration"] = time.perf_counter() - start
     result.denoiser_calls["calibration"] = calibration.calls
-    if calibration.sweep_calls:    # [calibration] timestep_layers = "every_step": one-row calls, counted apart
-        result.denoiser_calls["calibration_sweep"] = calibration.sweep_calls
     result.timing_s["analysis"] = result.timing_s.get("global_analysis", 0.0) + result.timing_s.get("local_analysis", 0.0)
     result.denoiser_calls["analysis"] = (result.denoiser_calls.get("global_analysis", 0)
                                          + result.denoiser_calls.get("local_analysis", 0))

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from plain_single_step import plain_single_step
 
 from brevitas_ldm.analysis.block_report import BlockReport
 from brevitas_ldm.analysis.block_sensitivity import BlockSensitivity
@@ -19,14 +20,13 @@ from brevitas_ldm.planning.validation import measure_plan
 from brevitas_ldm.quant.calibration import single_step_calibration
 from brevitas_ldm.quant.precision_bank import PrecisionBank
 from brevitas_ldm.quant.quantize import quantize_denoiser
-from brevitas_ldm.recipe import get_recipe
 from brevitas_ldm.sqnr import sqnr_db
 from brevitas_ldm.zoo.tiny import tiny_sd_pipeline
 
 PROMPTS = ["a handwritten digit seven", "a handwritten digit two"]
 SEEDS = [3, 11]
 SPEC = SamplingSpec(num_inference_steps=2, guidance_scale=4.0, batch_size=2)
-RECIPE = get_recipe("sqnr-hybrid-w8a8")  # single-step calibration, W8A8 base
+RECIPE = plain_single_step()  # single-step calibration, W8A8 base
 
 
 @pytest.fixture(scope="module")

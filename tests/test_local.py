@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from plain_single_step import plain_single_step
 
 from brevitas_ldm.analysis.layer_report import LayerReport, select_for_smoothing
 from brevitas_ldm.analysis.layer_sensitivity import LayerSensitivity
@@ -17,7 +18,6 @@ from brevitas_ldm.denoiser.sampling import SamplingSpec, denoiser_step_hook, gen
 from brevitas_ldm.errors import BrevitasLDMError, RecipeError
 from brevitas_ldm.quant.calibration import recipe_calibration
 from brevitas_ldm.quant.quantize import quantize_denoiser
-from brevitas_ldm.recipe import get_recipe
 from brevitas_ldm.sqnr import SQNRMeter
 from brevitas_ldm.zoo.tiny import tiny_dit, tiny_sd_pipeline, tiny_sd_unet
 
@@ -25,7 +25,7 @@ PROMPTS = ["a handwritten digit seven", "a handwritten digit one", "a handwritte
            "a handwritten digit zero"]
 SEEDS = [0, 1, 2, 3]
 SPEC = SamplingSpec(num_inference_steps=3, guidance_scale=4.0, batch_size=2)  # 2 batches x 3 steps
-RECIPE = get_recipe("sqnr-hybrid-w8a8")  # single-step calibration
+RECIPE = plain_single_step()  # single-step calibration
 PLAN = {"conv_in": "w8", "conv_out": "float"}  # a weight-only layer and a float layer besides the default w8a8
 
 

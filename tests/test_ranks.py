@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from plain_single_step import plain_single_step
 
 from brevitas_ldm.analysis.block_sensitivity import BlockSensitivity
 from brevitas_ldm.denoiser.blocks import get_blocks
@@ -20,7 +21,6 @@ from brevitas_ldm.denoiser.loading import load_pipeline
 from brevitas_ldm.denoiser.sampling import SamplingSpec, get_denoiser
 from brevitas_ldm.evaluation.prompts import calibration_set
 from brevitas_ldm.ranks import Ranks
-from brevitas_ldm.recipe import get_recipe
 from brevitas_ldm.threads import choose_threads
 
 #: A small analysis: 4 prompts in 2 batches (so the FP reference splits), 3 steps (so the local steps split 2 + 1).
@@ -99,7 +99,7 @@ def test_progressive_prefixes_cost_more_and_the_deal_balances_them(sd_dir):
     pipe = load_pipeline(str(sd_dir))
     blocks = get_blocks(get_denoiser(pipe))
     samples = calibration_set(4, seed=10_000)
-    analysis = BlockSensitivity(get_recipe("sqnr-hybrid-w8a8"), list(samples.prompts), list(samples.seeds),
+    analysis = BlockSensitivity(plain_single_step(), list(samples.prompts), list(samples.seeds),
                                 SamplingSpec(3, 2.0, 2), progress=False)
     configs = analysis._configs(len(blocks))
     costs = analysis._costs(configs, blocks)
@@ -133,9 +133,17 @@ def test_commands_that_do_not_split_refuse_torchrun_in_one_line(tmp_path):
 
 # -- the same reports on 1 and 2 processes -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def analyses(sd_dir, tmp_path_factory):
+def plain_recipe(tmp_path_factory):
+    """The quickstart recipe whose analysis samples --steps (2 batches x 3 steps), as a file the CLI takes."""
+    recipe = tmp_path_factory.mktemp("recipe") / "plain.toml"
+    recipe.write_text(plain_single_step().replace(name="sqnr-hybrid-w8a8-plain").to_toml())
+    return str(recipe)
+
+
+@pytest.fixture(scope="module")
+def analyses(sd_dir, tmp_path_factory, plain_recipe):
     root = tmp_path_factory.mktemp("ranks")
-    args = ["analyze", "--model", str(sd_dir), *ANALYSIS, "--local-analysis"]
+    args = ["analyze", "--model", str(sd_dir), *ANALYSIS, "--recipe", plain_recipe, "--local-analysis"]
     single = _cli([*args, "--out", "single"], root)
     assert single.returncode == 0, single.stderr[-2000:]
     split = _torchrun([*args, "--out", "split", "--cache-dir", "cache"], root)
@@ -163,7 +171,7 @@ def test_the_work_is_split_and_balanced(analyses, sd_dir):
     # Each rank made exactly the calls the plan of work predicted for it.
     pipe = load_pipeline(str(sd_dir))
     samples = calibration_set(4, seed=10_000)
-    analysis = BlockSensitivity(get_recipe("sqnr-hybrid-w8a8"), list(samples.prompts), list(samples.seeds),
+    analysis = BlockSensitivity(plain_single_step(), list(samples.prompts), list(samples.seeds),
                                 SamplingSpec(3, 2.0, 2), progress=False)
     blocks = get_blocks(get_denoiser(pipe))
     for rank, done in enumerate(work):
@@ -181,9 +189,10 @@ def test_only_the_main_rank_writes_and_speaks(analyses):
     assert split.stdout.count("plan of work") == 1
 
 
-def test_a_cached_analysis_is_read_by_the_main_rank_and_shared(analyses, sd_dir):
+def test_a_cached_analysis_is_read_by_the_main_rank_and_shared(analyses, sd_dir, plain_recipe):
     root, _ = analyses
-    again = _torchrun(["analyze", "--model", str(sd_dir), *ANALYSIS, "--out", "again", "--cache-dir", "cache"], root)
+    again = _torchrun(["analyze", "--model", str(sd_dir), *ANALYSIS, "--recipe", plain_recipe, "--out", "again",
+                       "--cache-dir", "cache"], root)
     assert again.returncode == 0, again.stderr[-2000:]
     summary = json.loads((root / "again" / "analysis.json").read_text())
     assert summary["global_from_cache"] is True

@@ -60,8 +60,8 @@ class _StepCalibration:
         self.model = model
         self.calls = 0            # denoiser forwards actually executed
         self.observed_calls = 0   # of which fed the activation observers
+        self.sweep_calls = 0      # of which ran one batch row of a short-circuited step, for the timestep-only layers
         self.skipped_calls = 0    # short-circuited (single-step mode)
-        self.sweep_calls = 0      # one-row forwards of short-circuited steps, for the timestep-only layers
         self._tracker = StepTracker()
         # Layers without a bias keep none, so the checkpoint's state layout does not depend on the option.
         self._brevitas = (bias_correction_mode(model, skip_if_no_bias=True) if bias_correction
@@ -203,6 +203,7 @@ class single_step_calibration(_StepCalibration):
                 original_forward(*args, **kwargs)
         finally:
             self._set_observing(True)
+        self.calls += 1
         self.sweep_calls += 1
 
     def _record(self, index: int):
@@ -313,16 +314,28 @@ def recipe_calibration(denoiser: nn.Module, recipe, num_inference_steps: int,
 
 def calibration_calls(recipe, num_samples: int, spec) -> int:
     """Denoiser calls a recipe's calibration makes on ``num_samples`` samples drawn with ``spec``: one per batch in
-    single-step mode (every later step is skipped), every step otherwise."""
+    single-step mode (every later step is skipped) plus its one-row sweep calls (:func:`timestep_sweep_calls`),
+    every step otherwise."""
     if recipe.calibration.mode == "single_step":
-        return math.ceil(num_samples / spec.batch_size)
+        return math.ceil(num_samples / spec.batch_size) + timestep_sweep_calls(recipe, spec)
     return sampling_calls(num_samples, spec)
+
+
+def timestep_sweep_calls(recipe, spec) -> int:
+    """One-row denoiser calls a recipe's single-step calibration adds for its timestep-only layers (``[calibration]
+    timestep_layers = "every_step"``): one per later step of the first calibration run."""
+    calibration = recipe.calibration
+    if calibration.mode == "single_step" and calibration.timestep_layers == "every_step":
+        return spec.num_inference_steps - 1
+    return 0
 
 
 def bias_correction_calls(recipe, num_samples: int, spec) -> int:
     """Denoiser calls the recipe's bias correction adds after calibration: it runs the calibration's own calls again
-    (:func:`recipe_calibration` with ``bias_correction=True``), so as many as :func:`calibration_calls`."""
-    return calibration_calls(recipe, num_samples, spec) if recipe.calibration.bias_correction else 0
+    (:func:`recipe_calibration` with ``bias_correction=True``), without the one-row sweep."""
+    if not recipe.calibration.bias_correction:
+        return 0
+    return calibration_calls(recipe, num_samples, spec) - timestep_sweep_calls(recipe, spec)
 
 
 @torch.no_grad()
