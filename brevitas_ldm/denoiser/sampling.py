@@ -317,15 +317,20 @@ def generate(pipe: Any, conditions: Sequence[Condition], seeds: Sequence[int], s
     return torch.cat(outputs)
 
 
+def map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``value`` with ``fn`` applied to every tensor inside (tuples, lists, dicts followed; anything else kept)."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, dict):
+        return {key: map_tensors(item, fn) for key, item in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(map_tensors(item, fn) for item in value)
+    return value
+
+
 def detached(value: Any) -> Any:
     """``value`` with every tensor inside (tuples, lists, dicts) detached and copied: later calls cannot change it."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    if isinstance(value, dict):
-        return {key: detached(item) for key, item in value.items()}
-    if isinstance(value, (tuple, list)):
-        return type(value)(detached(item) for item in value)
-    return value
+    return map_tensors(value, lambda tensor: tensor.detach().clone())
 
 
 class _FirstCallSeen(Exception):

@@ -39,6 +39,7 @@ from brevitas_ldm.denoiser.sampling import (
     first_tensor,
     generate,
     get_denoiser,
+    map_tensors,
     max_noise_timestep,
     replace_argument,
     sampling_calls,
@@ -167,6 +168,9 @@ class single_step_calibration(_StepCalibration):
         self.keep_first_timestep = keep_first_timestep
         sweep = timestep_layers == "every_step" and not bias_correction
         self._timestep_proxies = timestep_layer_proxies(model) if sweep else []
+        # Recorded instead of observed (see _before_finalising): the per-call switch leaves them alone.
+        recorded = {id(proxy) for proxy in self._timestep_proxies}
+        self._act_proxies = [proxy for proxy in self._act_proxies if id(proxy) not in recorded]
         self._recorded: list[list[torch.Tensor]] = [[] for _ in self._timestep_proxies]
         self._swept_steps: set[int] = set()
         self._record_hooks: list = []
@@ -182,11 +186,6 @@ class single_step_calibration(_StepCalibration):
             return args, kwargs
         old = kwargs[where] if isinstance(where, str) else args[where]
         return replace_argument(args, kwargs, where, timestep_like(old, self.timestep))
-
-    def _set_observing(self, observing: bool) -> None:
-        super()._set_observing(observing)
-        for proxy in self._timestep_proxies:   # recorded instead, see _before_finalising
-            proxy.train(False)
 
     def _on_skipped(self, step, original_forward, args, kwargs) -> None:
         if not self._timestep_proxies or self._tracker.run > 0 or step in self._swept_steps:
@@ -214,6 +213,8 @@ class single_step_calibration(_StepCalibration):
 
     def __enter__(self) -> "single_step_calibration":
         super().__enter__()
+        for proxy in self._timestep_proxies:   # Brevitas' calibration mode set them observing
+            proxy.train(False)
         self._record_hooks = [proxy.register_forward_pre_hook(self._record(i))
                               for i, proxy in enumerate(self._timestep_proxies)]
         return self
@@ -245,13 +246,7 @@ def timestep_layer_proxies(model: nn.Module) -> list[ActQuantProxyFromInjectorBa
 
 def _first_rows(value, batch: int):
     """``value`` with every tensor whose first dimension is ``batch`` cut to its first row (containers followed)."""
-    if isinstance(value, torch.Tensor):
-        return value[:1] if value.ndim and value.shape[0] == batch else value
-    if isinstance(value, (tuple, list)):
-        return type(value)(_first_rows(item, batch) for item in value)
-    if isinstance(value, dict):
-        return {key: _first_rows(item, batch) for key, item in value.items()}
-    return value
+    return map_tensors(value, lambda tensor: tensor[:1] if tensor.ndim and tensor.shape[0] == batch else tensor)
 
 
 def uniform_step_indices(num_inference_steps: int, count: int) -> list[int]:
