@@ -20,6 +20,10 @@ A budget ``wWaA`` has two levels, and every row of a level has the same average 
   says, Brevitas' bias correction) and ``sqnr-hybrid-layer`` (the same with the planner working per layer).
   ``rule+bc`` is the rule with Brevitas' bias correction, a one-line addition any Brevitas user can make.
 
+``--rows gptq`` runs the strongest rows again with every row's weights rounded by GPTQ (``[weights] rounding =
+"gptq"``, Brevitas' GPTQ on the fixed min-max grid): ``rule+bc``, ``per-layer MILP`` and ``sqnr-hybrid-layer``
+(at W8A8 also ``sqnr-hybrid``, the quickstart's block planner), their ``asym`` versions below 8-bit activations. The margin is then taken against every peer, GPTQ or not.
+
 ``--rows asym`` runs the rows that quantize activations asymmetrically (unsigned with a zero point, Brevitas'
 ``ShiftedUint8ActPerTensorFloat``, min-max ranges): ``rule+bc asym`` and ``per-layer MILP asym``, the strongest
 peers given the flagship's activation quantizer, and ``sqnr-hybrid-layer asym``, the flagship as
@@ -35,6 +39,7 @@ import argparse
 import dataclasses
 import json
 import math
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -59,10 +64,12 @@ LAYER_ANALYSIS_STEPS = 5
 RULE_FLOAT_LAYERS = ("conv_in", "conv_out")
 RULE_EXTRA_BLOCK = "up_blocks.2"
 NOTES_MARKER = "<!-- notes: kept when the tables are regenerated -->"
-ROW_SETS = ("all", "asym")
+ROW_SETS = ("all", "asym", "gptq")
 QUICKSTART = "sqnr-hybrid-w8a8"
 PEERS = ("rule", "rule+bc", "per-layer MILP", "rule+bc asym", "per-layer MILP asym")
 FLAGSHIPS = ("sqnr-hybrid", "sqnr-hybrid-layer", "sqnr-hybrid-layer asym")
+GPTQ_PEERS = ("rule+bc gptq", "per-layer MILP gptq", "rule+bc asym gptq", "per-layer MILP asym gptq")
+GPTQ_FLAGSHIPS = ("sqnr-hybrid gptq", "sqnr-hybrid-layer gptq", "sqnr-hybrid-layer asym gptq")
 
 
 def with_asymmetric_activations(config: Configuration, act_bits: int, flagship: bool = False) -> Configuration:
@@ -76,6 +83,14 @@ def with_asymmetric_activations(config: Configuration, act_bits: int, flagship: 
     label, budget = config.label.rsplit(" ", 1)
     return Configuration(f"{label} asym {budget}", recipe.replace(name=f"{recipe.name}-asym", activations=activations,
                                                                   calibration=calibration), config.plan)
+
+
+def with_gptq(config: Configuration) -> Configuration:
+    """``config`` with its weights rounded by GPTQ (``[weights] rounding = "gptq"``), planned as before."""
+    recipe = config.recipe
+    label, budget = config.label.rsplit(" ", 1)
+    return Configuration(f"{label} gptq {budget}", recipe.replace(
+        name=f"{recipe.name}-gptq", weights=dataclasses.replace(recipe.weights, rounding="gptq")), config.plan)
 
 
 def with_bits(recipe: Recipe, name: str, weight_bits: int, act_bits: int) -> Recipe:
@@ -132,8 +147,10 @@ def planners(budget: str, weight_bits: int, act_bits: int, target: tuple[float, 
     menu = tuple(parse_precision(m) for m in menu_for(weight_bits, act_bits))
     avg_w, avg_a = target
     flagship = with_bias_correction(with_bits(get_recipe(QUICKSTART), f"sqnr-hybrid-{budget}", weight_bits, act_bits))
+    # nearest rounding here, as every row's: ``--rows gptq`` gives GPTQ to every row alike
     flagship = flagship.replace(calibration=dataclasses.replace(
-        flagship.calibration, timestep_layers=timestep_layers_at(weight_bits, act_bits)))
+        flagship.calibration, timestep_layers=timestep_layers_at(weight_bits, act_bits)),
+        weights=dataclasses.replace(flagship.weights, rounding="nearest"))
     budget_plan = dataclasses.replace(flagship.plan, method="budget", menu=menu, avg_weight_bits=avg_w,
                                       avg_act_bits=avg_a)
     flagship = flagship.replace(plan=budget_plan)
@@ -159,7 +176,17 @@ def part_configurations(args, bench) -> list[tuple[Configuration, dict]]:
             print(f"warning: the rule at {budget} spends {target[0]:.2f}/{target[1]:.2f} bits, over the "
                   f"+{HEADROOM_BITS} headroom", file=sys.stderr)
         per_layer, flagship, flagship_layer = planners(budget, weight_bits, act_bits, target)
-        if args.rows == "asym":
+        if args.rows == "gptq":
+            # every row's weights rounded by GPTQ; below 8-bit activations the asymmetric rows, the strongest there
+            strongest = [rule_with_bias_correction(simple, budget), per_layer, flagship_layer]
+            if (weight_bits, act_bits) == (8, 8):   # the quickstart's budget: its block-level flagship too
+                strongest.insert(2, flagship)
+            if act_bits < 8:
+                strongest = [with_asymmetric_activations(strongest[0], act_bits),
+                             with_asymmetric_activations(per_layer, act_bits),
+                             with_asymmetric_activations(flagship_layer, act_bits, flagship=True)]
+            headroom, exact = [with_gptq(config) for config in strongest], []
+        elif args.rows == "asym":
             headroom = [with_asymmetric_activations(rule_with_bias_correction(simple, budget), act_bits),
                         with_asymmetric_activations(per_layer, act_bits),
                         with_asymmetric_activations(flagship_layer, act_bits, flagship=True)]
@@ -209,18 +236,19 @@ def _budget_table(rows: list[dict], budget: str) -> str:
     return markdown_table(chosen, baseline_label=baseline)
 
 
-def _margin_lines(rows: list[dict], budgets: list[str]) -> list[str]:
-    """The flagship rows against the best headroom peer of their budget, in dB and FID."""
-    columns = [*PEERS, *FLAGSHIPS]
-    lines = ["| budget | bits (W/A) | " + " | ".join(columns) + " | best sqnr-hybrid minus best peer (dB) |",
+def _margin_lines(rows: list[dict], budgets: list[str], columns: tuple[str, ...], peers: tuple[str, ...],
+                  flagships: tuple[str, ...], margin_caption: str) -> list[str]:
+    """The ``columns`` rows of each budget's headroom level in dB and FID, and the best of ``flagships`` minus the best
+    of ``peers``; budgets where no column was measured are left out."""
+    lines = ["| budget | bits (W/A) | " + " | ".join(columns) + f" | {margin_caption} |",
              "|---|---|" + "---|" * len(columns) + "---|"]
     for budget in budgets:
         level = {r["label"].rsplit(" ", 1)[0]: r for r in rows if r.get("budget") == budget
                  and r.get("level") == "headroom"}
-        if "rule" not in level:
+        if "rule" not in level or not any(k in level for k in columns):
             continue
-        peers = max(level[k]["output_sqnr_db"] for k in PEERS if k in level)
-        ours = max(level[k]["output_sqnr_db"] for k in FLAGSHIPS if k in level)
+        best_peer = max(level[k]["output_sqnr_db"] for k in peers if k in level)
+        ours = max(level[k]["output_sqnr_db"] for k in flagships if k in level)
 
         def cell(key: str) -> str:
             row = level.get(key)
@@ -230,7 +258,7 @@ def _margin_lines(rows: list[dict], budgets: list[str]) -> list[str]:
             return f"{row['output_sqnr_db']:.2f} dB{fid}"
 
         lines.append(f"| {budget} | {level['rule']['avg_weight_bits']:.2f}/{level['rule']['avg_act_bits']:.2f} | "
-                     + " | ".join(cell(k) for k in columns) + f" | {ours - peers:+.2f} |")
+                     + " | ".join(cell(k) for k in columns) + f" | {ours - best_peer:+.2f} |")
     return lines
 
 
@@ -250,12 +278,18 @@ def report(out: Path) -> None:
         budgets = list(dict.fromkeys(r["budget"] for r in rows[1:]))
         all_rows.extend((context, r) for r in rows[1:])
         for budget in budgets:
-            sections += [f"## {budget.upper()} ({context['num_samples']} samples)", "",
+            row_set = re.search(r"--rows (\w+)", context["command"])
+            title = f", rows: {row_set.group(1)}" if row_set else ""
+            sections += [f"## {budget.upper()} ({context['num_samples']} samples{title})", "",
                          f"Command: `{context['command']}`. Machine: {context['machine']}. FP digits-FID "
                          f"{fp.get('digits_fid', float('nan')):.2f}, accuracy {fp.get('prompt_accuracy', 1.0):.3f}.",
                          "", _budget_table([fp | {"budget": budget}] + rows[1:], budget), ""]
     ordered = [b for b in ("w8a8", "w4a8", "w4a6", "w8a4", "w4a4") if any(r["budget"] == b for _, r in all_rows)]
-    margins = _margin_lines([r for _, r in all_rows], ordered)
+    measured = [r for _, r in all_rows]
+    margins = _margin_lines(measured, ordered, (*PEERS, *FLAGSHIPS), PEERS, FLAGSHIPS,
+                            "best sqnr-hybrid minus best peer (dB), nearest rounding")
+    gptq_margins = _margin_lines(measured, ordered, (*GPTQ_PEERS, *GPTQ_FLAGSHIPS), (*PEERS, *GPTQ_PEERS),
+                                 (*FLAGSHIPS, *GPTQ_FLAGSHIPS), "best sqnr-hybrid minus best peer (dB), any rounding")
     figure = out.parent / "figures" / "compare-equal-bits.png"
     _figure([r for _, r in all_rows], ordered, figure)
     head = ["# brevitas-ldm against the strongest baselines at equal bits (tiny-sd-digits)", "",
@@ -276,7 +310,11 @@ def report(out: Path) -> None:
             "the block planner's coarse units leave it up to 0.07 weight bits under, and at W8 budgets the layer "
             "planners leave 0.09 weight bits unspent because the only dearer weights are float ones (each row's "
             "bits are in its table).", "",
-            *margins, "", f"![quality at equal bits](figures/{figure.name})", ""]
+            *margins, "",
+            *(["With every row's weights rounded by GPTQ (`--rows gptq`: `[weights] rounding = \"gptq\"`, "
+               "Brevitas' GPTQ on the fixed min-max grid, Hessians from the float calibration runs), against every "
+               "peer with or without it:", "", *gptq_margins, ""] if len(gptq_margins) > 2 else []),
+            f"![quality at equal bits](figures/{figure.name})", ""]
     write_page_keeping_notes(out, "\n".join(head + sections), NOTES_MARKER)
     print("\n".join(head))
 
@@ -284,8 +322,9 @@ def report(out: Path) -> None:
 def _figure(rows: list[dict], budgets: list[str], path: Path) -> None:
     from brevitas_ldm.analysis.figures import plt, save_figure
 
-    kinds = ["minmax", "qdiffusion", "brevitas-sd", *PEERS, *FLAGSHIPS]
-    fig, ax = plt.subplots(figsize=(12, 4.5))
+    kinds = [kind for kind in ("minmax", "qdiffusion", "brevitas-sd", *PEERS, *GPTQ_PEERS, *FLAGSHIPS, *GPTQ_FLAGSHIPS)
+             if any(r["label"] == f"{kind} {r.get('budget')}" for r in rows)]
+    fig, ax = plt.subplots(figsize=(14, 6))
     width = 0.8 / len(kinds)
     for k, kind in enumerate(kinds):
         values = []
@@ -298,7 +337,7 @@ def _figure(rows: list[dict], budgets: list[str], path: Path) -> None:
     ax.set_ylabel("output SQNR vs FP (dB)")
     ax.set_title("Equal bits per budget: exact level (first three bars), headroom level (the rest)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, ncol=4)
+    ax.legend(fontsize=8, ncol=6, loc="upper center", bbox_to_anchor=(0.5, -0.08))   # below: the bars fill the axes
     save_figure(fig, path)
 
 

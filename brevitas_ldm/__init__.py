@@ -17,7 +17,7 @@ import importlib
 import warnings
 from typing import TYPE_CHECKING
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 
 # Brevitas warns at import time when an optional GPU kernel package is absent; it changes nothing on CPU.
 warnings.filterwarnings("ignore", message="fast_hadamard_transform package not found")

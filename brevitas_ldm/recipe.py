@@ -25,6 +25,7 @@ from brevitas_ldm.precision import FLOAT, Precision, check_bits, parse_precision
 FORMATS = ("int", "e4m3", "e5m2")
 GRANULARITIES = ("per_channel", "per_tensor")
 WEIGHT_SCALE_METHODS = ("minmax", "mse")
+ROUNDINGS = ("nearest", "gptq")
 ACT_SCALE_METHODS = ("minmax", "percentile", "mse")
 CALIBRATION_MODES = ("all_steps", "uniform_steps", "single_step")
 TIMESTEP_LAYER_CALIBRATIONS = ("calibration_steps", "every_step")
@@ -39,6 +40,13 @@ def _check_choice(value: Any, allowed: tuple[str, ...], key: str) -> str:
     if value not in allowed:
         raise RecipeError(f"{key} = {value!r} is not allowed: choose one of {', '.join(allowed)}")
     return value
+
+
+def _as_toml(value: Any) -> str:
+    """``value`` as it is written in a recipe file, for error messages."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f"\"{value}\"" if isinstance(value, str) else repr(value)
 
 
 def _check_type(value: Any, kind: type | tuple[type, ...], key: str, what: str) -> Any:
@@ -59,6 +67,9 @@ class TensorQuant:
     symmetric: bool = True
     scale_method: str = "minmax"
     percentile: float = 99.999
+    #: Weights only: ``"nearest"`` rounds each weight to its nearest grid point; ``"gptq"`` rounds them by GPTQ
+    #: against the float inputs of one calibration run (:mod:`brevitas_ldm.quant.gptq`).
+    rounding: str = "nearest"
 
     def validate(self, section: str, scale_methods: tuple[str, ...]) -> None:
         check_bits(self.bits, f"{section}.bits")
@@ -66,6 +77,16 @@ class TensorQuant:
         _check_choice(self.granularity, GRANULARITIES, f"{section}.granularity")
         _check_type(self.symmetric, bool, f"{section}.symmetric", "true or false")
         _check_choice(self.scale_method, scale_methods, f"{section}.scale_method")
+        _check_choice(self.rounding, ROUNDINGS, f"{section}.rounding")
+        if self.rounding == "gptq":
+            needs = {"format": (self.format, "int"), "symmetric": (self.symmetric, True),
+                     "scale_method": (self.scale_method, "minmax")}
+            for key, (value, wanted) in needs.items():
+                if value != wanted:
+                    raise RecipeError(f"{section}.rounding = \"gptq\" needs {section}.{key} = "
+                                      f"{_as_toml(wanted)} (it rounds to a fixed symmetric integer grid with "
+                                      f"min-max scales), not {_as_toml(value)}: change {section}.{key} or set "
+                                      f"{section}.rounding = \"nearest\"")
         _check_type(self.percentile, (int, float), f"{section}.percentile", "a number")
         if not 50.0 < float(self.percentile) <= 100.0:
             raise RecipeError(f"{section}.percentile = {self.percentile!r} must be in (50, 100]")
@@ -318,6 +339,8 @@ _SECTIONS: dict[str, type] = {
     "qat": QAT,
 }
 _TOML_KEY = {"global_": "global"}
+#: Section keys only one of the sections sharing a class has (activations are not rounded ahead of time).
+_ONLY_IN = {"rounding": "weights"}
 _FIELD_FOR_TOML_KEY = {v: k for k, v in _TOML_KEY.items()}
 
 
@@ -351,6 +374,9 @@ class Recipe:
         _check_type(self.description, str, "description", "a string")
         self.weights.validate("weights", WEIGHT_SCALE_METHODS)
         self.activations.validate("activations", ACT_SCALE_METHODS)
+        if self.activations.rounding != "nearest":
+            raise RecipeError(f"activations.rounding = {self.activations.rounding!r}: only weights are rounded ahead "
+                              f"of time; set weights.rounding instead")
         self.calibration.validate()
         self.smoothquant.validate()
         self.analysis.validate()
@@ -426,7 +452,8 @@ class Recipe:
         if self.type_precisions:
             out["type_precisions"] = {type_name: str(p) for type_name, p in self.type_precisions}
         for section in _SECTIONS:
-            fields = {f.name: getattr(getattr(self, section), f.name) for f in dataclasses.fields(_SECTIONS[section])}
+            fields = {f.name: getattr(getattr(self, section), f.name) for f in dataclasses.fields(_SECTIONS[section])
+                      if _ONLY_IN.get(f.name, section) == section}
             out[section] = {_TOML_KEY.get(k, k): _plain(v) for k, v in fields.items()}
         return out
 
@@ -447,7 +474,7 @@ class Recipe:
 
 def _section_from_dict(section: str, value: dict[str, Any], source: str, weights_default: bool) -> Any:
     section_cls = _SECTIONS[section]
-    known = {_TOML_KEY.get(f.name, f.name) for f in fields(section_cls)}
+    known = {_TOML_KEY.get(f.name, f.name) for f in fields(section_cls) if _ONLY_IN.get(f.name, section) == section}
     args: dict[str, Any] = {}
     if weights_default:
         args["granularity"] = "per_channel"

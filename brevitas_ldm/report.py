@@ -80,6 +80,12 @@ def write_report(path: Path, metrics: dict[str, Any], result: Any, figures: dict
     lines += ["", f"Calibration: `{recipe.calibration.mode}`"
               + (" (activation ranges from the maximum-noise step t = T only)" if recipe.calibration.mode == "single_step"
                  else ""), ""]
+    if recipe.weights.rounding == "gptq":
+        gptq = result.gptq
+        lines += [f"Weights rounded by GPTQ (Brevitas' `GPTQ`, Hessians from the float inputs of "
+                  f"{gptq.denoiser_calls} calibration calls): {len(gptq.layers)} layers"
+                  + (f"; left at nearest rounding (Hessian not invertible or layer never run): "
+                     f"{', '.join(gptq.failed)}" if gptq.failed else "") + ".", ""]
     if result.plan is not None:
         lines += ["## Precision plan", "", f"Chosen by `{recipe.plan.method}` from the global SQNR analysis "
                   f"(menu {', '.join(map(str, recipe.plan.menu))}).", ""]

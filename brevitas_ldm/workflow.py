@@ -5,7 +5,8 @@
 1. global SQNR analysis of the blocks -> a per-block precision plan (``[analysis] global``, ``[plan]``);
 2. local SQNR analysis of the layers under that plan (``[analysis] local``);
 3. SmoothQuant on every layer or on the worst activation-limited layers (``[smoothquant]``), on the float model;
-4. Brevitas quantization following the plan, then activation calibration (``[calibration] mode``).
+4. Brevitas quantization following the plan; GPTQ rounding of the weights when ``[weights] rounding = "gptq"``;
+   then activation calibration (``[calibration] mode``).
 
 The pipeline is modified in place (its denoiser becomes a Brevitas fake-quantized model) and returned in a
 :class:`QuantizationResult` that also carries the reports, the plan and the cost of each phase.
@@ -33,6 +34,7 @@ from brevitas_ldm.planning.plan import Plan, read_plan
 from brevitas_ldm.planning.planners import choose_plan
 from brevitas_ldm.precision import Precision
 from brevitas_ldm.quant.calibration import calibrate_pipeline, recipe_calibration
+from brevitas_ldm.quant.gptq import GptqResult, GptqRounding
 from brevitas_ldm.quant.quantize import quantize_denoiser, resolve_precisions
 from brevitas_ldm.quant.smoothquant import SmoothingResult, SmoothQuantStep
 from brevitas_ldm.recipe import Recipe, get_recipe
@@ -52,6 +54,7 @@ class QuantizationResult:
     block_report: BlockReport | None = None    # the global analysis, when it ran
     layer_report: LayerReport | None = None    # the local analysis, when it ran
     smoothing: SmoothingResult = field(default_factory=SmoothingResult)
+    gptq: GptqResult = field(default_factory=GptqResult)
     timing_s: dict[str, float] = field(default_factory=dict)
     denoiser_calls: dict[str, int] = field(default_factory=dict)
 
@@ -150,8 +153,13 @@ def quantize_pipeline(pipe: Any, recipe: Recipe | str, calibration_prompts: Sequ
         result.timing_s["smoothing"] = result.smoothing.wall_time_s
         result.denoiser_calls["smoothing"] = result.smoothing.denoiser_calls
 
-    start = time.perf_counter()
     quantize_denoiser(denoiser, recipe, layer_precisions)
+    if recipe.weights.rounding == "gptq":
+        result.gptq = _round_by_gptq(pipe, recipe, calibration_prompts, calibration_seeds, spec, progress)
+        result.timing_s["gptq"] = result.gptq.wall_time_s
+        result.denoiser_calls["gptq"] = result.gptq.denoiser_calls
+
+    start = time.perf_counter()
     calibration = calibrate_pipeline(pipe, recipe, calibration_prompts, calibration_seeds,
                                      calibration_spec(recipe, spec), progress=progress)
     result.timing_s["calibration"] = time.perf_counter() - start
@@ -184,3 +192,15 @@ def _smooth(pipe: Any, recipe: Recipe, layer_precisions: Mapping[str, Precision]
         recipe, modules=modules, precisions=layer_precisions,
         calibration=lambda model: recipe_calibration(model, recipe, spec.num_inference_steps, max_noise))
     return step.apply(get_denoiser(pipe), run_calibration_data)
+
+
+def _round_by_gptq(pipe: Any, recipe: Recipe, prompts: list, seeds: list[int], spec: SamplingSpec,
+                   progress: bool) -> GptqResult:
+    """GPTQ on the quantized denoiser, its Hessians from the float inputs of the calibration samples' whole
+    trajectory (every step: the rounding serves every step, unlike activation ranges, which single-step
+    calibration takes at the maximum-noise step)."""
+    def run_calibration_data(denoiser) -> None:
+        generate(pipe, prompts, seeds, calibration_spec(recipe, spec), output_type="latent", progress=progress,
+                 desc="GPTQ statistics")
+
+    return GptqRounding().apply(get_denoiser(pipe), run_calibration_data)

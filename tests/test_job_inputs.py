@@ -17,6 +17,7 @@ import brevitas_ldm.commands.common as common_options
 from brevitas_ldm.cli import build_parser, main
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.io import atomic_output_dir, claimed_output_dir
+from brevitas_ldm.recipe import get_recipe
 from brevitas_ldm.threads import choose_threads, parse_threads
 
 
@@ -151,6 +152,25 @@ def test_the_plan_of_work_matches_the_calls_the_job_made(sd_dir, tmp_path):
     # SmoothQuant's figure is an upper bound (one equalization pass per distinct alpha the trials choose)
     assert exact < work["counted_calls"] <= work["total_calls"]
     assert work["estimated_s"] > 0 and work["estimated_peak_bytes"] > work["timing"]["denoiser_bytes"]
+
+
+def test_a_gptq_recipe_plans_its_float_runs_and_makes_exactly_them(sd_dir, tmp_path, capsys):
+    recipe = tmp_path / "gptq.toml"
+    recipe.write_text(get_recipe("minmax-w4a8").to_toml().replace('rounding = "nearest"', 'rounding = "gptq"'))
+    argv = ["quantize", "--model", str(sd_dir), "--recipe", str(recipe), *FAST]
+    assert main([*argv, "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    # 2 calibration prompts in one batch over the run's 3 steps, once in float for GPTQ, once to calibrate
+    assert re.search(r"^  GPTQ\s+3 calls", text, re.M) and re.search(r"^  calibration\s+3 calls", text, re.M), text
+    assert main([*argv, "--out", str(tmp_path / "q")]) == 0
+    metrics = json.loads((tmp_path / "q" / "metrics.json").read_text())
+    work = metrics["plan_of_work"]
+    assert work["counted_calls"] == work["total_calls"] == 3 + 3 + 3 + 3
+    assert metrics["denoiser_calls"]["gptq"] == 3 and metrics["timing_s"]["gptq"] > 0
+    gptq = next(phase for phase in work["phases"] if phase["name"] == "GPTQ")
+    assert 0 < gptq["extra_s"] < gptq["estimated_s"]     # the rounding is priced besides the float calls
+    assert "Weights rounded by GPTQ (Brevitas' `GPTQ`, Hessians from the float inputs of 3 calibration calls)" in \
+        (tmp_path / "q" / "report.md").read_text()
 
 
 def test_brevitas_sd_example_flag_names():

@@ -5,7 +5,8 @@ Brevitas configures quant layers through injector classes; this module maps a re
 Brevitas quantizer, specialised with ``.let(...)``. The scale methods:
 
 * weights ``minmax``: scale from the absolute max (symmetric) or min/max (asymmetric) of each channel;
-  ``mse``: Brevitas' MSE-optimal scale search.
+  ``mse``: Brevitas' MSE-optimal scale search. With ``rounding = "gptq"`` the min-max scale is computed once from
+  the float weights and kept in a parameter (Brevitas' ``parameter_from_stats``), so GPTQ's updates do not move it.
 * activations ``minmax``: running (averaged over calibration batches) absolute max, or min/max when asymmetric;
   ``percentile``: Brevitas' default 99.999th percentile; ``mse``: Brevitas' MSE scale.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from brevitas.core.stats.stats_op import NegativeMinOrZero
-from brevitas.inject.enum import StatsOp
+from brevitas.inject.enum import ScalingImplType, StatsOp
 from brevitas.quant.experimental.float_quant_ocp import (
     Fp8e4m3OCPActPerTensorFloat,
     Fp8e4m3OCPActPerTensorFloatMSE,
@@ -77,6 +78,9 @@ def weight_quantizer(spec: TensorQuant, bits: int):
     mse = spec.scale_method == "mse"
     if spec.format == "int":
         base = _INT_WEIGHT[(spec.granularity, spec.symmetric, mse)]
+        if spec.rounding == "gptq":
+            # GPTQ rounds against a fixed grid: the min-max scale is taken once and kept (brevitas_ldm.quant.gptq)
+            return base.let(bit_width=bits, scaling_impl_type=ScalingImplType.PARAMETER_FROM_STATS)
         return base.let(bit_width=bits)
     key = (spec.format, spec.granularity, mse)
     if key not in _FLOAT_WEIGHT:
