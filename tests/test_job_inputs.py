@@ -146,7 +146,7 @@ def test_the_plan_of_work_matches_the_calls_the_job_made(sd_dir, tmp_path):
     assert main(["quantize", "--model", str(sd_dir), "--recipe", "sqnr-hybrid-w8a8", "--out", str(out), *FAST]) == 0
     work = json.loads((out / "metrics.json").read_text())["plan_of_work"]
     phases = {p["name"]: p for p in work["phases"]}
-    assert set(phases) == {"FP evaluation", "global analysis", "local analysis", "SmoothQuant", "calibration",
+    assert set(phases) == {"FP evaluation", "global analysis", "local analysis", "SmoothQuant", "GPTQ", "calibration",
                            "quantized evaluation"}
     exact = sum(p["calls"] for p in work["phases"] if not p["at_most"])
     # SmoothQuant's figure is an upper bound (one equalization pass per distinct alpha the trials choose)
