@@ -58,7 +58,7 @@ class GptqResult:
     """What :meth:`GptqRounding.apply` did: the layers rounded, those Brevitas could not invert, and the cost."""
 
     layers: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)   # Hessian not invertible: left at nearest rounding
+    failed: list[str] = field(default_factory=list)   # never run, or Hessian not invertible: left at nearest
     denoiser_calls: int = 0
     wall_time_s: float = 0.0
     rounding_time_s: float = 0.0   # of which the column-by-column rounding, after the calls
