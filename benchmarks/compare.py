@@ -22,7 +22,8 @@ A budget ``wWaA`` has two levels, and every row of a level has the same average 
 
 ``--rows gptq`` runs the strongest rows again with every row's weights rounded by GPTQ (``[weights] rounding =
 "gptq"``, Brevitas' GPTQ on the fixed min-max grid): ``rule+bc``, ``per-layer MILP`` and ``sqnr-hybrid-layer``
-(at W8A8 also ``sqnr-hybrid``, the quickstart's block planner), their ``asym`` versions below 8-bit activations. The margin is then taken against every peer, GPTQ or not.
+(at W8A8 also ``sqnr-hybrid``, the quickstart's block planner), their ``asym`` versions below 8-bit activations.
+The margin is then taken against every peer, GPTQ or not.
 
 ``--rows asym`` runs the rows that quantize activations asymmetrically (unsigned with a zero point, Brevitas'
 ``ShiftedUint8ActPerTensorFloat``, min-max ranges): ``rule+bc asym`` and ``per-layer MILP asym``, the strongest
@@ -80,17 +81,28 @@ def with_asymmetric_activations(config: Configuration, act_bits: int, flagship: 
     calibration = recipe.calibration
     if flagship and act_bits <= 4:
         calibration = dataclasses.replace(calibration, mode="all_steps", timestep_layers="calibration_steps")
-    label, budget = config.label.rsplit(" ", 1)
-    return Configuration(f"{label} asym {budget}", recipe.replace(name=f"{recipe.name}-asym", activations=activations,
-                                                                  calibration=calibration), config.plan)
+    return _variant(config, "asym", activations=activations, calibration=calibration)
 
 
 def with_gptq(config: Configuration) -> Configuration:
     """``config`` with its weights rounded by GPTQ (``[weights] rounding = "gptq"``), planned as before."""
-    recipe = config.recipe
+    return _variant(config, "gptq", weights=dataclasses.replace(config.recipe.weights, rounding="gptq"))
+
+
+def _variant(config: Configuration, tag: str, **sections) -> Configuration:
+    """``config`` with recipe ``sections`` replaced, ``tag`` added to its label (before the budget) and name."""
     label, budget = config.label.rsplit(" ", 1)
-    return Configuration(f"{label} gptq {budget}", recipe.replace(
-        name=f"{recipe.name}-gptq", weights=dataclasses.replace(recipe.weights, rounding="gptq")), config.plan)
+    recipe = config.recipe.replace(name=f"{config.recipe.name}-{tag}", **sections)
+    return Configuration(f"{label} {tag} {budget}", recipe, config.plan)
+
+
+def asymmetric_rows(simple: Configuration, per_layer: Configuration, flagship_layer: Configuration, budget: str,
+                    act_bits: int) -> list[Configuration]:
+    """The strongest rows with asymmetric activations: the rule with bias correction, the per-layer MILP and the
+    layer-planned flagship (``--rows asym``, and ``--rows gptq`` below 8-bit activations)."""
+    return [with_asymmetric_activations(rule_with_bias_correction(simple, budget), act_bits),
+            with_asymmetric_activations(per_layer, act_bits),
+            with_asymmetric_activations(flagship_layer, act_bits, flagship=True)]
 
 
 def with_bits(recipe: Recipe, name: str, weight_bits: int, act_bits: int) -> Recipe:
@@ -178,19 +190,14 @@ def part_configurations(args, bench) -> list[tuple[Configuration, dict]]:
         per_layer, flagship, flagship_layer = planners(budget, weight_bits, act_bits, target)
         if args.rows == "gptq":
             # every row's weights rounded by GPTQ; below 8-bit activations the asymmetric rows, the strongest there
-            strongest = [rule_with_bias_correction(simple, budget), per_layer, flagship_layer]
-            if (weight_bits, act_bits) == (8, 8):   # the quickstart's budget: its block-level flagship too
-                strongest.insert(2, flagship)
             if act_bits < 8:
-                strongest = [with_asymmetric_activations(strongest[0], act_bits),
-                             with_asymmetric_activations(per_layer, act_bits),
-                             with_asymmetric_activations(flagship_layer, act_bits, flagship=True)]
+                strongest = asymmetric_rows(simple, per_layer, flagship_layer, budget, act_bits)
+            else:   # at the quickstart's budget its block-level flagship too
+                block = [flagship] if (weight_bits, act_bits) == (8, 8) else []
+                strongest = [rule_with_bias_correction(simple, budget), per_layer, *block, flagship_layer]
             headroom, exact = [with_gptq(config) for config in strongest], []
         elif args.rows == "asym":
-            headroom = [with_asymmetric_activations(rule_with_bias_correction(simple, budget), act_bits),
-                        with_asymmetric_activations(per_layer, act_bits),
-                        with_asymmetric_activations(flagship_layer, act_bits, flagship=True)]
-            exact = []
+            headroom, exact = asymmetric_rows(simple, per_layer, flagship_layer, budget, act_bits), []
         else:
             headroom = [simple, rule_with_bias_correction(simple, budget), per_layer, flagship, flagship_layer]
             exact = exact_rows(budget, weight_bits, act_bits)
@@ -351,7 +358,8 @@ def main() -> None:
     parser.add_argument("--budgets", nargs="+", default=["w8a8", "w4a8", "w4a6", "w8a4", "w4a4"])
     parser.add_argument("--part", default="a", help="name of this process' results file")
     parser.add_argument("--rows", default="all", choices=ROW_SETS,
-                        help="all: the original rows; asym: the asymmetric-activation peers and flagship")
+                        help="all: the original rows; asym: the asymmetric-activation peers and flagship; gptq: the "
+                             "strongest rows with GPTQ-rounded weights")
     parser.add_argument("--only", nargs="+", metavar="ROW",
                         help="rerun only these rows of an existing part (labels without the budget, e.g. rule "
                              "sqnr-hybrid) and keep its other rows as measured")

@@ -3,9 +3,10 @@
 Every phase's call count comes from the object that does the work (``BlockSensitivity.planned_calls``,
 ``LayerSensitivity.planned_calls``, ``SmoothQuantStep.planned_calls``, :func:`calibration_calls`,
 :func:`sampling_calls` for GPTQ's float runs), so the plan cannot drift from what runs; a test checks the plan
-against the calls the job counts. Wall time is priced from one timed FP call and one timed fake-quantized call of the real denoiser
-on the real pipeline inputs, scaled linearly with the batch; peak memory adds the denoiser copies the largest
-phase holds (one per precision the global analysis measures) to what the process holds now.
+against the calls the job counts. Wall time is priced from one timed FP call and one timed fake-quantized call
+of the real denoiser on the real pipeline inputs, scaled linearly with the batch, plus what a phase does besides
+its calls (GPTQ's rounding); peak memory adds the denoiser copies the largest phase holds (one per precision the
+global analysis measures) to what the process holds now.
 """
 
 from __future__ import annotations

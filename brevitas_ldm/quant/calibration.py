@@ -101,7 +101,7 @@ class _StepCalibration:
             return self._last_output
         observe = self._observe(step)
         args, kwargs = self._prepare(step, args, kwargs, where)
-        sample = args[0] if args else next(iter(kwargs.values()))
+        sample = _first_argument(args, kwargs)
         if isinstance(sample, torch.Tensor) and not torch.isfinite(sample).all():
             raise CalibrationError(f"calibration input at sampling step {step} contains NaN/Inf: check the prompts, "
                                    f"latents and guidance scale fed to calibration")
@@ -191,7 +191,7 @@ class single_step_calibration(_StepCalibration):
         if not self._timestep_proxies or self._tracker.run > 0 or step in self._swept_steps:
             return
         self._swept_steps.add(step)
-        sample = args[0] if args else next(iter(kwargs.values()))
+        sample = _first_argument(args, kwargs)
         batch = sample.shape[0] if isinstance(sample, torch.Tensor) and sample.ndim else 1
         self._set_observing(False)
         try:
@@ -239,9 +239,15 @@ def timestep_layer_proxies(model: nn.Module) -> list[ActQuantProxyFromInjectorBa
     """The activation quantizers of ``model``'s timestep/class-embedding layers (category ``time_embedding`` of
     :func:`~brevitas_ldm.denoiser.layer_categories.layer_category`), whose input is the conditioning vector alone."""
     names = user_facing_names(model)
-    return [proxy for internal, layer in quantizable_layers(model) if layer_category(names[internal]) == "time_embedding"
+    return [proxy for internal, layer in quantizable_layers(model)
+            if layer_category(names[internal]) == "time_embedding"
             for proxy in layer.modules()
             if isinstance(proxy, ActQuantProxyFromInjectorBase) and proxy.fused_activation_quant_proxy is not None]
+
+
+def _first_argument(args: tuple, kwargs: dict):
+    """The denoiser call's first argument, positional or keyword: the latent sample."""
+    return args[0] if args else next(iter(kwargs.values()))
 
 
 def _first_rows(value, batch: int):

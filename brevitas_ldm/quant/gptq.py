@@ -65,10 +65,9 @@ class GptqResult:
 
 
 def gptq_layers(denoiser: nn.Module) -> dict[str, nn.Module]:
-    """The quant layers GPTQ rounds: those whose weights are quantized to integers (float-format and disabled weight
-    quantizers have nothing to round on an integer grid)."""
-    return {name: layer for name, layer in quant_layers(denoiser).items()
-            if layer.weight_quant.is_quant_enabled and getattr(layer.weight_quant, "bit_width", None) is not None}
+    """The quant layers GPTQ rounds: those whose weights are quantized (a layer planned weight-float has nothing to
+    round; a ``gptq`` recipe's weights are integers, :class:`~brevitas_ldm.recipe.TensorQuant`)."""
+    return {name: layer for name, layer in quant_layers(denoiser).items() if layer.weight_quant.is_quant_enabled}
 
 
 @dataclass
@@ -128,4 +127,3 @@ def _hessian_hook(rounder: GPTQ, handler: LayerHandler):
     def hook(module: nn.Module, args: tuple) -> None:
         rounder.compute_iterative_covariance(module, args, handler)
     return hook
-
