@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from brevitas_ldm.compat import EqualizedModule
 from brevitas_ldm.denoiser.sampling import get_denoiser
 from brevitas_ldm.errors import ModelError
-from brevitas_ldm.io import file_sha256, give_user_mode, write_json_atomic, write_text_atomic
+from brevitas_ldm.io import check_safetensors_file, file_sha256, give_user_mode, write_json_atomic, write_text_atomic
 from brevitas_ldm.planning.plan import PLAN_FILE, Plan
 from brevitas_ldm.precision import parse_precision
 from brevitas_ldm.quant.quantize import initialise_weight_scales, quantize_denoiser, read_precisions
@@ -123,6 +123,9 @@ def read_checkpoint_meta(directory: Path) -> dict[str, Any]:
         if file_sha256(path) != hashes[name]:
             raise ModelError(f"checkpoint file {path} was changed or truncated after it was written (its SHA-256 "
                              f"differs from meta.json): restore it or re-run `brevitas-ldm quantize`")
+    # A file whose hash was updated too is still read by its header first: nothing is allocated for a state that
+    # claims more bytes than the file holds, and a non-safetensors file is named.
+    check_safetensors_file(directory / STATE_FILE, "restore it or re-run `brevitas-ldm quantize`", ModelError)
     return meta
 
 
@@ -146,6 +149,14 @@ def _rebuild_smoothing(denoiser: nn.Module, layout: list[dict[str, Any]]) -> Non
         if name not in modules:
             raise ModelError(f"the checkpoint smooths layer {name!r}, which this model does not have: pass the "
                              f"--model the checkpoint was quantized from")
+        layer = modules[name]
+        features = getattr(layer, "in_features", getattr(layer, "in_channels", None))
+        shape = entry.get("runtime_shape")
+        if entry.get("num_features") != features or not isinstance(shape, list) or len(shape) > 5 \
+                or any(v not in (-1, 1, features) for v in shape):
+            raise ModelError(f"smoothing.json gives layer {name!r} a SmoothQuant scale of {entry.get('num_features')!r} "
+                             f"features, shaped {shape!r}, where the layer takes {features}: restore the checkpoint "
+                             f"or re-run `brevitas-ldm quantize`")
         parent_name, _, child = name.rpartition(".")
         parent = modules[parent_name] if parent_name else denoiser
         scale = ScaleBias(entry["num_features"], bias=False, runtime_shape=tuple(entry["runtime_shape"]))

@@ -31,10 +31,99 @@ T = TypeVar("T")
 
 def check_output_dir(out: Path, overwrite: bool) -> None:
     """Refuse to clobber a non-empty folder unless asked to (checked before any work starts)."""
+    check_path_length(out, "--out", staging=True)
+    if out.is_symlink():
+        # The final rename would replace the link, not fill its target: say so now, not "written by another run"
+        # after the work.
+        raise BrevitasLDMError(f"--out {str(out)!r} is a symbolic link (to {os.readlink(out)!r}): pass the folder it "
+                               f"points to, or a path that is not a link")
     if out.exists() and not out.is_dir():
         raise BrevitasLDMError(f"--out {str(out)!r} is a file: pass a folder path")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise BrevitasLDMError(f"--out {str(out)!r} exists and is not empty: choose a new folder or pass --overwrite")
+
+
+#: Longest file name (bytes) Linux file systems take, and the longest path; the staging and lock names that
+#: :func:`atomic_output_dir` and :func:`claimed_output_dir` put beside ``--out`` add this many bytes to its name.
+NAME_MAX, PATH_MAX, STAGING_EXTRA = 255, 4096, len(".") + len(".partial-") + 8
+
+
+def check_path_length(path: Path, flag: str, staging: bool = False) -> None:
+    """Refuse a path whose names the file system cannot hold, before anything touches it (``os.stat`` of such a
+    path raises, it does not answer "missing"). ``staging``: the last name also gets a staging sibling."""
+    path = Path(path)
+    parts = path.parts
+    for index, part in enumerate(parts):
+        size = len(os.fsencode(part))
+        if size > NAME_MAX:
+            raise BrevitasLDMError(f"{flag}: the name {part[:40]!r}... is {size} bytes, more than the {NAME_MAX} a "
+                                   f"file system takes: choose a shorter name")
+        if staging and index == len(parts) - 1 and size > NAME_MAX - STAGING_EXTRA:
+            raise BrevitasLDMError(f"{flag}: the name {part[:40]!r}... is {size} bytes, and its staging folder beside "
+                                   f"it adds {STAGING_EXTRA} to the {NAME_MAX} a file system takes: choose a name of "
+                                   f"at most {NAME_MAX - STAGING_EXTRA} bytes")
+    if len(os.fsencode(str(path.absolute()))) + (STAGING_EXTRA if staging else 0) > PATH_MAX:
+        raise BrevitasLDMError(f"{flag} {str(path)[:40]!r}... is longer than the {PATH_MAX} bytes a path may have: "
+                               f"choose a shorter path")
+
+
+def _resolved(path: Path) -> Path:
+    return Path(os.path.realpath(Path(path).expanduser()))
+
+
+def check_apart(target: Path, flag: str, inputs: Mapping[str, Path], holders: Mapping[str, Path] | None = None) -> None:
+    """Refuse an output path (``flag``: ``--out``, ``--cache-dir``) that is, lies inside or contains one of
+    ``inputs`` (flag -> file or folder the run reads), or that is or contains one of ``holders`` (folders an output
+    may lie inside but never replace: the current directory). Symbolic links are followed, so a link cannot hide
+    an overlap. Checked before any work, with or without ``--overwrite``: an output that replaces its own input
+    destroys it, one inside it changes it."""
+    mine = _resolved(target)
+    cases = [(name, path, True) for name, path in inputs.items()]
+    cases += [(name, path, False) for name, path in (holders or {}).items()]
+    for name, path, exclusive in cases:
+        theirs = _resolved(path)
+        if mine == theirs:
+            relation = "is"
+        elif theirs in mine.parents and exclusive:
+            relation = "lies inside"
+        elif mine in theirs.parents:
+            relation = "contains"
+        else:
+            continue
+        what = name if name.startswith("the ") else f"the {name} input"
+        shown = "" if str(path) == str(theirs) else f" ({theirs})"
+        why = " (--overwrite would delete it)" if flag == "--out" else ""
+        raise BrevitasLDMError(f"{flag} {str(target)!r} {relation} {what} {str(path)!r}{shown}: a run never writes "
+                               f"over, into or around what it reads{why}; choose {flag} outside it")
+
+
+def _current_directory() -> dict[str, Path]:
+    return {"the current directory": Path.cwd()}
+
+
+def check_cache_dir(cache: Path, inputs: Mapping[str, Path], out: Path | None = None) -> None:
+    """``--cache-dir``, checked before any work: a folder (or a path one can be made at) that can be written, apart
+    from every input and neither ``--out`` nor inside it (the result folder is replaced as a whole)."""
+    cache = Path(cache)
+    check_path_length(cache, "--cache-dir")
+    check_apart(cache, "--cache-dir", {**inputs, **({"the --out folder": out} if out is not None else {})},
+                _current_directory())
+    if cache.exists() and not cache.is_dir():
+        raise BrevitasLDMError(f"--cache-dir {str(cache)!r} is a file: pass a folder path (it is created if missing)")
+    ancestor = _existing_ancestor(cache)
+    if not ancestor.is_dir():
+        raise BrevitasLDMError(f"--cache-dir {str(cache)!r} lies under {str(ancestor)!r}, which is a file: pass a "
+                               f"folder path")
+    _check_writable(ancestor, cache, "--cache-dir")
+
+
+def _check_writable(folder: Path, target: Path, flag: str) -> None:
+    try:   # an actual write: permission bits alone say nothing for root or read-only mounts
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise BrevitasLDMError(f"{flag} {str(target)!r} cannot be written ({exc.strerror} in {str(folder)!r}): "
+                               f"choose a folder you can write to") from None
 
 
 @contextmanager
@@ -78,20 +167,18 @@ def _existing_ancestor(path: Path) -> Path:
 
 
 @contextmanager
-def claimed_output_dir(out: Path, overwrite: bool) -> Iterator[None]:
-    """Hold ``out`` for this run: refuse it up front when it is taken, cannot be written, or is being written by
-    another run right now (an advisory lock beside it, released when the run ends, however it ends)."""
+def claimed_output_dir(out: Path, overwrite: bool, inputs: Mapping[str, Path] | None = None) -> Iterator[None]:
+    """Hold ``out`` for this run: refuse it up front when it overlaps an input (``inputs``: flag -> path, and the
+    current directory; :func:`check_apart`), is taken, cannot be written, or is being written by another run right
+    now (an advisory lock beside it, released when the run ends, however it ends)."""
     out = Path(out)
+    check_path_length(out, "--out", staging=True)
+    check_apart(out, "--out", inputs or {}, _current_directory())
     check_output_dir(out, overwrite)
     ancestor = _existing_ancestor(out.parent)
     if not ancestor.is_dir():
         raise BrevitasLDMError(f"--out {str(out)!r} lies under {str(ancestor)!r}, which is a file: pass a folder path")
-    try:   # an actual write: permission bits alone say nothing for root or read-only mounts
-        with tempfile.TemporaryFile(dir=ancestor):
-            pass
-    except OSError as exc:
-        raise BrevitasLDMError(f"--out {str(out)!r} cannot be written ({exc.strerror} in {str(ancestor)!r}): choose "
-                               f"a folder you can write to") from None
+    _check_writable(ancestor, out, "--out")
     if ancestor != out.parent.absolute():       # the parent does not exist yet: nothing to lock beside
         yield
         return
@@ -149,6 +236,68 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+#: Bytes per element of the safetensors dtypes (sub-byte and newer dtypes are bounds-checked only).
+SAFETENSORS_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2,
+                           "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8}
+#: The largest header the safetensors library itself reads (its ``HeaderTooLarge`` limit).
+SAFETENSORS_MAX_HEADER = 100_000_000
+
+
+def check_safetensors_file(path: Path, fix: str = "restore the file or write it again",
+                           error: type[Exception] = BrevitasLDMError) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Refuse, in one line naming ``path``, a file that is not a well-formed safetensors file, by reading only its
+    header against the file's size: the header length, its JSON, and every tensor's dtype, shape and byte range.
+    Nothing is allocated for the tensors, so a file whose header claims terabytes or points outside the file (a
+    hand-made or damaged file whose hash was updated too, a pickle renamed to ``.safetensors``) is refused
+    instead of ending in the library's error or an allocation failure. Returns name -> (dtype, shape).
+    """
+    path = Path(path)
+
+    def refuse(reason: str) -> Exception:
+        return error(f"{path} is not a valid safetensors file ({reason}): {fix}")
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            if len(head) < 8:
+                raise refuse(f"{size} bytes, shorter than the 8-byte header length")
+            length = int.from_bytes(head, "little")
+            if length > min(size - 8, SAFETENSORS_MAX_HEADER):
+                raise refuse(f"its header claims {length:,} bytes in a file of {size:,}")
+            raw = handle.read(length)
+    except OSError as exc:
+        raise error(f"{path} cannot be read ({exc.strerror}): {fix}") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise refuse("its header is not JSON") from None
+    if not isinstance(header, dict):
+        raise refuse("its header is not a JSON object")
+    buffer = size - 8 - length
+    tensors: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(entry, dict):
+            raise refuse(f"tensor {name!r} has no description")
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if not isinstance(dtype, str) or not isinstance(shape, list) or not isinstance(offsets, list) \
+                or len(offsets) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                                for v in [*shape, *offsets]):
+            raise refuse(f"tensor {name!r} has no valid dtype, shape and data_offsets")
+        begin, end = offsets
+        if not begin <= end <= buffer:
+            raise refuse(f"tensor {name!r} lies at bytes {begin:,}..{end:,} of a {buffer:,}-byte data section")
+        if dtype in SAFETENSORS_DTYPE_BYTES:
+            expected = math.prod(shape) * SAFETENSORS_DTYPE_BYTES[dtype]
+            if expected != end - begin:
+                raise refuse(f"tensor {name!r} of shape {shape} {dtype} needs {expected:,} bytes, its range holds "
+                             f"{end - begin:,}")
+        tensors[name] = (dtype, tuple(shape))
+    return tensors
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
@@ -170,9 +319,13 @@ def read_json_file(path: str | Path, filename: str, what: str, missing: str, inv
     if not path.is_file():
         raise error(f"no {what} at {path}: {missing}")
     try:
-        return path, json.loads(path.read_text())
+        return path, json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise error(f"{path} is not UTF-8 text (byte {exc.start} cannot be decoded): {invalid}") from None
     except json.JSONDecodeError as exc:
         raise error(f"{path} is not valid JSON ({exc}): {invalid}") from None
+    except RecursionError:
+        raise error(f"{path} nests its JSON too deeply to read: {invalid}") from None
 
 
 def _json_default(value: Any) -> Any:

@@ -13,6 +13,7 @@ is quantized differently from what the user wrote, so unknown keys and impossibl
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from brevitas_ldm.errors import RecipeError
+from brevitas_ldm.limits import MAX_SAMPLES
 from brevitas_ldm.precision import FLOAT, Precision, check_bits, parse_precision
 
 FORMATS = ("int", "e4m3", "e5m2")
@@ -47,6 +49,11 @@ def _as_toml(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return f"\"{value}\"" if isinstance(value, str) else repr(value)
+
+
+def _check_count(value: int, key: str) -> None:
+    if value > MAX_SAMPLES:
+        raise RecipeError(f"{key} = {value} is more than the {MAX_SAMPLES:,} one run takes: set a smaller number")
 
 
 def _check_type(value: Any, kind: type | tuple[type, ...], key: str, what: str) -> Any:
@@ -137,6 +144,7 @@ class Calibration:
             value = _check_type(getattr(self, key), int, f"calibration.{key}", "a positive integer")
             if value < 1:
                 raise RecipeError(f"calibration.{key} = {value} must be a positive integer")
+        _check_count(self.num_prompts, "calibration.num_prompts")
 
 
 @dataclass(frozen=True)
@@ -186,6 +194,7 @@ class Analysis:
         value = _check_type(self.num_prompts, int, "analysis.num_prompts", "a positive integer")
         if value < 1:
             raise RecipeError(f"analysis.num_prompts = {value} must be a positive integer")
+        _check_count(value, "analysis.num_prompts")
         steps = _check_type(self.steps, int, "analysis.steps", "a non-negative integer")
         if steps < 0:
             raise RecipeError(f"analysis.steps = {steps} must be 0 (the run's own steps) or a positive number of steps")
@@ -245,7 +254,9 @@ class PlanRule:
         _check_choice(self.granularity, PLAN_GRANULARITIES, "plan.granularity")
         if not self.menu:
             raise RecipeError("plan.menu is empty: list at least one precision, e.g. [\"w8a8\", \"w8a16\"]")
-        _check_type(self.threshold_db, (int, float), "plan.threshold_db", "a number of dB")
+        threshold = _check_type(self.threshold_db, (int, float), "plan.threshold_db", "a number of dB")
+        if not math.isfinite(threshold):
+            raise RecipeError(f"plan.threshold_db = {threshold!r} must be a finite number of dB, e.g. 1.0")
         value = _check_type(self.top_k, int, "plan.top_k", "a non-negative integer")
         if value < 0:
             raise RecipeError(f"plan.top_k = {value} must be >= 0")
@@ -298,6 +309,7 @@ class QAT:
             value = _check_type(getattr(self, key), int, f"qat.{key}", "a positive integer")
             if value < 1:
                 raise RecipeError(f"qat.{key} = {value} must be a positive integer")
+        _check_count(self.num_prompts, "qat.num_prompts")
         for key in ("learning_rate", "scale_learning_rate"):
             value = _check_type(getattr(self, key), (int, float), f"qat.{key}", "a positive number")
             if not 0.0 < float(value) < 1.0:
@@ -435,6 +447,9 @@ class Recipe:
         except tomllib.TOMLDecodeError as exc:
             raise RecipeError(f"{source} does not parse as TOML ({exc}); fix the syntax or start from "
                               f"`brevitas-ldm recipes show minmax-w8a8`") from None
+        except RecursionError:
+            raise RecipeError(f"{source} nests its tables or arrays too deeply to read: a recipe is a few flat "
+                              f"sections, start from `brevitas-ldm recipes show minmax-w8a8`") from None
         return cls.from_dict(data, source)
 
     @classmethod
@@ -443,7 +458,12 @@ class Recipe:
         if not path.is_file():
             raise RecipeError(f"recipe file {str(path)!r} does not exist: pass a registered recipe name "
                               f"(`brevitas-ldm recipes`) or the path of a .toml file")
-        return cls.from_toml(path.read_text(), source=str(path))
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RecipeError(f"recipe file {str(path)!r} is not UTF-8 text (byte {exc.start} cannot be decoded): "
+                              f"save it as UTF-8 TOML") from None
+        return cls.from_toml(text, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "description": self.description}

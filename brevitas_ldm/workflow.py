@@ -28,7 +28,14 @@ from brevitas_ldm.analysis.layer_sensitivity import LayerSensitivity
 from brevitas_ldm.checkpoint import save_checkpoint
 from brevitas_ldm.denoiser.blocks import get_blocks
 from brevitas_ldm.denoiser.loading import pipeline_source
-from brevitas_ldm.denoiser.sampling import SamplingSpec, denoiser_component, generate, get_denoiser, max_noise_timestep
+from brevitas_ldm.denoiser.sampling import (
+    SamplingSpec,
+    check_spec,
+    denoiser_component,
+    generate,
+    get_denoiser,
+    max_noise_timestep,
+)
 from brevitas_ldm.evaluation.prompts import calibration_set
 from brevitas_ldm.planning.plan import Plan, read_plan
 from brevitas_ldm.planning.planners import choose_plan
@@ -113,6 +120,23 @@ def calibration_spec(recipe: Recipe, spec: SamplingSpec) -> SamplingSpec:
     return spec
 
 
+def check_job(pipe: Any, recipe: Recipe | str, spec: SamplingSpec, plan: PlanLike | None = None) -> None:
+    """Refuse up front, before any sampling, what the job would otherwise find part-way (after the FP evaluation or
+    the analysis): step counts the scheduler cannot sample (the calibration runs' and the global analysis' own),
+    plan entries that name no block or layer of this denoiser, and ``skip_layers`` entries that name no layer."""
+    recipe = get_recipe(recipe)
+    steps_key = "calibration.sampling_steps (--calibration-steps)" if recipe.calibration.sampling_steps else "--steps"
+    check_spec(pipe, calibration_spec(recipe, spec), steps_key)
+    if recipe.analysis.global_ and recipe.analysis.steps and plan is None:
+        check_spec(pipe, dataclasses.replace(spec, num_inference_steps=recipe.analysis.steps), "[analysis] steps")
+    if isinstance(plan, (str, Path)):
+        plan = read_plan(plan)
+    denoiser = get_denoiser(pipe)
+    if isinstance(plan, Plan):
+        plan = {**{block.name: plan.default for block in get_blocks(denoiser)}, **plan.precisions}
+    resolve_precisions(denoiser, recipe, dict(plan) if plan is not None else None)
+
+
 def quantize_pipeline(pipe: Any, recipe: Recipe | str, calibration_prompts: Sequence[str] | None = None,
                       calibration_seeds: Sequence[int] | None = None, spec: SamplingSpec | None = None,
                       plan: PlanLike | None = None, progress: bool = False,
@@ -133,6 +157,9 @@ def quantize_pipeline(pipe: Any, recipe: Recipe | str, calibration_prompts: Sequ
         calibration_seeds = [10_000 + i for i in range(len(calibration_prompts))]
     calibration_prompts, calibration_seeds = list(calibration_prompts), list(calibration_seeds)
     analysis_prompts, analysis_seeds = analysis_samples(recipe, calibration_prompts, calibration_seeds)
+    if isinstance(plan, (str, Path)):
+        plan = read_plan(plan)
+    check_job(pipe, recipe, spec, plan)
     denoiser = get_denoiser(pipe)
     result = QuantizationResult(pipeline=pipe, recipe=recipe, precisions={})
 

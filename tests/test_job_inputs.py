@@ -186,6 +186,6 @@ def test_thread_choice():
     assert choose_threads(None, cores=2, load=0.1).threads == 2         # idle machine: every core
     assert choose_threads(None, cores=2, load=1.2).threads == 1         # one core busy: take the other
     assert choose_threads(None, cores=16, load=40.0).threads == 1       # overloaded: one, never zero
-    assert parse_threads("auto") is None and parse_threads("4") == 4
+    assert parse_threads("auto") is None and parse_threads("4", cores=4) == 4
     with pytest.raises(BrevitasLDMError, match="positive number"):
         parse_threads("-2")

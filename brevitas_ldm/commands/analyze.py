@@ -15,12 +15,14 @@ from brevitas_ldm.commands.common import (
 from brevitas_ldm.cost import analysis_job_phases, estimate
 from brevitas_ldm.denoiser.job_progress import JobProgress
 from brevitas_ldm.denoiser.loading import model_display_name
-from brevitas_ldm.denoiser.sampling import SamplingSpec, get_denoiser
+from brevitas_ldm.denoiser.sampling import SamplingSpec, check_spec, get_denoiser
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.evaluation.prompts import calibration_set, read_prompt_file
 from brevitas_ldm.io import atomic_output_dir, write_json_atomic
+from brevitas_ldm.limits import check_count
 from brevitas_ldm.ranks import current_ranks, peak_rss_bytes
 from brevitas_ldm.recipe import get_recipe
+from brevitas_ldm.workflow import check_job
 
 
 def add_parser(subparsers) -> None:
@@ -48,11 +50,15 @@ def run(args: argparse.Namespace) -> int:
     check_sampling_args(args)
     if args.out is None and not args.dry_run:
         raise BrevitasLDMError("--out is required (the folder the reports go to), except with --dry-run")
+    if args.num_prompts is not None:
+        check_count(args.num_prompts, "--num-prompts")
     recipe = get_recipe(args.recipe)
     prompts = read_prompt_file(args.prompts) if args.prompts else None
     pipe, _ = load_model(args)
     samples = calibration_set(args.num_prompts or recipe.analysis.num_prompts, seed=args.seed, prompts=prompts)
     spec = SamplingSpec(args.steps, args.guidance_scale, args.batch_size)
+    check_spec(pipe, spec)          # what would fail part-way fails now, before the analysis
+    check_job(pipe, recipe, spec)
     model_name = model_display_name(args.model)
 
     notes: list[str] = []

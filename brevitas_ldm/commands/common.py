@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from brevitas_ldm.denoiser.loading import DTYPES, load_pipeline
 from brevitas_ldm.errors import BrevitasLDMError
+from brevitas_ldm.limits import check_count
 from brevitas_ldm.threads import THREADS_ENV
 from brevitas_ldm.zoo import DEFAULT_MODEL
 
@@ -65,6 +66,7 @@ def add_output_options(parser: argparse.ArgumentParser, required: bool = True) -
 def check_sampling_args(args: argparse.Namespace) -> None:
     if args.num_samples < 1:
         raise BrevitasLDMError(f"--num-samples {args.num_samples} must be at least 1")
+    check_count(args.num_samples, "--num-samples")
     if args.steps < 1:
         raise BrevitasLDMError(f"--steps {args.steps} must be at least 1")
     if not math.isfinite(args.guidance_scale) or args.guidance_scale < 0:

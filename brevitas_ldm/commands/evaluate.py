@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from brevitas_ldm.commands.common import (
     load_model,
 )
 from brevitas_ldm.denoiser.loading import model_display_name
-from brevitas_ldm.denoiser.sampling import SamplingSpec
+from brevitas_ldm.denoiser.sampling import SamplingSpec, check_spec
 from brevitas_ldm.evaluation.prompts import evaluation_set, read_prompt_file
 from brevitas_ldm.evaluation.run import digits_metrics, generate_with_latents, has_digits_evaluator
 from brevitas_ldm.io import atomic_output_dir, write_json_atomic
@@ -43,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     pipe, _ = load_model(args)
     eval_set = evaluation_set(args.num_samples, args.seed, prompts)
     spec = SamplingSpec(args.steps, args.guidance_scale, args.batch_size)
+    check_spec(pipe, spec)          # a step count or guidance the pipeline cannot sample fails before any sampling
     if meta is not None:
         return _evaluate_checkpoint(args, meta, pipe, eval_set, spec)
     start = time.perf_counter()
@@ -75,14 +77,19 @@ def _evaluate_checkpoint(args: argparse.Namespace, meta: dict, pipe, eval_set, s
     """FP reference, then the checkpoint loaded into the same pipeline (no analysis, no calibration)."""
     from brevitas_ldm.analysis.figures import comparison_grid
     from brevitas_ldm.checkpoint import load_quantized, read_checkpoint_recipe
-    from brevitas_ldm.denoiser.sampling import get_denoiser
+    from brevitas_ldm.denoiser.sampling import get_denoiser, pipeline_denoiser
     from brevitas_ldm.evaluation.comparison import compare_quantized, fp_reference
     from brevitas_ldm.quant.quantize import read_precisions
 
     digits = has_digits_evaluator(args.model)
     start = time.perf_counter()
-    reference = fp_reference(pipe, eval_set, spec, with_digits=digits)
+    # The checkpoint is applied first, to the pipeline's denoiser, and the FP reference samples an untouched copy:
+    # a state that does not fit the model is refused before the FP sampling, not after it.
+    fp_denoiser = copy.deepcopy(get_denoiser(pipe))
     load_quantized(pipe, args.checkpoint, meta)
+    with pipeline_denoiser(pipe, fp_denoiser):
+        reference = fp_reference(pipe, eval_set, spec, with_digits=digits)
+    del fp_denoiser
     quantized, generation, per_step = compare_quantized(pipe, eval_set, spec, reference,
                                                         read_precisions(get_denoiser(pipe)), with_digits=digits)
     metrics = {"model": model_display_name(args.model), "recipe": read_checkpoint_recipe(args.checkpoint).name,

@@ -8,6 +8,7 @@ inputs from another prompt and seed and compared with the fake-quantized torch d
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from brevitas_ldm.commands.common import add_model_options, add_output_options, checked_checkpoint, load_model
@@ -65,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
     from brevitas_ldm.export.exporters import check_weight_storage
     from brevitas_ldm.zoo.data import prompt_for
 
+    if not math.isfinite(args.min_sqnr_db):
+        raise BrevitasLDMError(f"--min-sqnr-db {args.min_sqnr_db} must be a finite number of dB (default 30): the "
+                               f"file is refused when onnxruntime agrees with the torch model below it")
     meta = checked_checkpoint(args)
     if meta is None:
         raise BrevitasLDMError(f"--model {args.model} is not quantized: pass a `brevitas-ldm quantize` --out folder as "

@@ -20,7 +20,7 @@ from brevitas_ldm.commands.common import (
 )
 from brevitas_ldm.commands.quantize import write_plan_files
 from brevitas_ldm.denoiser.loading import model_display_name
-from brevitas_ldm.denoiser.sampling import SamplingSpec
+from brevitas_ldm.denoiser.sampling import SamplingSpec, check_spec
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.evaluation.comparison import compare_quantized, fp_reference
 from brevitas_ldm.evaluation.prompts import calibration_set, evaluation_set, read_prompt_file
@@ -31,6 +31,7 @@ from brevitas_ldm.pretrained import CHECKPOINT_SUBDIR
 from brevitas_ldm.report import write_qat_report
 from brevitas_ldm.training.image_folder import check_data_pipeline, read_image_folder, record_image_folder
 from brevitas_ldm.training.qat import QATResult, qat, qat_recipe
+from brevitas_ldm.workflow import check_job
 
 LOSS_PNG = "qat_loss.png"
 
@@ -77,8 +78,11 @@ def run(args: argparse.Namespace) -> int:
     digits = has_digits_evaluator(args.model)
     eval_set = evaluation_set(args.num_samples, args.seed, prompts)
     spec = SamplingSpec(args.steps, args.guidance_scale, args.batch_size)
-    reference = fp_reference(pipe, eval_set, spec, with_digits=digits)
     train_spec = SamplingSpec(args.steps, args.guidance_scale, recipe.qat.batch_size)
+    check_spec(pipe, spec)          # what would fail part-way fails now, before the FP evaluation
+    if args.checkpoint is None:
+        check_job(pipe, recipe, train_spec, plan)
+    reference = fp_reference(pipe, eval_set, spec, with_digits=digits)
     data = record_image_folder(pipe, args.data, train_spec, args.seed, progress=True) if args.data else None
     cal = calibration_set(recipe.calibration.num_prompts, prompts=prompts)
     before: dict = {}

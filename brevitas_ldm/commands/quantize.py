@@ -25,16 +25,18 @@ from brevitas_ldm.cost import estimate, quantize_job_phases
 from brevitas_ldm.denoiser.job_progress import JobProgress
 from brevitas_ldm.denoiser.loading import model_display_name
 from brevitas_ldm.denoiser.lora import FusedLora
-from brevitas_ldm.denoiser.sampling import SamplingSpec, get_denoiser
+from brevitas_ldm.denoiser.sampling import SamplingSpec, check_spec, get_denoiser
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.evaluation.comparison import compare_quantized, fp_reference
 from brevitas_ldm.evaluation.prompts import calibration_set, evaluation_set, read_prompt_file
 from brevitas_ldm.evaluation.run import has_digits_evaluator
 from brevitas_ldm.io import atomic_output_dir, write_json_atomic
+from brevitas_ldm.limits import check_count
 from brevitas_ldm.planning.plan import read_plan
 from brevitas_ldm.pretrained import CHECKPOINT_SUBDIR
 from brevitas_ldm.ranks import current_ranks
 from brevitas_ldm.recipe import Recipe, get_recipe
+from brevitas_ldm.workflow import check_job
 
 #: The PNGs the analysis reports write, by the key report.md links them under.
 ANALYSIS_FIGURES = {"block_progressive": PROGRESSIVE_PNG, "block_added_noise": ADDED_NOISE_PNG,
@@ -77,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     recipe = with_calibration_flags(get_recipe(args.recipe), args)
     if args.calibration_prompts is not None and args.calibration_prompts < 1:
         raise BrevitasLDMError(f"--calibration-prompts {args.calibration_prompts} must be at least 1")
+    if args.calibration_prompts is not None:
+        check_count(args.calibration_prompts, "--calibration-prompts")
     prompts = read_prompt_file(args.prompts) if args.prompts else None
     calibration_prompts = (read_prompt_file(args.calibration_prompt_path, "--calibration-prompt-path")
                            if args.calibration_prompt_path else prompts)
@@ -86,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
     spec = SamplingSpec(args.steps, args.guidance_scale, args.batch_size)
     cal = calibration_set(args.calibration_prompts or recipe.calibration.num_prompts, prompts=calibration_prompts)
     cal_spec = SamplingSpec(args.steps, args.guidance_scale, recipe.calibration.batch_size)
+    check_spec(pipe, spec)          # what would fail part-way fails now, before the FP evaluation
+    check_job(pipe, recipe, cal_spec, plan)
 
     notes: list[str] = []
     phases = quantize_job_phases(pipe, recipe, cal.prompts, cal.seeds, cal_spec, args.num_samples, spec,

@@ -34,6 +34,36 @@ def resolve_model_path(model: str | Path) -> Path:
     return path
 
 
+def pipeline_class_name(path: Path) -> str:
+    """The pipeline class ``path/model_index.json`` names, checked before diffusers reads it: the file is UTF-8 JSON,
+    an object, and its ``_class_name`` is a diffusers pipeline class (one line naming the file otherwise)."""
+    index_file = Path(path) / "model_index.json"
+    fix = "re-save the pipeline with save_pretrained()"
+    try:
+        index = json.loads(index_file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ModelError(f"{index_file} is not UTF-8 text: {fix}") from None
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{index_file} is not valid JSON ({exc}): {fix}") from None
+    except RecursionError:
+        raise ModelError(f"{index_file} nests its JSON too deeply to read: {fix}") from None
+    if not isinstance(index, dict):
+        raise ModelError(f"{index_file} holds a JSON {type(index).__name__}, not the object diffusers writes: {fix}")
+    name = index.get("_class_name")
+    if not isinstance(name, str) or not name:
+        raise ModelError(f"{index_file} has no \"_class_name\" naming the pipeline class: {fix}")
+    import diffusers
+
+    try:    # diffusers resolves its names lazily: an optional dependency missing surfaces here
+        cls = getattr(diffusers, name, None) if name.isidentifier() and not name.startswith("_") else None
+    except (ImportError, RuntimeError):
+        cls = None
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.DiffusionPipeline)):
+        raise ModelError(f"{index_file} names the pipeline class {name[:80]!r}, which diffusers "
+                         f"{diffusers.__version__} does not have: fix \"_class_name\" or {fix}")
+    return name
+
+
 def model_display_name(model: str | Path) -> str:
     text = str(model)
     return text if text in EMBEDDED_MODELS else str(Path(text).expanduser().resolve())
@@ -84,15 +114,16 @@ def load_pipeline(model: str | Path = DEFAULT_MODEL, device: str = "cpu", dtype:
 
     path = resolve_model_path(model)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        index = json.loads((path / "model_index.json").read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"{path / 'model_index.json'} is not valid JSON ({exc}): re-save the pipeline") from None
+    class_name = pipeline_class_name(path)
     try:
         pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True, dtype=torch_dtype(dtype))
-    except (OSError, ValueError, EnvironmentError) as exc:
-        raise ModelError(f"could not load the {index.get('_class_name', 'diffusers')} pipeline at {path}: "
-                         f"{str(exc).splitlines()[0]}; re-save it with save_pretrained()") from None
+    except ModelError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError, ImportError) as exc:
+        # model_index.json and the component configs are user files: whatever diffusers trips on, say where.
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"could not load the {class_name} pipeline at {path}: {type(exc).__name__}: {first}; "
+                         f"re-save it with save_pretrained()") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 

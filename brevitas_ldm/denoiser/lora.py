@@ -17,7 +17,7 @@ import torch
 
 from brevitas_ldm.denoiser.sampling import get_denoiser
 from brevitas_ldm.errors import ModelError
-from brevitas_ldm.io import file_sha256
+from brevitas_ldm.io import check_safetensors_file, file_sha256
 
 ADAPTER_NAME = "brevitas_ldm_lora"
 
@@ -43,6 +43,7 @@ def check_lora_file(path: str | Path) -> Path:
     if path.suffix != ".safetensors":
         raise ModelError(f"--lora {str(path)!r} is not a .safetensors file: pass the LoRA weights diffusers' "
                          f"save_lora_weights() writes (pytorch_lora_weights.safetensors)")
+    check_safetensors_file(path, "pass the LoRA weights diffusers' save_lora_weights() or peft wrote", ModelError)
     return path.resolve()
 
 

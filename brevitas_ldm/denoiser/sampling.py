@@ -12,6 +12,7 @@ seed, so a sample's result does not depend on the batch it was drawn in.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -24,6 +25,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from brevitas_ldm.errors import BrevitasLDMError, ModelError
+from brevitas_ldm.limits import MAX_STEPS
 
 TIMESTEP_KEYS = ("timestep", "t", "timesteps")
 
@@ -173,6 +175,36 @@ class SamplingSpec:
 
 Condition = str | int | None
 
+#: The class id DiTPipeline passes as the unconditional ("null") label when its guidance scale is above 1.
+DIT_NULL_CLASS = 1000
+
+
+def check_spec(pipe: Any, spec: SamplingSpec, steps_flag: str = "--steps") -> None:
+    """Refuse, before any sampling, a spec the pipeline would fail on part-way: more steps than its scheduler can
+    space over its training timesteps (``steps_flag`` names where the count came from, a flag or a recipe key),
+    and classifier-free guidance on a class-conditional pipeline whose denoiser has no embedding for the null class
+    its pipeline passes."""
+    steps, limit = spec.num_inference_steps, num_train_timesteps(pipe)
+    scheduler = getattr(pipe, "scheduler", None)
+    if steps > MAX_STEPS:
+        raise BrevitasLDMError(f"{steps_flag} {steps:,} is more than the {MAX_STEPS:,} sampling steps any run takes: "
+                               f"pass {steps_flag} {min(limit, MAX_STEPS)} or fewer")
+    if steps > limit and hasattr(scheduler, "set_timesteps"):
+        try:      # the scheduler's own rule, on a copy: some (flow matching) space any number of steps
+            copy.deepcopy(scheduler).set_timesteps(steps)
+        except Exception:
+            raise BrevitasLDMError(f"{steps_flag} {steps} is more than the {limit} training timesteps "
+                                   f"{type(scheduler).__name__} samples from: pass {steps_flag} {limit} or "
+                                   f"fewer") from None
+    if spec.guidance_scale > 1 and "class_labels" in _call_parameters(pipe):
+        tables = [m.embedding_table for m in get_denoiser(pipe).modules()
+                  if isinstance(getattr(m, "embedding_table", None), nn.Embedding)]
+        if tables and tables[0].num_embeddings <= DIT_NULL_CLASS:
+            raise BrevitasLDMError(f"{type(pipe).__name__} samples guidance > 1 with class {DIT_NULL_CLASS} as its "
+                                   f"unconditional label, but this {type(get_denoiser(pipe)).__name__} embeds only "
+                                   f"{tables[0].num_embeddings} classes: pass --guidance-scale 1 (no classifier-free "
+                                   f"guidance)")
+
 
 def _call_parameters(pipe: Any) -> Mapping[str, inspect.Parameter]:
     return inspect.signature(type(pipe).__call__).parameters
@@ -297,6 +329,7 @@ def generate(pipe: Any, conditions: Sequence[Condition], seeds: Sequence[int], s
         raise BrevitasLDMError(f"{len(conditions)} conditions but {len(seeds)} seeds: give one seed per sample")
     if len(conditions) == 0:
         raise BrevitasLDMError("nothing to sample: --num-samples must be at least 1")
+    check_spec(pipe, spec)
     pipe.set_progress_bar_config(disable=True)
     outputs = []
     starts = range(0, len(conditions), spec.batch_size)

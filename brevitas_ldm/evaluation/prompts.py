@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from brevitas_ldm.errors import BrevitasLDMError
+from brevitas_ldm.limits import MAX_PROMPT_CHARS, MAX_PROMPT_FILE_BYTES
 from brevitas_ldm.zoo.data import label_from_prompt, prompt_for
 
 
@@ -30,6 +31,10 @@ class EvaluationSet:
 def read_prompt_file(path: Path, flag: str = "--prompts") -> list[str]:
     if not Path(path).is_file():
         raise BrevitasLDMError(f"{flag} file {str(path)!r} does not exist: pass a text file with one prompt per line")
+    size = Path(path).stat().st_size
+    if size > MAX_PROMPT_FILE_BYTES:
+        raise BrevitasLDMError(f"{flag} file {str(path)!r} is {size:,} bytes, more than the {MAX_PROMPT_FILE_BYTES:,} "
+                               f"a prompt file may have: pass a file of prompts, one per line")
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -39,6 +44,11 @@ def read_prompt_file(path: Path, flag: str = "--prompts") -> list[str]:
         raise BrevitasLDMError(f"{flag} file {str(path)!r} holds NUL bytes, so it is not a text file: pass a UTF-8 "
                                f"text file with one prompt per line")
     prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    for number, line in enumerate(text.splitlines(), 1):
+        if len(line) > MAX_PROMPT_CHARS:
+            raise BrevitasLDMError(f"{flag} file {str(path)!r}: line {number} is {len(line):,} characters, more than "
+                                   f"the {MAX_PROMPT_CHARS:,} a prompt may have (text encoders read a few hundred "
+                                   f"tokens): shorten it, one prompt per line")
     if not prompts:
         raise BrevitasLDMError(f"{flag} file {str(path)!r} has no prompts: write one prompt per line")
     return prompts

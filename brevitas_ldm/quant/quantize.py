@@ -20,6 +20,7 @@ from brevitas.nn.quant_layer import QuantWeightBiasInputOutputLayer
 
 from brevitas_ldm.denoiser.blocks import Block, expand_to_layers
 from brevitas_ldm.denoiser.names import user_facing_names
+from brevitas_ldm.errors import RecipeError
 from brevitas_ldm.precision import FLOAT, Precision, parse_precision
 from brevitas_ldm.quant.quantizers import act_quantizer, weight_quantizer
 from brevitas_ldm.recipe import Recipe
@@ -50,11 +51,38 @@ def resolve_precisions(denoiser: nn.Module, recipe: Recipe,
             kind = "Linear" if isinstance(modules[internal], nn.Linear) else "Conv2d"
             if kind in by_type:
                 precisions[user] = by_type[kind]
+    check_skip_layers(denoiser, recipe.skip_layers, layer_names)
     for name in layer_names:
-        if any(fnmatch.fnmatchcase(name, pattern) or name.startswith(pattern + ".") for pattern in recipe.skip_layers):
+        if any(_skips(pattern, name) for pattern in recipe.skip_layers):
             precisions[name] = FLOAT
     precisions.update(layer_overrides)
     return precisions
+
+
+#: The first and last layers of the denoiser families (UNets' ``conv_in``/``conv_out``, transformers' patch
+#: embedders and output projections): a recipe meant for every family (the built-in QAT ones keep them float) may
+#: list them all, so these alone may name no layer of a given denoiser.
+FAMILY_EDGE_LAYERS = frozenset({"conv_in", "conv_out", "pos_embed", "proj_out", "x_embedder", "context_embedder",
+                                "proj_in", "norm_out.linear"})
+
+
+def _skips(pattern: str, name: str) -> bool:
+    return fnmatch.fnmatchcase(name, pattern) or name.startswith(pattern + ".")
+
+
+def check_skip_layers(denoiser: nn.Module, patterns: tuple[str, ...], layer_names: list[str] | None = None) -> None:
+    """Refuse a ``skip_layers`` entry that matches no quantizable layer (a typo would leave the layer quantized
+    without a word), naming the closest layer names; :data:`FAMILY_EDGE_LAYERS` are exempt."""
+    names = layer_names if layer_names is not None else list(user_facing_names(denoiser).values())
+    for i, pattern in enumerate(patterns):
+        if pattern in FAMILY_EDGE_LAYERS or any(_skips(pattern, name) for name in names):
+            continue
+        import difflib
+
+        close = difflib.get_close_matches(pattern, names, n=3, cutoff=0.5)
+        hint = (f"did you mean {', '.join(close)}?" if close else f"layer names look like {', '.join(names[:3])}")
+        raise RecipeError(f"skip_layers[{i}] = {pattern!r} names no quantizable layer of {type(denoiser).__name__} "
+                          f"({hint}): fix the name, or use an fnmatch pattern such as \"*.attn2.to_k\"")
 
 
 def quantize_denoiser(denoiser: nn.Module, recipe: Recipe,

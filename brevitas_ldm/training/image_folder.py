@@ -50,8 +50,25 @@ def read_image_folder(folder: str | Path) -> list[tuple[Path, str]]:
         caption = image.with_suffix(".txt")
         if not caption.is_file():
             raise BrevitasLDMError(f"--data: {image.name} has no caption file {caption.name}: write its caption there")
-        pairs.append((image, caption.read_text().strip()))
+        try:
+            text = caption.read_bytes().decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise BrevitasLDMError(f"--data: caption file {caption} is not UTF-8 text: save it as UTF-8") from None
+        _check_image(image)
+        pairs.append((image, text))
     return pairs
+
+
+def _check_image(path: Path) -> None:
+    """Decode ``path`` once, up front, so a truncated or corrupt image is named before the model loads."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise BrevitasLDMError(f"--data: image {path} cannot be decoded ({type(exc).__name__}: "
+                               f"{(str(exc).splitlines() or [''])[0]}): replace or remove it") from None
 
 
 def check_data_pipeline(pipe: Any) -> None:
