@@ -99,11 +99,28 @@ class Plan:
         if not isinstance(data, Mapping) or "precisions" not in data:
             raise RecipeError(f"{source} is not a plan: it needs a \"precisions\" table block -> precision")
         values = dict(data)
-        for key in ("predicted_sqnr_db", "avg_weight_bits", "avg_act_bits"):
-            values[key] = decode_json_float(values.get(key))
-        if values.get("measured_sqnr_db") is not None:
-            values["measured_sqnr_db"] = decode_json_float(values["measured_sqnr_db"])
-        values["evidence"] = {block: _decode_evidence(evidence) for block, evidence in values.get("evidence", {}).items()}
+        fix = "fix the edit or rerun the planner"
+        for key in ("predicted_sqnr_db", "avg_weight_bits", "avg_act_bits", "measured_sqnr_db"):
+            if key == "measured_sqnr_db" and values.get(key) is None:
+                continue
+            try:
+                values[key] = decode_json_float(values.get(key))
+            except (TypeError, ValueError):
+                raise RecipeError(f"{source}: {key} = {values.get(key)!r} is not a number: {fix}") from None
+        for key in ("method", "model", "recipe"):
+            if key in values and not isinstance(values[key], str):
+                raise RecipeError(f"{source}: {key} = {values[key]!r} must be a string: {fix}")
+        budget = values.get("budget", {})
+        if not isinstance(budget, Mapping) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                      for v in budget.values()):
+            raise RecipeError(f"{source}: budget must be a table of numbers (avg_weight_bits, avg_act_bits): {fix}")
+        evidence = values.get("evidence", {})
+        if not isinstance(evidence, Mapping) or not all(isinstance(v, Mapping) for v in evidence.values()):
+            raise RecipeError(f"{source}: evidence must be a table block -> its figures: {fix}")
+        try:
+            values["evidence"] = {block: _decode_evidence(entry) for block, entry in evidence.items()}
+        except (TypeError, ValueError):
+            raise RecipeError(f"{source}: evidence holds a *_db figure that is not a number: {fix}") from None
         return dataclass_from_dict(cls, values, source, error=RecipeError)
 
     def save(self, path: str | Path) -> Path:
