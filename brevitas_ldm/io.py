@@ -4,7 +4,11 @@ A run either leaves a complete folder/file behind or nothing at all: results are
 sibling of the target and renamed into place at the very end, so an error, a Ctrl-C or a crash never leaves a
 half-written ``--out`` folder that looks like a finished run. A command claims its ``--out`` before any work
 (:func:`claimed_output_dir`): the folder must be writable, and a second run into the same folder at the same time
-is refused; the final rename also refuses to replace a folder another run finished meanwhile.
+is refused; the final rename also refuses to replace a folder another run finished meanwhile. An output never
+overlaps an input (:func:`check_apart`: not the same path, not inside it, not around it, links resolved), so no
+``--overwrite`` can delete what the run reads. Files from elsewhere are checked before they are trusted: a
+safetensors file by its header against its size (:func:`check_safetensors_file`), JSON by one reader that names
+the file for any decoding problem.
 """
 
 from __future__ import annotations
