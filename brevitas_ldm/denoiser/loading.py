@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from brevitas_ldm.errors import ModelError
+from brevitas_ldm.errors import BrevitasLDMError, ModelError
 from brevitas_ldm.zoo import DEFAULT_MODEL, EMBEDDED_MODELS
 
 
@@ -90,6 +90,8 @@ def load_pipeline(model: str | Path = DEFAULT_MODEL, device: str = "cpu", dtype:
         raise ModelError(f"{path / 'model_index.json'} is not valid JSON ({exc}): re-save the pipeline") from None
     try:
         pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True, dtype=torch_dtype(dtype))
+    except BrevitasLDMError:
+        raise       # a quantized folder's own one-line errors (brevitas_ldm.diffusers_quantizer) say it all
     except (OSError, ValueError, EnvironmentError) as exc:
         raise ModelError(f"could not load the {index.get('_class_name', 'diffusers')} pipeline at {path}: "
                          f"{str(exc).splitlines()[0]}; re-save it with save_pretrained()") from None
