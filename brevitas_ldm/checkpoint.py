@@ -137,6 +137,7 @@ def save_denoiser(denoiser: nn.Module, directory: Path, config: dict[str, Any] |
 def _link_or_copy(source: Path, target: Path) -> None:
     """``target`` as a hard link to ``source`` (no bytes copied), or a copy where the file system refuses."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)      # a link from an earlier save: replaced, never written through
     try:
         os.link(source, target)
     except OSError:
@@ -200,6 +201,12 @@ def save_checkpoint(denoiser: nn.Module, recipe: Recipe, directory: Path, model:
         "dtype": str(next(denoiser.parameters()).dtype).removeprefix("torch."),
         "files": {name: file_sha256(directory / name) for name in hashed_files(denoiser_component)}})
     return directory
+
+
+def denoiser_file_bytes(directory: Path) -> int:
+    """Bytes of a quantized pipeline folder's denoiser weights file (the integer codes and what stays float)."""
+    meta = json.loads((Path(directory) / META_FILE).read_text())
+    return (Path(directory) / hashed_files(str(meta.get("denoiser_component", "unet")))[1]).stat().st_size
 
 
 def read_checkpoint_meta(directory: Path) -> dict[str, Any]:
@@ -332,21 +339,7 @@ def rebuild_quantized(denoiser: nn.Module, config: Mapping[str, Any], state: Map
     precisions = {k: parse_precision(v, f"{config_path} precisions[{k!r}]") for k, v in config["precisions"].items()}
     _rebuild_smoothing(denoiser, list((config.get("smoothing") or {}).get("layers", [])), config_path)
     quantize_denoiser(denoiser, recipe, precisions)
-    modules = dict(denoiser.named_modules())
     state_path = Path(source) / STATE_FILE
-    for name, entry in config["codes"].items():
-        if name not in modules:
-            raise ModelError(f"{config_path} stores codes for layer {name!r}, which the rebuilt model does not "
-                             f"have: re-run `brevitas-ldm quantize`")
-        try:
-            codes = layer_codes(dict(state), name, entry)
-        except KeyError as exc:
-            raise ModelError(f"checkpoint file {state_path} lacks {exc.args[0]}: restore it or re-run "
-                             f"`brevitas-ldm quantize`") from None
-        try:
-            restore_weight(modules[name], codes, name)
-        except ModelError as exc:
-            raise ModelError(f"{state_path}: {exc}") from None
     rest = {k: v for k, v in state.items() if not is_code_key(k)}
     expected = denoiser.state_dict()
     reshaped = [k for k, v in rest.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
@@ -364,6 +357,21 @@ def rebuild_quantized(denoiser: nn.Module, config: Mapping[str, Any], state: Map
         raise ModelError(f"checkpoint file {state_path} does not fit the rebuilt model ({len(missing)} missing, "
                          f"{len(unexpected)} unexpected tensors, e.g. {(missing or unexpected)[:2]}): re-run "
                          f"`brevitas-ldm quantize` with this brevitas-ldm version")
+    # After the state: Brevitas rebuilds a weight quantizer when its state loads, which would drop the pins.
+    modules = dict(denoiser.named_modules())
+    for name, entry in config["codes"].items():
+        if name not in modules:
+            raise ModelError(f"{config_path} stores codes for layer {name!r}, which the rebuilt model does not "
+                             f"have: re-run `brevitas-ldm quantize`")
+        try:
+            codes = layer_codes(state, name, entry)
+        except KeyError as exc:
+            raise ModelError(f"checkpoint file {state_path} lacks {exc.args[0]}: restore it or re-run "
+                             f"`brevitas-ldm quantize`") from None
+        try:
+            restore_weight(modules[name], codes, name)
+        except ModelError as exc:
+            raise ModelError(f"{state_path}: {exc}") from None
     denoiser.eval()
     return denoiser
 
