@@ -40,21 +40,32 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn as nn
 from brevitas.nn.quant_scale_bias import ScaleBias
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from brevitas_ldm.compat import EqualizedModule
 from brevitas_ldm.denoiser.names import user_facing_names
-from brevitas_ldm.denoiser.sampling import denoiser_component as pipeline_denoiser_component
+from brevitas_ldm.denoiser.sampling import (
+    denoiser_component as pipeline_denoiser_component,
+)
 from brevitas_ldm.denoiser.sampling import get_denoiser
 from brevitas_ldm.errors import BrevitasLDMError, ModelError
 from brevitas_ldm.io import file_sha256, give_user_mode, write_json_atomic
 from brevitas_ldm.planning.plan import PLAN_FILE, Plan
 from brevitas_ldm.precision import parse_precision
-from brevitas_ldm.quant.integer_codes import integer_state_dict, is_code_key, layer_codes, restore_weight
-from brevitas_ldm.quant.quantize import initialise_weight_scales, quantize_denoiser, read_precisions
+from brevitas_ldm.quant.integer_codes import (
+    integer_state_dict,
+    is_code_key,
+    layer_codes,
+    restore_weight,
+)
+from brevitas_ldm.quant.quantize import (
+    initialise_weight_scales,
+    quantize_denoiser,
+    read_precisions,
+)
 from brevitas_ldm.recipe import Recipe
 
 #: Version 3 stores the denoiser as integer codes in a diffusers folder; other versions are refused on load.
@@ -141,7 +152,8 @@ def _link_or_copy(source: Path, target: Path) -> None:
     try:
         os.link(source, target)
     except OSError:
-        shutil.copy2(source, target)
+        shutil.copyfile(source, target)
+        give_user_mode(target)
 
 
 def _link_components(base: Path, directory: Path, skip: str) -> None:
@@ -283,7 +295,7 @@ def read_integer_state(path: Path) -> dict[str, torch.Tensor]:
         with safe_open(str(path), framework="pt") as handle:
             recorded = (handle.metadata() or {}).get(HASH_METADATA_KEY)
         state = load_file(str(path))
-    except Exception as exc:   # safetensors raises its own error types for a truncated or garbled file
+    except Exception as exc:   # noqa: BLE001 - safetensors raises its own error types for a garbled file
         raise ModelError(f"checkpoint file {path} cannot be read ({str(exc).splitlines()[0] if str(exc) else exc}): "
                          f"restore it or re-run `brevitas-ldm quantize`") from None
     check_state_hash(state, recorded, path)
@@ -434,4 +446,4 @@ def checkpoint_lora(meta: Mapping[str, Any], given: str | Path | None) -> Path |
     return path
 
 
-__all__ = ["BrevitasLDMError", "FORMAT_VERSION", "load_quantized", "save_checkpoint"]
+__all__ = ["FORMAT_VERSION", "BrevitasLDMError", "load_quantized", "save_checkpoint"]

@@ -47,7 +47,12 @@ from brevitas_ldm.checkpoint import (
     tensors_sha256,
 )
 from brevitas_ldm.errors import ModelError
-from brevitas_ldm.quant.integer_codes import CODES_KEY, integer_state_dict, is_code_key, layer_codes
+from brevitas_ldm.quant.integer_codes import (
+    CODES_KEY,
+    integer_state_dict,
+    is_code_key,
+    layer_codes,
+)
 
 
 class BrevitasQuantizationMethod(str, Enum):
@@ -99,7 +104,7 @@ class BrevitasQuantizer(DiffusersQuantizer):
     """Loads (and re-saves) a denoiser stored as Brevitas integer codes; see the module docstring."""
 
     requires_calibration = True
-    required_packages = ["brevitas"]
+    required_packages = ("brevitas",)
     use_keep_in_fp32_modules = False
 
     def __init__(self, quantization_config: BrevitasConfig, **kwargs: Any) -> None:
@@ -156,6 +161,7 @@ class BrevitasQuantizer(DiffusersQuantizer):
     # -- loading ----------------------------------------------------------------------------------------------
     def _process_model_before_weight_loading(self, model, **kwargs: Any):
         check_config_layers(model, self.quantization_config.to_dict(), Path(self.source) / CONFIG_FILE)
+        self._shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
         return model
 
     def maybe_update_state_dict(self, state_dict: dict[str, Any]) -> dict[str, Any]:
@@ -172,6 +178,12 @@ class BrevitasQuantizer(DiffusersQuantizer):
         for key, value in state_dict.items():
             if not is_code_key(key):
                 floats[_float_key(key, smoothed)] = value
+        shapes = getattr(self, "_shapes", {})
+        reshaped = [k for k, v in floats.items() if k in shapes and tuple(v.shape) != shapes[k]]
+        if reshaped:
+            raise ModelError(f"{self.source}/diffusion_pytorch_model.safetensors holds {reshaped[0]} with shape "
+                             f"{tuple(floats[reshaped[0]].shape)} where the model has {shapes[reshaped[0]]}: restore "
+                             f"the file or re-run `brevitas-ldm quantize`")
         return floats
 
     def _process_model_after_weight_loading(self, model, **kwargs: Any):

@@ -13,7 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from brevitas_ldm.checkpoint import META_FILE, checkpoint_lora, load_quantized, read_checkpoint_meta
+from brevitas_ldm.checkpoint import (
+    META_FILE,
+    checkpoint_lora,
+    load_quantized,
+    read_checkpoint_meta,
+)
 from brevitas_ldm.denoiser.loading import load_pipeline, resolve_model_path
 from brevitas_ldm.denoiser.lora import fuse_lora
 from brevitas_ldm.errors import ModelError

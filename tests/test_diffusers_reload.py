@@ -19,12 +19,21 @@ from safetensors.torch import load_file, save_file
 import brevitas_ldm
 from brevitas_ldm.checkpoint import STATE_FILE
 from brevitas_ldm.denoiser.loading import load_pipeline
-from brevitas_ldm.denoiser.sampling import SamplingSpec, denoiser_component, generate, get_denoiser
+from brevitas_ldm.denoiser.sampling import (
+    SamplingSpec,
+    denoiser_component,
+    generate,
+    get_denoiser,
+)
 from brevitas_ldm.errors import ModelError
 from brevitas_ldm.evaluation.comparison import fp_reference
 from brevitas_ldm.evaluation.prompts import EvaluationSet
 from brevitas_ldm.quant.footprint import footprint
-from brevitas_ldm.quant.integer_codes import pack_codes, unpack_codes, weight_quantized_layers
+from brevitas_ldm.quant.integer_codes import (
+    pack_codes,
+    unpack_codes,
+    weight_quantized_layers,
+)
 from brevitas_ldm.recipe import Recipe, get_recipe
 from brevitas_ldm.workflow import quantize_pipeline
 from brevitas_ldm.zoo.families import FAMILIES, save_family
@@ -59,6 +68,7 @@ def _quantize_and_save(model_dir, recipe, folder):
     return pipe, result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_every_family_reloads_through_diffusers_bit_identically(family, tmp_path):
     from diffusers import DiffusionPipeline
@@ -78,7 +88,11 @@ def test_every_family_reloads_through_diffusers_bit_identically(family, tmp_path
 
 
 def test_save_pretrained_of_a_reloaded_pipeline_reloads_the_same_way(sd_dir, tmp_path):
-    from diffusers import DiffusionPipeline, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        DiffusionPipeline,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
 
     pipe, _ = _quantize_and_save(sd_dir, "smoothquant-w8a8", tmp_path / "q")
     weights, latents = _quantized_weights(pipe.unet), generate(pipe, PROMPTS, SEEDS, SPEC)
@@ -148,6 +162,7 @@ KINDS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_integer_storage_rebuilds_every_weight_exactly(kind, sd_dir, tmp_path):
     """Float layers, 16-bit activations and weight-only layers from a plan, on top of each weight format."""
@@ -205,7 +220,11 @@ def saved(sd_dir, tmp_path_factory):
 
 
 def test_a_float_folder_with_a_brevitas_config_is_refused(sd_dir):
-    from diffusers import PipelineQuantizationConfig, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        PipelineQuantizationConfig,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
 
     with pytest.raises(ModelError) as error:
         UNet2DConditionModel.from_pretrained(sd_dir, subfolder="unet", quantization_config=brevitas_ldm.BrevitasConfig())

@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 from brevitas.quant_tensor import FloatQuantTensor, IntQuantTensor
+from torch import nn
 
 from brevitas_ldm.errors import ModelError
 
