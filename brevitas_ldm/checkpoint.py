@@ -52,7 +52,7 @@ from brevitas_ldm.denoiser.sampling import (
 )
 from brevitas_ldm.denoiser.sampling import get_denoiser
 from brevitas_ldm.errors import BrevitasLDMError, ModelError
-from brevitas_ldm.io import file_sha256, give_user_mode, write_json_atomic
+from brevitas_ldm.io import file_sha256, give_user_mode, write_json_atomic, write_text_atomic
 from brevitas_ldm.planning.plan import PLAN_FILE, Plan
 from brevitas_ldm.precision import parse_precision
 from brevitas_ldm.quant.integer_codes import (
@@ -73,6 +73,7 @@ FORMAT_VERSION = 3
 FORMAT_NAME = "brevitas-ldm quantized pipeline"
 QUANT_METHOD = "brevitas"
 META_FILE = "meta.json"
+RECIPE_FILE = "recipe.toml"
 CONFIG_FILE = "config.json"
 STATE_FILE = "diffusion_pytorch_model.safetensors"
 #: safetensors header key of the SHA-256 over the stored tensors (names, dtypes, shapes, bytes).
@@ -206,6 +207,7 @@ def save_checkpoint(denoiser: nn.Module, recipe: Recipe, directory: Path, model:
         raise ModelError("a folder that references its base needs model= (the base pipeline's name or folder)")
     if plan is not None:
         plan.save(directory / PLAN_FILE)
+    write_text_atomic(directory / RECIPE_FILE, recipe.to_toml())    # to read; config.json is what reloads
     write_json_atomic(directory / META_FILE, {
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "brevitas_ldm_version": _package_version(),
         "model": model, "self_contained": bool(self_contained), "denoiser_component": denoiser_component,
