@@ -67,12 +67,13 @@ def weight_codes(layer: nn.Module, name: str = "layer") -> WeightCodes:
     scale = quant.scale.detach().clone()
     if isinstance(quant, IntQuantTensor):
         zero_point = quant.zero_point.detach()
-        codes = torch.round(value / scale + zero_point).to(torch.int32)
+        # in float64: value / scale in bfloat16 can land half a step away from its code
+        codes = torch.round(value.double() / scale.double() + zero_point.double()).to(torch.int32)
         result = WeightCodes(codes, scale, zero_point.to(torch.int32).clone() if has_zero_point(layer) else None,
                              int(quant.bit_width.item()), bool(quant.signed))
     elif isinstance(quant, FloatQuantTensor):
         fmt = _float_format(quant)
-        result = WeightCodes((value / scale).to(FLOAT8_DTYPES[(4, 3) if fmt == "e4m3" else (5, 2)]), scale, None,
+        result = WeightCodes((value.double() / scale.double()).float().to(FLOAT8_DTYPES[(4, 3) if fmt == "e4m3" else (5, 2)]), scale, None,
                              8, True, fmt)
     else:       # pragma: no cover - a quantizer kind the recipes do not build
         raise ModelError(f"layer {name!r} has a {type(quant).__name__} weight, which cannot be stored as codes")
