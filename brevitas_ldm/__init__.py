@@ -4,8 +4,9 @@ Public API (imported lazily, so ``brevitas-ldm recipes`` does not pay for torch/
 
     recipe = brevitas_ldm.get_recipe("sqnr-hybrid-w8a8")
     result = brevitas_ldm.quantize_pipeline(pipe, recipe, progress=True)
-    result.save("out/")                                 # quantized pipeline folder: state + recipe + plan
-    pipe = brevitas_ldm.from_pretrained("out/")         # later, one call, no analysis or calibration
+    result.save("out/")                                 # a diffusers pipeline folder, denoiser as integer codes
+    pipe = DiffusionPipeline.from_pretrained("out/")    # later, plain diffusers (import brevitas_ldm registers
+                                                        # its "brevitas" quantization backend with diffusers)
 
 Names are defined in the package's layers (``denoiser/``, ``quant/``, ``analysis/``, ``planning/``, the
 workflow, ``export/``; see ``docs/design.md``) and re-exported here.
@@ -17,7 +18,12 @@ import importlib
 import warnings
 from typing import TYPE_CHECKING
 
+from brevitas_ldm import diffusers_registration as _diffusers_registration
+
 __version__ = "0.7.0"
+
+# diffusers finds the "brevitas" quantization_config backend once its quantizers load (torch is not imported here).
+_diffusers_registration.install()
 
 # Brevitas warns at import time when an optional GPU kernel package is absent; it changes nothing on CPU.
 warnings.filterwarnings("ignore", message="fast_hadamard_transform package not found")
@@ -59,6 +65,8 @@ _EXPORTS = {
     "quantize_pipeline": "brevitas_ldm.workflow",
     "load_quantized": "brevitas_ldm.checkpoint",
     "from_pretrained": "brevitas_ldm.pretrained",
+    "BrevitasConfig": "brevitas_ldm.diffusers_quantizer",
+    "BrevitasQuantizer": "brevitas_ldm.diffusers_quantizer",
     "qat": "brevitas_ldm.training.qat",
     "QATResult": "brevitas_ldm.training.qat",
     "export_denoiser": "brevitas_ldm.export",
@@ -87,6 +95,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time names load on 
     from brevitas_ldm.workflow import QuantizationResult, quantize_pipeline  # noqa: F401
     from brevitas_ldm.checkpoint import load_quantized  # noqa: F401
     from brevitas_ldm.pretrained import from_pretrained  # noqa: F401
+    from brevitas_ldm.diffusers_quantizer import BrevitasConfig, BrevitasQuantizer  # noqa: F401
     from brevitas_ldm.training.qat import QATResult, qat  # noqa: F401
     from brevitas_ldm.export import export_denoiser, verify_onnx  # noqa: F401
 

@@ -27,7 +27,7 @@ def metrics_table(metrics: dict[str, Any], columns: dict[str, str] | None = None
     tables = [metrics.get(key, {}) for key in columns]
     rows = ["| metric | " + " | ".join(columns.values()) + " |", "|---" * (len(columns) + 1) + "|"]
     for key in ("digits_fid", "prompt_accuracy", "output_sqnr_db", "image_psnr_db", "avg_weight_bits",
-                "avg_act_bits", "size_bytes"):
+                "avg_act_bits", "size_bytes", "checkpoint_bytes"):
         if any(key in table for table in tables):
             rows.append(f"| {key} | " + " | ".join(_fmt(table.get(key)) for table in tables) + " |")
     return "\n".join(rows)
@@ -55,8 +55,9 @@ def write_qat_report(path: Path, metrics: dict[str, Any], result: Any, figures: 
         lines.append(f"| {phase} | {seconds:.2f} | {_fmt(calls.get(phase))} |")
     lines += ["", "## Files", "", "- `metrics.json`: the numbers above (`ptq`: before training, `quantized`: after)",
               "- `plan.json`: the per-layer precision plan of the PTQ start", "- `checkpoint/`: the trained quantized "
-              "denoiser, recipe (with its `[qat]` section) and plan; reload with "
-              "`brevitas_ldm.from_pretrained(<this folder>)`, evaluate or export it like a `quantize` folder", ""]
+              "pipeline as a diffusers folder (recipe with its `[qat]` section and plan in the denoiser's "
+              "quantization_config); reload with `DiffusionPipeline.from_pretrained(\"<this folder>/checkpoint\")`, "
+              "evaluate or export it like a `quantize` folder", ""]
     write_text_atomic(path, "\n".join(lines))
 
 
@@ -116,8 +117,12 @@ def write_report(path: Path, metrics: dict[str, Any], result: Any, figures: dict
                          f"{_fmt(result.smoothing.sqnr_after_db.get(name))} |")
         lines.append("")
     lines += ["## Files", "", "- `metrics.json`: the numbers above", "- `plan.json`: the per-layer precision plan "
-              "(editable; feed back with `--plan`)", "- `checkpoint/`: the quantized denoiser, recipe and plan; "
-              "it references the base pipeline instead of copying it. Reload this whole folder with "
-              "`brevitas_ldm.from_pretrained(<this folder>)`, or pass it as `--model` to `brevitas-ldm evaluate` "
-              "and `brevitas-ldm export`", ""]
+              "(editable; feed back with `--plan`)", "- `checkpoint/`: the quantized pipeline as an ordinary "
+              "diffusers folder: `DiffusionPipeline.from_pretrained(\"<this folder>/checkpoint\")` reloads it after "
+              "`import brevitas_ldm` (its denoiser's `config.json` carries the `\"brevitas\"` quantization_config: "
+              "recipe, precisions, SmoothQuant layout, plan; its weights file holds the integer codes with their "
+              "scales, `checkpoint_bytes` above, beside the quantized footprint `size_bytes`). The other components "
+              "are hard-linked or copied from the base (`--reference-base`: referenced instead, reload with "
+              "`brevitas_ldm.from_pretrained(<this folder>)`). Pass this folder as `--model` to `brevitas-ldm "
+              "evaluate` and `brevitas-ldm export`", ""]
     write_text_atomic(path, "\n".join(lines))

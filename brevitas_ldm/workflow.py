@@ -71,15 +71,21 @@ class QuantizationResult:
         return self.plan or Plan(precisions={}, method="uniform", default=str(self.recipe.default_precision),
                                  model=model, recipe=self.recipe.name)
 
-    def save(self, directory: str | Path, model: str | None = None, lora: Mapping[str, Any] | None = None) -> Path:
-        """Quantized pipeline folder (quantized denoiser state + recipe + plan + a reference to the base pipeline,
-        ``model`` or where the pipeline was loaded from), reloadable with :func:`brevitas_ldm.from_pretrained` in
-        one call, or onto an FP pipeline with :func:`load_quantized`. ``lora``: the LoRA fused into the base
-        (:class:`~brevitas_ldm.denoiser.lora.FusedLora` as a dict), which reloading fuses again."""
+    def save(self, directory: str | Path, model: str | None = None, lora: Mapping[str, Any] | None = None,
+             self_contained: bool = True) -> Path:
+        """A quantized pipeline folder: an ordinary diffusers folder (``model_index.json``, every component) whose
+        denoiser is stored as integer codes with the recipe, precisions, SmoothQuant layout and plan in its
+        ``config.json`` ``quantization_config``; ``DiffusionPipeline.from_pretrained(directory)`` reloads it (after
+        ``import brevitas_ldm``), as do :func:`brevitas_ldm.from_pretrained` and, onto an FP pipeline,
+        :func:`load_quantized`. The other components are hard-linked (or copied) from ``model`` or where the
+        pipeline was loaded from. ``self_contained=False`` writes the denoiser only and references that base
+        instead (for very large pipelines). ``lora``: the LoRA fused into the base
+        (:class:`~brevitas_ldm.denoiser.lora.FusedLora` as a dict), recorded for commands that load the base."""
         model = model or pipeline_source(self.pipeline)
         return save_checkpoint(get_denoiser(self.pipeline), self.recipe, Path(directory), model=model,
                                smoothing_alphas=self.smoothing.alphas, plan=self.plan_or_uniform(model),
-                               denoiser_component=denoiser_component(self.pipeline), lora=lora)
+                               denoiser_component=denoiser_component(self.pipeline), lora=lora,
+                               pipe=self.pipeline, self_contained=self_contained)
 
 
 def _block_plan(pipe: Any, recipe: Recipe, plan: PlanLike | None, prompts: Sequence, seeds: Sequence[int],

@@ -23,9 +23,10 @@ def test_bfloat16_job_runs_in_bfloat16_and_reloads_in_it(sd_dir, tmp_path, capsy
     assert metrics["dtype"] == "bfloat16" and metrics["device"] == "cpu"
     # Against the bf16 float reference: the 8-bit model's error, not bf16's own rounding against float32.
     assert 15.0 < metrics["quantized"]["output_sqnr_db"] < 60.0
-    state = load_file(str(out / "checkpoint" / "denoiser.safetensors"))
-    weights = [v for k, v in state.items() if k.endswith(".weight") and v.is_floating_point()]
-    assert weights and all(w.dtype == torch.bfloat16 for w in weights)
+    state = load_file(str(out / "checkpoint" / "unet" / "diffusion_pytorch_model.safetensors"))
+    weights = [v for k, v in state.items() if k.endswith((".weight", ".weight_scale")) and v.is_floating_point()]
+    assert weights and all(w.dtype == torch.bfloat16 for w in weights)      # scales and what stays float
+    assert all(v.dtype == torch.int8 for k, v in state.items() if k.endswith(".weight_codes"))
     assert json.loads((out / "checkpoint" / "meta.json").read_text())["dtype"] == "bfloat16"
 
     # evaluate --checkpoint reloads in the checkpoint's dtype by itself and reproduces the figures exactly ...

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 import brevitas_ldm.commands.common as common_options
 import brevitas_ldm.commands.quantize as quantize_command
 import brevitas_ldm.evaluation.comparison as comparison
-from brevitas_ldm.checkpoint import META_FILE, STATE_FILE, file_sha256
+from brevitas_ldm.checkpoint import HASH_METADATA_KEY, META_FILE, file_sha256, hashed_files, tensors_sha256
 from brevitas_ldm.cli import main
 from brevitas_ldm.denoiser.loading import load_pipeline
 from brevitas_ldm.denoiser.sampling import SamplingSpec
@@ -62,6 +62,9 @@ def quantized_dir(sd_dir, tmp_path_factory) -> Path:
     result = quantize_pipeline(pipe, get_recipe("smoothquant-w8a8"), ["digit one", "digit two"], [1, 2],
                                SamplingSpec(num_inference_steps=2, batch_size=2))
     return result.save(tmp_path_factory.mktemp("q") / "checkpoint", model=str(sd_dir))
+
+
+CONFIG, STATE_FILE = hashed_files("unet")      # the denoiser's config.json and weights file in the folder
 
 
 def _tampered(quantized_dir: Path, tmp_path: Path, name: str, content: bytes) -> Path:
@@ -122,18 +125,19 @@ def test_a_state_that_does_not_fit_is_refused_before_fp_sampling(quantized_dir, 
     state = load_file(str(quantized_dir / STATE_FILE))
     name = next(k for k in state if k.startswith("conv_in") and k.endswith(".weight") and state[k].dim() == 4)
     state[name] = torch.zeros(1, *state[name].shape[1:])
-    save_file(state, str(tmp_path / "reshaped.safetensors"))
+    save_file(state, str(tmp_path / "reshaped.safetensors"),
+              metadata={"format": "pt", HASH_METADATA_KEY: tensors_sha256(state)})   # only the shape is wrong
     folder = _tampered(quantized_dir, tmp_path, STATE_FILE, (tmp_path / "reshaped.safetensors").read_bytes())
     _error(capsys, ["evaluate", "--model", str(folder), "--out", str(tmp_path / "e"), *FAST[:6]], name, "shape")
 
 
 def test_a_smoothing_layout_that_does_not_fit_is_refused_before_fp_sampling(quantized_dir, tmp_path, capsys,
                                                                            no_fp_sampling):
-    smoothing = json.loads((quantized_dir / "smoothing.json").read_text())
-    layer = smoothing["layers"][0]
+    config = json.loads((quantized_dir / CONFIG).read_text())
+    layer = config["quantization_config"]["smoothing"]["layers"][0]
     layer.update(num_features=10**12, runtime_shape=[1, 10**12])
-    folder = _tampered(quantized_dir, tmp_path, "smoothing.json", json.dumps(smoothing).encode())
-    _error(capsys, ["evaluate", "--model", str(folder), "--out", str(tmp_path / "e"), *FAST[:6]], "smoothing.json",
+    folder = _tampered(quantized_dir, tmp_path, CONFIG, json.dumps(config).encode())
+    _error(capsys, ["evaluate", "--model", str(folder), "--out", str(tmp_path / "e"), *FAST[:6]], CONFIG,
            layer["name"], "1000000000000 features")
 
 

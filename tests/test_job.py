@@ -36,20 +36,26 @@ def test_quantize_job_writes_every_output(quantized_run):
     # int8 weights (+ a float scale per output channel), biases and norms in float: a quarter of the FP32 bytes
     float_bytes = 4 * sum(p.numel() for p in tiny_sd_pipeline().unet.parameters())
     assert 0.25 * float_bytes < q["size_bytes"] < 0.30 * float_bytes
+    # ... and the checkpoint's denoiser file, integer codes with their scales, is that size (report: both)
+    assert abs(q["checkpoint_bytes"] - q["size_bytes"]) <= 0.10 * q["size_bytes"]
     assert set(metrics["timing_s"]) >= {"analysis", "smoothing", "calibration", "evaluation"}
     # All-steps calibration of 2 prompts (one batch) over 3 steps: 3 denoiser calls.
     assert metrics["denoiser_calls"]["calibration"] == 3
     assert len(metrics["per_step_sqnr_db"]) == 3
     for name in ("report.md", "plan.json", "layer_precisions.json", "figures/samples.png",
-                 "figures/per_step_sqnr.png", "checkpoint/denoiser.safetensors", "checkpoint/recipe.toml"):
+                 "figures/per_step_sqnr.png", "checkpoint/model_index.json", "checkpoint/unet/config.json",
+                 "checkpoint/unet/diffusion_pytorch_model.safetensors"):
         assert (quantized_run / name).is_file(), name
     report = (quantized_run / "report.md").read_text()
     assert "minmax-w8a8" in report and "output_sqnr_db" in report and "figures/samples.png" in report
+    assert f"| checkpoint_bytes | – | {q['checkpoint_bytes']:,} |" in report
     assert not list(quantized_run.parent.glob(".q.partial-*"))
     umask = os.umask(0)
     os.umask(umask)
     assert quantized_run.stat().st_mode & 0o777 == 0o777 & ~umask     # the user's normal mode, not mkdtemp's 0700
     for path in quantized_run.rglob("*"):                               # and every file, folder inside alike
+        if path.is_file() and path.stat().st_nlink > 1:
+            continue        # a base component hard-linked into checkpoint/: the base's own file and mode
         assert path.stat().st_mode & 0o777 == (0o777 if path.is_dir() else 0o666) & ~umask, path
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from brevitas.graph.calibrate import calibration_mode
 
-from brevitas_ldm.checkpoint import save_checkpoint
+from brevitas_ldm.checkpoint import STATE_FILE, save_denoiser
 from brevitas_ldm.errors import RecipeError
 from brevitas_ldm.quant.probes import split_twin
 from brevitas_ldm.quant.quantize import fast_inference, initialise_weight_scales, quant_layers, quantize_denoiser
@@ -136,11 +136,11 @@ def test_an_mse_weight_scale_is_saved_and_initialised_once(tmp_path):
     assert initialise_weight_scales(model) == 1
     assert initialise_weight_scales(model) == 0                # already set: not searched again
     fresh = quantize_denoiser(_heavy_tailed_layer(), _recipe(weights="mse"), {"0": "w4a8"}).eval()
-    save_checkpoint(fresh, _recipe(weights="mse"), tmp_path / "ck")
+    save_denoiser(fresh, tmp_path / "ck", recipe=_recipe(weights="mse"))      # initialises it before saving
     from safetensors.torch import load_file
 
-    keys = load_file(str(tmp_path / "ck" / "denoiser.safetensors"))
-    assert any(k.startswith("0.weight_quant") and k.endswith(".value") for k in keys)
+    keys = load_file(str(tmp_path / "ck" / STATE_FILE))
+    assert torch.equal(keys["0.weight_scale"], fresh[0].quant_weight().scale)   # the searched scale, stored
 
 
 def test_the_analysis_bank_measures_mse_weights_as_quantized(sd_dir):

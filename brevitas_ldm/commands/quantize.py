@@ -65,6 +65,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="print the plan of work (denoiser calls per phase, estimated time and peak memory from "
                         "one timed call) and stop")
+    parser.add_argument("--reference-base", action="store_true",
+                        help="write only the quantized denoiser into checkpoint/ and reference --model instead of "
+                        "linking its other components in (for very large pipelines; reload with "
+                        "brevitas_ldm.from_pretrained)")
     add_sampling_options(parser, num_samples=200)
     add_output_options(parser, required=False)
     parser.set_defaults(run=run)
@@ -165,24 +169,35 @@ def _run_job(args: argparse.Namespace, recipe, pipe, plan, eval_set, spec: Sampl
     }
     command = "brevitas-ldm " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "brevitas-ldm quantize"
     with atomic_output_dir(args.out, args.overwrite) as staging:
-        write_outputs(staging, metrics, result, reference, generation, eval_set, per_step, command, model_name, lora)
+        write_outputs(staging, metrics, result, reference, generation, eval_set, per_step, command, model_name, lora,
+                      self_contained=not args.reference_base)
     q = metrics["quantized"]
     extra = f", prompt accuracy {q['prompt_accuracy']:.3f}, digits-FID {q['digits_fid']:.2f}" if digits else ""
     return (f"wrote {args.out}: output SQNR {q['output_sqnr_db']:.2f} dB, image PSNR {q['image_psnr_db']:.2f} dB, "
             f"avg bits W{q['avg_weight_bits']:.2f}/A{q['avg_act_bits']:.2f}{extra}\n"
-            + folder_summary(args.out, model_name))
+            + folder_summary(args.out, model_name, q))
 
 
-def folder_summary(out: Path, model_name: str) -> str:
-    """One line on the quantized pipeline folder: what it holds, what it references, and how to reload it."""
-    from brevitas_ldm.denoiser.loading import resolve_model_path
+def folder_summary(out: Path, model_name: str, quantized: dict | None = None) -> str:
+    """One line on the quantized pipeline folder: its denoiser file against the quantized footprint, what it
+    links or references, and how to reload it."""
+    import json
+
+    from brevitas_ldm.checkpoint import META_FILE, denoiser_file_bytes
     from brevitas_ldm.pretrained import folder_bytes
 
-    own = folder_bytes(out / CHECKPOINT_SUBDIR)
-    base = folder_bytes(resolve_model_path(model_name))
-    return (f"quantized pipeline folder: {out / CHECKPOINT_SUBDIR} holds {own / 1e6:.1f} MB (quantized denoiser, "
-            f"recipe, plan) and references the base pipeline {model_name} ({base / 1e6:.1f} MB, not copied); "
-            f"reload with brevitas_ldm.from_pretrained({str(out)!r}) or pass --model {out} to evaluate/export")
+    folder = out / CHECKPOINT_SUBDIR
+    stored = denoiser_file_bytes(folder)
+    footprint = f" (quantized footprint {quantized['size_bytes'] / 1e6:.2f} MB)" if quantized else ""
+    if json.loads((folder / META_FILE).read_text()).get("self_contained", True):
+        how = (f"a self-contained diffusers folder ({folder_bytes(folder) / 1e6:.1f} MB, the other components "
+               f"hard-linked or copied from {model_name}); reload with DiffusionPipeline.from_pretrained("
+               f"{str(folder)!r}) after `import brevitas_ldm`")
+    else:
+        how = (f"the denoiser only, referencing the base pipeline {model_name}; reload with "
+               f"brevitas_ldm.from_pretrained({str(out)!r})")
+    return (f"quantized pipeline folder: {folder}: denoiser file {stored / 1e6:.2f} MB of integer codes{footprint}, "
+            f"{how}, or pass --model {out} to evaluate/export")
 
 
 def write_plan_files(staging: Path, result, model_name: str) -> None:
@@ -192,10 +207,14 @@ def write_plan_files(staging: Path, result, model_name: str) -> None:
 
 
 def write_outputs(staging: Path, metrics: dict, result, reference, generation, eval_set, per_step: list[float],
-                  command: str, model_name: str, lora: FusedLora | None = None) -> None:
+                  command: str, model_name: str, lora: FusedLora | None = None, self_contained: bool = True) -> None:
+    from brevitas_ldm.checkpoint import denoiser_file_bytes
     from brevitas_ldm.report import write_report
 
     figures: dict[str, str] = {}
+    folder = result.save(staging / CHECKPOINT_SUBDIR, model=model_name, lora=lora.to_dict() if lora is not None else None,
+                         self_contained=self_contained)
+    metrics["quantized"]["checkpoint_bytes"] = denoiser_file_bytes(folder)
     write_json_atomic(staging / "metrics.json", metrics)
     write_plan_files(staging, result, model_name)
     (staging / "figures").mkdir()
@@ -213,5 +232,4 @@ def write_outputs(staging: Path, metrics: dict, result, reference, generation, e
     for key, name in ANALYSIS_FIGURES.items():
         if (staging / "analysis" / name).is_file():
             figures[key] = f"analysis/{name}"
-    result.save(staging / CHECKPOINT_SUBDIR, model=model_name, lora=lora.to_dict() if lora is not None else None)
     write_report(staging / "report.md", metrics, result, figures, command)

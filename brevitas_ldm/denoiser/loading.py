@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from brevitas_ldm.errors import ModelError
+from brevitas_ldm.errors import BrevitasLDMError, ModelError
 from brevitas_ldm.zoo import DEFAULT_MODEL, EMBEDDED_MODELS
 
 
@@ -117,8 +117,8 @@ def load_pipeline(model: str | Path = DEFAULT_MODEL, device: str = "cpu", dtype:
     class_name = pipeline_class_name(path)
     try:
         pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True, dtype=torch_dtype(dtype))
-    except ModelError:
-        raise
+    except BrevitasLDMError:
+        raise       # a quantized folder's own one-line errors (brevitas_ldm.diffusers_quantizer) say it all
     except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError, ImportError) as exc:
         # model_index.json and the component configs are user files: whatever diffusers trips on, say where.
         first = (str(exc).splitlines() or [type(exc).__name__])[0]

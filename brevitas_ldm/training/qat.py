@@ -52,9 +52,10 @@ class QATResult:
     def recipe(self) -> Recipe:
         return self.quantization.recipe
 
-    def save(self, directory: str | Path, model: str | None = None, lora: dict | None = None) -> Path:
-        """The same quantized pipeline folder a PTQ result writes (reload with ``brevitas_ldm.from_pretrained``)."""
-        return self.quantization.save(directory, model=model, lora=lora)
+    def save(self, directory: str | Path, model: str | None = None, lora: dict | None = None,
+             self_contained: bool = True) -> Path:
+        """The same quantized pipeline folder a PTQ result writes (reload with ``DiffusionPipeline.from_pretrained``)."""
+        return self.quantization.save(directory, model=model, lora=lora, self_contained=self_contained)
 
 
 def qat_recipe(recipe: Recipe | str, steps: int | None = None) -> Recipe:
@@ -73,7 +74,7 @@ def checkpoint_start(pipe: Any, checkpoint: str | Path, recipe: Recipe) -> Quant
     """The PTQ result saved at ``checkpoint``, applied to ``pipe``, with ``recipe``'s ``[qat]`` section: the quant
     layers, precisions and calibrated scales are the checkpoint's, what to train is the QAT recipe's."""
     meta = read_checkpoint_meta(checkpoint)
-    saved = read_checkpoint_recipe(checkpoint)
+    saved = read_checkpoint_recipe(checkpoint, meta)
     load_quantized(pipe, checkpoint, meta)
     combined = dataclasses.replace(saved, name=f"{saved.name}+{recipe.name}" if saved.name != recipe.name else
                                    saved.name, qat=recipe.qat)
