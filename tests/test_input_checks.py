@@ -123,8 +123,8 @@ def test_an_untrustworthy_state_file_is_refused_before_the_model_loads(quantized
 
 def test_a_state_that_does_not_fit_is_refused_before_fp_sampling(quantized_dir, tmp_path, capsys, no_fp_sampling):
     state = load_file(str(quantized_dir / STATE_FILE))
-    name = next(k for k in state if k.startswith("conv_in") and k.endswith(".weight") and state[k].dim() == 4)
-    state[name] = torch.zeros(1, *state[name].shape[1:])
+    name = next(k for k in state if k.startswith("conv_in") and k.endswith(".bias"))    # weights are codes
+    state[name] = torch.zeros(state[name].shape[0] + 1)
     save_file(state, str(tmp_path / "reshaped.safetensors"),
               metadata={"format": "pt", HASH_METADATA_KEY: tensors_sha256(state)})   # only the shape is wrong
     folder = _tampered(quantized_dir, tmp_path, STATE_FILE, (tmp_path / "reshaped.safetensors").read_bytes())
