@@ -33,7 +33,7 @@ from brevitas_ldm.ranks import (
 from brevitas_ldm.threads import apply_threads, choose_threads, parse_threads
 
 #: Subcommand modules, in the order ``--help`` lists them. Each has ``add_parser(subparsers)`` and ``run(args)``.
-COMMANDS = ("recipes", "evaluate", "analyze", "quantize", "qat", "export")
+COMMANDS = ("recipes", "evaluate", "analyze", "quantize", "qat", "export", "deploy")
 #: Subcommands whose work splits across the ranks of a torchrun job.
 DISTRIBUTED_COMMANDS = ("analyze", "quantize")
 
