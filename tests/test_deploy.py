@@ -1,4 +1,4 @@
-"""The torch runtime (``brevitas_ldm.deploy``): fused integer/fp8 kernels that compute the fake-quantized model.
+"""The torch runtime (``brevitas_ldm.runtimes``): fused integer/fp8 kernels that compute the fake-quantized model.
 
 Exactness is checked where it is a property of the kernels: every kernel against its Brevitas layer, on the input
 that layer sees in the real model (> 100 dB: the integer product is exact, only the float32 scaling rounds). At
@@ -25,12 +25,12 @@ from brevitas_ldm.denoiser.sampling import (
     get_denoiser,
     map_tensors,
 )
-from brevitas_ldm.deploy import TorchRuntime, deploy
-from brevitas_ldm.deploy.kernels import Int8Matmul
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.quant.calibration import calibrate_pipeline
 from brevitas_ldm.quant.quantize import quant_layers, quantize_denoiser
 from brevitas_ldm.recipe import get_recipe
+from brevitas_ldm.runtimes import TorchRuntime, deploy
+from brevitas_ldm.runtimes.kernels import Int8Matmul
 from brevitas_ldm.sqnr import sqnr_db
 from brevitas_ldm.zoo.families import FAMILIES
 from brevitas_ldm.zoo.tiny import denoiser_inputs, tiny_sd_unet
@@ -149,9 +149,9 @@ def test_asymmetric_weights_and_activations_are_exact_through_the_zero_point_cor
 
 def test_smoothquant_layers_are_deployed_inside_their_wrappers():
     from brevitas_ldm.compat import EqualizedModule
-    from brevitas_ldm.deploy.kernels import Smoothed
     from brevitas_ldm.quant.calibration import multi_step_calibration
     from brevitas_ldm.quant.smoothquant import SmoothQuantStep
+    from brevitas_ldm.runtimes.kernels import Smoothed
 
     model = tiny_sd_unet()
 

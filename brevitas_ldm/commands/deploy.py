@@ -1,6 +1,6 @@
 """``brevitas-ldm deploy``: run a quantized checkpoint's denoiser on a runtime's fused kernels and check it.
 
-The checkpoint is loaded as the fake-quantized Brevitas model, a copy is deployed (``brevitas_ldm.deploy``), and
+The checkpoint is loaded as the fake-quantized Brevitas model, a copy is deployed (``brevitas_ldm.runtimes``), and
 both run the denoiser's first call of a fresh pipeline run (another prompt and seed than any calibration): the
 runtime is refused below ``--min-sqnr-db`` against the fake-quantized model, and ``deploy.json`` records which
 kernel each layer got, the agreement, and the latency of both, timed in interleaved rounds (with ``--compile``
@@ -25,7 +25,7 @@ from brevitas_ldm.io import atomic_output_dir, write_json_atomic
 
 
 def add_parser(subparsers) -> None:
-    from brevitas_ldm.deploy import RUNTIMES
+    from brevitas_ldm.runtimes import RUNTIMES
 
     parser = subparsers.add_parser("deploy", help="run a quantized checkpoint on fused int8/fp8 kernels (torch "
                                                   "runtime) and check it against the fake-quantized model")
@@ -53,9 +53,9 @@ def run(args: argparse.Namespace) -> int:
         first_denoiser_call,
         get_denoiser,
     )
-    from brevitas_ldm.deploy import deploy
-    from brevitas_ldm.deploy.timing import interleaved_latency
     from brevitas_ldm.quant.quantize import fast_inference
+    from brevitas_ldm.runtimes import deploy
+    from brevitas_ldm.runtimes.timing import interleaved_latency
     from brevitas_ldm.sqnr import sqnr_db
     from brevitas_ldm.zoo.data import prompt_for
 

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from brevitas_ldm.deploy.codes import Fp8Codes, IntCodes
+from brevitas_ldm.runtimes.codes import Fp8Codes, IntCodes
 
 #: CUDA's int8 GEMM wants more than 16 rows and k, n multiples of 8; fp8's wants k, n multiples of 16.
 INT8_ALIGN, FP8_ALIGN, CUDA_MIN_ROWS = 8, 16, 17

@@ -18,8 +18,8 @@ from typing import Any
 from torch import nn
 
 from brevitas_ldm.denoiser.sampling import get_denoiser
-from brevitas_ldm.deploy.torch_runtime import Deployment, TorchRuntime
 from brevitas_ldm.errors import BrevitasLDMError
+from brevitas_ldm.runtimes.torch_runtime import Deployment, TorchRuntime
 
 #: Runtime name -> the transform class (``Runtime(**options).apply(denoiser)`` -> layer name -> kernel kind).
 RUNTIMES: dict[str, type] = {TorchRuntime.name: TorchRuntime}

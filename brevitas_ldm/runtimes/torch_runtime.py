@@ -21,8 +21,9 @@ from torch import nn
 
 from brevitas_ldm.compat import EqualizedModule
 from brevitas_ldm.denoiser.names import user_facing_names
-from brevitas_ldm.deploy.codes import Fp8Codes, IntCodes, static_codes, weight_codes
-from brevitas_ldm.deploy.kernels import (
+from brevitas_ldm.errors import ModelError
+from brevitas_ldm.runtimes.codes import Fp8Codes, IntCodes, static_codes, weight_codes
+from brevitas_ldm.runtimes.kernels import (
     ConvGeometry,
     DequantMatmul,
     Fp8Matmul,
@@ -32,14 +33,13 @@ from brevitas_ldm.deploy.kernels import (
     scaled_mm_available,
     weight_int8pack_available,
 )
-from brevitas_ldm.errors import ModelError
 
 QUANT_LAYERS = (qnn.QuantLinear, qnn.QuantConv2d)
 
 
 @dataclass
 class Deployment:
-    """What :func:`~brevitas_ldm.deploy.deploy` did: the model (as passed), its denoiser, and which kernel each
+    """What :func:`~brevitas_ldm.runtimes.deploy` did: the model (as passed), its denoiser, and which kernel each
     layer got (user-facing layer name -> kernel kind: ``int8``, ``fp8``, ``fp8-dequant``, ``weight-only``,
     ``dequant``, ``float``)."""
 
