@@ -31,6 +31,11 @@ peers given the flagship's activation quantizer, and ``sqnr-hybrid-layer asym``,
 ``sqnr-hybrid-w4a6`` and ``-w4a4`` ship it (calibrated over all steps at 4-bit activations). The margin is taken
 against every peer, asymmetric or not.
 
+``--rows fp8`` (W8A8 only) runs FP8 at equal bits: the built-in ``fp8-e4m3`` (every layer e4m3 weights and
+activations, static per-tensor activation scales, all-steps calibration) against ``minmax`` at the exact level,
+and ``sqnr-hybrid fp8`` (the flagship's planner with ``e4m3`` added to its menu, as ``sqnr-hybrid-fp8`` ships it)
+against ``sqnr-hybrid`` at the headroom level, all in one process on the same samples.
+
 Parts run in separate processes (side by side on two cores, one torch thread each); ``--report`` joins them.
 """
 
@@ -65,7 +70,7 @@ LAYER_ANALYSIS_STEPS = 5
 RULE_FLOAT_LAYERS = ("conv_in", "conv_out")
 RULE_EXTRA_BLOCK = "up_blocks.2"
 NOTES_MARKER = "<!-- notes: kept when the tables are regenerated -->"
-ROW_SETS = ("all", "asym", "gptq")
+ROW_SETS = ("all", "asym", "gptq", "fp8")
 QUICKSTART = "sqnr-hybrid-w8a8"
 PEERS = ("rule", "rule+bc", "per-layer MILP", "rule+bc asym", "per-layer MILP asym")
 FLAGSHIPS = ("sqnr-hybrid", "sqnr-hybrid-layer", "sqnr-hybrid-layer asym")
@@ -188,7 +193,17 @@ def part_configurations(args, bench) -> list[tuple[Configuration, dict]]:
             print(f"warning: the rule at {budget} spends {target[0]:.2f}/{target[1]:.2f} bits, over the "
                   f"+{HEADROOM_BITS} headroom", file=sys.stderr)
         per_layer, flagship, flagship_layer = planners(budget, weight_bits, act_bits, target)
-        if args.rows == "gptq":
+        if args.rows == "fp8":
+            if (weight_bits, act_bits) != (8, 8):
+                raise SystemExit(f"--rows fp8 compares 8-bit formats: pass --budgets w8a8, not {budget}")
+            fp8_plan = dataclasses.replace(flagship.recipe.plan, menu=(*flagship.recipe.plan.menu,
+                                                                        parse_precision("e4m3")))
+            fp8_flagship = Configuration(f"sqnr-hybrid fp8 {budget}", flagship.recipe.replace(
+                name=f"sqnr-hybrid-fp8-{budget}+bc", plan=fp8_plan))
+            headroom = [flagship, fp8_flagship]
+            exact = [Configuration(f"minmax {budget}", get_recipe("minmax-w8a8")),
+                     Configuration(f"fp8-e4m3 {budget}", get_recipe("fp8-e4m3"))]
+        elif args.rows == "gptq":
             # every row's weights rounded by GPTQ; below 8-bit activations the asymmetric rows, the strongest there
             if act_bits < 8:
                 strongest = asymmetric_rows(simple, per_layer, flagship_layer, budget, act_bits)
@@ -283,9 +298,10 @@ def report(out: Path) -> None:
                     row[key] = math.inf
         fp = rows[0]
         budgets = list(dict.fromkeys(r["budget"] for r in rows[1:]))
-        all_rows.extend((context, r) for r in rows[1:])
+        row_set = re.search(r"--rows (\w+)", context["command"])
+        if not (row_set and row_set.group(1) == "fp8"):     # its peers repeat other parts' labels on fewer samples
+            all_rows.extend((context, r) for r in rows[1:])
         for budget in budgets:
-            row_set = re.search(r"--rows (\w+)", context["command"])
             title = f", rows: {row_set.group(1)}" if row_set else ""
             sections += [f"## {budget.upper()} ({context['num_samples']} samples{title})", "",
                          f"Command: `{context['command']}`. Machine: {context['machine']}. FP digits-FID "

@@ -9,7 +9,7 @@ Public API (imported lazily, so ``brevitas-ldm recipes`` does not pay for torch/
                                                         # its "brevitas" quantization backend with diffusers)
 
 Names are defined in the package's layers (``denoiser/``, ``quant/``, ``analysis/``, ``planning/``, the
-workflow, ``export/``; see ``docs/design.md``) and re-exported here.
+workflow, ``export/``, ``runtimes/``; see ``docs/design.md``) and re-exported here.
 """
 
 from __future__ import annotations
@@ -71,6 +71,8 @@ _EXPORTS = {
     "QATResult": "brevitas_ldm.training.qat",
     "export_denoiser": "brevitas_ldm.export",
     "verify_onnx": "brevitas_ldm.export",
+    "deploy": "brevitas_ldm.runtimes",
+    "Deployment": "brevitas_ldm.runtimes.torch_runtime",
 }
 
 if TYPE_CHECKING:  # what IDEs and type checkers see; at run time names load on first use (__getattr__)
@@ -98,6 +100,8 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time names load on 
     from brevitas_ldm.diffusers_quantizer import BrevitasConfig, BrevitasQuantizer  # noqa: F401
     from brevitas_ldm.training.qat import QATResult, qat  # noqa: F401
     from brevitas_ldm.export import export_denoiser, verify_onnx  # noqa: F401
+    from brevitas_ldm.runtimes import deploy  # noqa: F401
+    from brevitas_ldm.runtimes.torch_runtime import Deployment  # noqa: F401
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 

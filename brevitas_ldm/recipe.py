@@ -488,8 +488,9 @@ class Recipe:
 
     @property
     def default_precision(self) -> Precision:
-        """The precision of every layer the plan does not single out."""
-        return Precision(self.weights.bits, self.activations.bits)
+        """The precision of every layer the plan does not single out (``e4m3``/``e5m2`` when both tensors are)."""
+        shared = self.weights.format if self.weights.format == self.activations.format else "int"
+        return Precision(self.weights.bits, self.activations.bits, shared)
 
 
 def _section_from_dict(section: str, value: dict[str, Any], source: str, weights_default: bool) -> Any:

@@ -21,6 +21,7 @@ FLOORS = {
     "brevitas_ldm.analysis": 3,
     "brevitas_ldm.planning": 4,
     "brevitas_ldm.workflow": 5, "brevitas_ldm.checkpoint": 5, "brevitas_ldm.pretrained": 5, "brevitas_ldm.diffusers_quantizer": 5, "brevitas_ldm.cost": 5, "brevitas_ldm.evaluation": 5, "brevitas_ldm.export": 5, "brevitas_ldm.training": 5,
+    "brevitas_ldm.runtimes": 5,
     "brevitas_ldm.report": 6, "brevitas_ldm.cli": 6, "brevitas_ldm.commands": 6, "brevitas_ldm.__main__": 6,
     "brevitas_ldm": 6,
 }

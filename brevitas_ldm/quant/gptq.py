@@ -66,8 +66,10 @@ class GptqResult:
 
 def gptq_layers(denoiser: nn.Module) -> dict[str, nn.Module]:
     """The quant layers GPTQ rounds: those whose weights are quantized (a layer planned weight-float has nothing to
-    round; a ``gptq`` recipe's weights are integers, :class:`~brevitas_ldm.recipe.TensorQuant`)."""
-    return {name: layer for name, layer in quant_layers(denoiser).items() if layer.weight_quant.is_quant_enabled}
+    round; a ``gptq`` recipe's weights are integers, :class:`~brevitas_ldm.recipe.TensorQuant`, and layers a plan puts
+    in fp8 keep nearest rounding)."""
+    return {name: layer for name, layer in quant_layers(denoiser).items() if layer.weight_quant.is_quant_enabled
+            and not hasattr(layer.weight_quant, "exponent_bit_width")}     # fp8 layers (plan "e4m3"): no int grid
 
 
 @dataclass

@@ -8,22 +8,23 @@ stay plain torch layers and export as float.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from collections.abc import Mapping
 
 import brevitas.nn as qnn
-from brevitas.quant.scaled_int import Int32Bias
 import torch
-import torch.nn as nn
 from brevitas.graph.quantize import layerwise_quantize
 from brevitas.nn.quant_layer import QuantWeightBiasInputOutputLayer
+from brevitas.quant.scaled_int import Int32Bias
+from torch import nn
 
 from brevitas_ldm.denoiser.blocks import Block, expand_to_layers
 from brevitas_ldm.denoiser.names import user_facing_names
 from brevitas_ldm.errors import RecipeError
 from brevitas_ldm.precision import FLOAT, Precision, parse_precision
 from brevitas_ldm.quant.quantizers import act_quantizer, weight_quantizer
-from brevitas_ldm.recipe import Recipe
+from brevitas_ldm.recipe import Recipe, TensorQuant
 
 PrecisionMap = dict[str, Precision]
 
@@ -85,6 +86,17 @@ def check_skip_layers(denoiser: nn.Module, patterns: tuple[str, ...], layer_name
                           f"({hint}): fix the name, or use an fnmatch pattern such as \"*.attn2.to_k\"")
 
 
+def tensor_spec(spec: TensorQuant, precision: Precision) -> TensorQuant:
+    """The recipe's settings for one tensor of a layer at ``precision``: an fp8 precision (``e4m3``) puts the
+    tensor in that format (symmetric, nearest rounding: what fp8 takes), keeping the recipe's granularity and
+    scale method; an integer precision keeps the recipe's own section."""
+    if not precision.is_fp8 or spec.format == precision.format:
+        return spec
+    scale_method = spec.scale_method if spec.scale_method != "mse" or precision.format == "e4m3" else "minmax"
+    return dataclasses.replace(spec, format=precision.format, bits=8, symmetric=True, rounding="nearest",
+                               scale_method=scale_method)
+
+
 def quantize_denoiser(denoiser: nn.Module, recipe: Recipe,
                       precisions: Mapping[str, str | Precision] | None = None) -> nn.Module:
     """Replace the denoiser's layers in place with Brevitas quant layers following ``precisions``.
@@ -97,12 +109,14 @@ def quantize_denoiser(denoiser: nn.Module, recipe: Recipe,
     to_user = user_facing_names(denoiser)
 
     def weight_quant(module: nn.Module, name: str):
-        bits = plan[to_user.get(name, name)].weight_bits
-        return weight_quantizer(recipe.weights, bits) if bits is not None else None
+        precision = plan[to_user.get(name, name)]
+        bits = precision.weight_bits
+        return weight_quantizer(tensor_spec(recipe.weights, precision), bits) if bits is not None else None
 
     def input_quant(module: nn.Module, name: str):
-        bits = plan[to_user.get(name, name)].act_bits
-        return act_quantizer(recipe.activations, bits) if bits is not None else None
+        precision = plan[to_user.get(name, name)]
+        bits = precision.act_bits
+        return act_quantizer(tensor_spec(recipe.activations, precision), bits) if bits is not None else None
 
     # Brevitas only evaluates per-name hooks written as lambdas (it checks for ``<lambda>``).
     common = {"weight_quant": lambda module, name: weight_quant(module, name),
@@ -146,6 +160,16 @@ def _proxy_bits(proxy: nn.Module) -> int | None:
     return int(bit_width().item())
 
 
+def _fp8_format(layer: nn.Module) -> str:
+    """``e4m3``/``e5m2`` when both the weight and the input of ``layer`` are quantized to that fp8 format."""
+    formats = set()
+    for proxy in (layer.weight_quant, layer.input_quant):
+        if not proxy.is_quant_enabled or not hasattr(proxy, "exponent_bit_width"):
+            return "int"
+        formats.add((int(proxy.exponent_bit_width()), int(proxy.mantissa_bit_width())))
+    return {(4, 3): "e4m3", (5, 2): "e5m2"}.get(formats.pop(), "int") if len(formats) == 1 else "int"
+
+
 def read_precisions(denoiser: nn.Module) -> PrecisionMap:
     """Read back the precision of every layer from the Brevitas quant proxies (float layers -> ``float``)."""
     out: PrecisionMap = {}
@@ -155,7 +179,7 @@ def read_precisions(denoiser: nn.Module) -> PrecisionMap:
         if isinstance(module, (qnn.QuantLinear, qnn.QuantConv2d)):
             weight_bits = _proxy_bits(module.weight_quant)
             act_bits = _proxy_bits(module.input_quant)
-            out[name] = Precision(weight_bits, act_bits)
+            out[name] = Precision(weight_bits, act_bits, _fp8_format(module))
         elif isinstance(module, (nn.Linear, nn.Conv2d)):
             out[name] = FLOAT
     return out
