@@ -218,12 +218,12 @@ def test_every_command_works_on_every_family(family, family_dirs, tmp_path):
     evaluated = json.loads((tmp_path / "e" / "metrics.json").read_text())["quantized"]
     assert evaluated["output_sqnr_db"] == quantized["output_sqnr_db"]   # the reloaded model is the same model
 
-    for fmt in ("onnx-qcdq", "onnx-int8"):
+    for fmt in ("onnx-qcdq", "onnx-int8", "openvino"):
         out = tmp_path / fmt
         # Random weights amplify one-step rounding flips more than trained ones: 20 dB, not the default 30.
         assert main(["export", "--model", model, "--checkpoint", checkpoint, "--format", fmt, "--min-sqnr-db", "20",
                      "--out", str(out)]) == 0
         summary = json.loads((out / "export.json").read_text())
         assert summary["verification"]["sqnr_db"] >= 20.0
-        if fmt == "onnx-int8":
+        if fmt in ("onnx-int8", "openvino"):
             assert sum(summary["kernels"]["integer"].values()) > 0
