@@ -5,6 +5,10 @@ type of every Convolution / FullyConnected) on whatever CPU runs the suite: the 
 that decide them are the same on AVX2, VNNI and AMX CPUs (the CPU kind changes only which int8 kernel runs).
 The agreement bound is the onnxruntime path's: this random-weight UNet's own W8A8 noise is ~25 dB, and one-step
 rounding flips leave OpenVINO 32.5 dB (seed 2) and 33.6 dB (seed 3) from torch on a VNNI EPYC, at f32.
+
+Both x86 kinds are checked from any machine: OpenVINO's kernels capped to AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2``, the
+runtime model then reports ``jit_avx2_I8`` convolutions) saturate 8-bit weights (7.8 dB against torch, refused
+with the cause), and are exact for 7-bit weights (33.2 / 32.1 dB, bit-identical to the VNNI run).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import torch
 from calibrated import quantized
 
 from brevitas_ldm.errors import BrevitasLDMError
-from brevitas_ldm.export import ExportMismatchError, check_agreement, export_denoiser
+from brevitas_ldm.export import ExportMismatchError, check_agreement, cpu_info, export_denoiser
 from brevitas_ldm.export.openvino_ir import fold_weight_clips, ir_size_bytes, onnx_to_openvino_ir
 from brevitas_ldm.export.openvino_runtime import openvino_kernel_counts, openvino_latency, verify_openvino
 from brevitas_ldm.export.wrapper import export_signature
@@ -55,16 +59,40 @@ def test_every_quantized_layer_runs_an_integer_kernel(sd_model, sd_ir):
     assert sd_ir.with_suffix(".bin").is_file() and ir_size_bytes(sd_ir) > sd_ir.with_suffix(".bin").stat().st_size
 
 
-def test_openvino_matches_the_fake_quantized_torch_model(sd_model, sd_ir):
-    result = verify_openvino(sd_ir, sd_model, denoiser_inputs(sd_model, batch=16, seed=2), threads=1)
-    assert result["inference_precision"] == "f32" and result["runtime"].startswith("openvino ")
-    assert result["sqnr_db"] >= 30.0                              # measured 32.5 dB
-    assert result["sqnr_db"] > result["quant_noise_sqnr_db"]      # below the model's own quantization noise (~25 dB)
-    check_agreement(result, 30.0)
+def test_8_bit_weights_match_torch_with_vnni_and_are_refused_on_avx2(sd_model, sd_ir):
+    inputs = denoiser_inputs(sd_model, batch=16, seed=2)
+    native = verify_openvino(sd_ir, sd_model, inputs, threads=1)
+    assert native["inference_precision"] == "f32" and native["runtime"].startswith("openvino ")
+    avx2 = verify_openvino(sd_ir, sd_model, inputs, threads=1, emulate_cpu="Haswell")
+    assert avx2["cpu"]["isa_flags"] == ["avx2"] and avx2["sqnr_db"] < 20.0             # measured 7.8 dB
+    refusal = r"unet\.xml is not the measured model on Haswell \(emulated\).* no VNNI.*7-bit weights"
+    with pytest.raises(ExportMismatchError, match=refusal):
+        check_agreement(avx2, 30.0)
+    if cpu_info().has_vnni:
+        assert native["sqnr_db"] >= 30.0                           # measured 32.5 dB
+        assert native["sqnr_db"] > native["quant_noise_sqnr_db"]   # below the model's own noise (~25 dB)
+        check_agreement(native, 30.0)
+    else:                                                          # this machine is the AVX2 kind itself
+        assert abs(native["sqnr_db"] - avx2["sqnr_db"]) < 1.0
+
+
+def test_7_bit_weights_are_exact_on_both_cpu_kinds(tmp_path):
+    recipe = tmp_path / "w7a8.toml"         # minmax-w7a8-x86 without its requantized conv outputs
+    recipe.write_text('name = "w7a8"\n[weights]\nbits = 7\n[calibration]\nmode = "all_steps"\n')
+    torch.manual_seed(0)
+    model = quantized(tiny_sd_unet(), recipe=str(recipe), plan={"conv_out": "float"})
+    path = export_denoiser(model, denoiser_inputs(model, batch=2), tmp_path / "w7.xml", fmt="openvino")
+    inputs = denoiser_inputs(model, batch=16, seed=2)
+    native = verify_openvino(path, model, inputs, threads=1)
+    avx2 = verify_openvino(path, model, inputs, threads=1, emulate_cpu="Haswell")
+    assert native["sqnr_db"] >= 30.0 and avx2["sqnr_db"] >= 30.0           # measured 33.2 dB on both
+    assert abs(native["sqnr_db"] - avx2["sqnr_db"]) < 0.01                   # the same kernels' arithmetic
+    check_agreement(avx2, 30.0)
 
 
 def test_agreement_as_loud_as_the_quantization_noise_names_the_option(sd_model, sd_ir):
     result = verify_openvino(sd_ir, sd_model, denoiser_inputs(sd_model, batch=16, seed=2), threads=1)
+    result["cpu"] = {**result["cpu"], "vnni": True}     # the noise-floor branch, whatever kind this CPU is
     with pytest.raises(ExportMismatchError, match=r"unet\.xml is not the measured model on .*openvino agrees .* "
                                                   r"about as loud .*--min-sqnr-db \d+"):
         check_agreement(result, 60.0)

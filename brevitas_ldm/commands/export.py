@@ -34,7 +34,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--min-sqnr-db", type=float, default=30.0,
                         help="refuse the file if its runtime agrees with the torch model below this (default 30)")
     parser.add_argument("--emulate-cpu", choices=sorted(EMULATED_CPU_FLAGS), default=None,
-                        help="also verify on this CPU kind emulated by qemu-x86_64 (e.g. Haswell: AVX2, no VNNI)")
+                        help="also verify on this CPU kind (Haswell: AVX2, no VNNI), emulated by qemu-x86_64 for "
+                        "onnxruntime, by OpenVINO with its oneDNN kernels capped to AVX2")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (13-20; FP8 needs 19+)")
     parser.add_argument("--float-baseline", action="store_true",
                         help="also export the FP32 denoiser and compare size and onnxruntime latency")
@@ -73,9 +74,9 @@ def run(args: argparse.Namespace) -> int:
         raise BrevitasLDMError(f"--model {args.model} is not quantized: pass a `brevitas-ldm quantize` --out folder as "
                                f"--model, or the FP --model with --checkpoint")
     check_weight_storage(args.format, args.weight_storage)
-    if args.emulate_cpu and args.format not in ONNXRUNTIME_FORMATS:
-        raise BrevitasLDMError(f"--emulate-cpu runs the file in onnxruntime, which cannot run {args.format}: use "
-                               f"--format onnx-int8 or onnx-qcdq")
+    if args.emulate_cpu and args.format not in (*ONNXRUNTIME_FORMATS, OPENVINO_FORMAT):
+        raise BrevitasLDMError(f"--emulate-cpu runs the file in onnxruntime or OpenVINO, which cannot run "
+                               f"{args.format}: use --format openvino, onnx-int8 or onnx-qcdq")
     pipe, _ = load_model(args)
     float_inputs = capture_inputs(pipe, prompt_for(3), seed=1) if args.float_baseline else None
     float_denoiser = None
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             summary["kernels"] = integer_kernel_counts(path)
             summary["latency"] = onnx_latency(path, fresh)
         elif args.format == OPENVINO_FORMAT:
-            _verify_openvino(summary, path, denoiser, fresh, args.min_sqnr_db)
+            _verify_openvino(summary, path, denoiser, fresh, args.min_sqnr_db, args.emulate_cpu)
         elif args.format == "torch-qcdq":
             summary["verification"] = verify_torchscript(path, denoiser, fresh)
         if args.float_baseline and args.format == OPENVINO_FORMAT:
@@ -141,8 +142,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _verify_openvino(summary: dict, path: Path, denoiser, fresh: dict, min_sqnr_db: float) -> None:
-    """Verify the IR in OpenVINO at f32 (refused below the bound), then count its integer kernels and time it."""
+def _verify_openvino(summary: dict, path: Path, denoiser, fresh: dict, min_sqnr_db: float,
+                     emulate_cpu: str | None) -> None:
+    """Verify the IR in OpenVINO at f32 (natively and, with ``emulate_cpu``, with AVX2 kernels; refused below the
+    bound on either), then count its integer kernels and time it."""
     from brevitas_ldm.export import check_agreement
     from brevitas_ldm.export.openvino_ir import ir_size_bytes
     from brevitas_ldm.export.openvino_runtime import (
@@ -154,7 +157,11 @@ def _verify_openvino(summary: dict, path: Path, denoiser, fresh: dict, min_sqnr_
     from brevitas_ldm.export.wrapper import export_signature
 
     check = verify_openvino(path, denoiser, fresh)
-    check_agreement(check, min_sqnr_db)    # a file that is not the measured model is refused, and nothing is written
+    checks = [check] + ([verify_openvino(path, denoiser, fresh, emulate_cpu=emulate_cpu)] if emulate_cpu else [])
+    for item in checks:      # a file that is not the measured model is refused, and nothing is written
+        check_agreement(item, min_sqnr_db)
+    if emulate_cpu:
+        summary["emulated_verification"] = checks[1]
     summary["size_bytes"] = ir_size_bytes(path)
     summary["weights_bytes"] = path.with_suffix(".bin").stat().st_size
     summary["openvino"] = openvino_version()

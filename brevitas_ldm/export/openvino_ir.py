@@ -46,6 +46,7 @@ import onnx
 
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.export.onnx_graph import OnnxGraph
+from brevitas_ldm.export.x86_storage import int8_weight_is_safe
 from brevitas_ldm.io import give_user_mode
 
 #: The export format name (:data:`~brevitas_ldm.export.features.EXPORT_FORMATS`).
@@ -113,3 +114,17 @@ def ir_size_bytes(xml_path: str | Path) -> int:
     """Bytes of an IR on disk (``.xml`` + ``.bin``)."""
     xml_path = Path(xml_path)
     return sum(p.stat().st_size for p in (xml_path, xml_path.with_suffix(".bin")) if p.is_file())
+
+
+def overflowing_ir_weights(path: str | Path) -> int:
+    """int8 weight constants of an IR with some ``|q| > 64``: the ones AVX2 int8 kernels (no VNNI) saturate."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(path))
+    count = 0
+    for op in model.get_ordered_ops():
+        if op.get_type_name() == "Constant" and op.get_output_element_type(0).to_string() == "i8":
+            values = op.get_data()
+            if values.size > 1 and not int8_weight_is_safe(values):
+                count += 1
+    return count

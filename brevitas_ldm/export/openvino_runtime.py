@@ -15,7 +15,11 @@ layer, which is not an integer kernel).
 
 from __future__ import annotations
 
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -34,6 +38,11 @@ from brevitas_ldm.export.runtime import compare_outputs, torch_reference
 from brevitas_ldm.export.wrapper import export_signature
 from brevitas_ldm.sqnr import sqnr_db
 
+#: Emulated CPU kinds -> the oneDNN ISA cap that makes OpenVINO's CPU plugin pick that kind's kernels. Unlike
+#: onnxruntime, OpenVINO stalls under qemu user mode; capping oneDNN's dispatch (``ONEDNN_MAX_CPU_ISA``) selects
+#: the AVX2 int8 kernels (``jit_avx2_I8``, read from the runtime model's ``primitiveType``) on any newer x86 CPU.
+ONEDNN_ISA_CAPS = {"Haswell": "AVX2"}
+_WORKER = Path(__file__).with_name("openvino_worker.py")
 #: Precisions an OpenVINO figure can be taken at (``None``: the plugin's default for this CPU).
 INFERENCE_PRECISIONS = ("f32", "bf16")
 #: Runtime layer types that are a model's Conv/Linear/MatMul work.
@@ -78,13 +87,20 @@ def inference_precision(compiled) -> str:
     return value.to_string() if hasattr(value, "to_string") else str(value)
 
 
+def input_name(port, inputs: Mapping[str, Any]) -> str:
+    """The name of a model input among ``inputs``: an OpenVINO input tensor can carry several names (Flux's
+    timestep is both ``timestep`` and the Cast output the exporter gave it), and ``get_any_name`` picks any."""
+    names = port.get_names()
+    return next((name for name in sorted(names) if name in inputs), port.get_any_name())
+
+
 def _feeds(compiled, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
     feeds = {}
     for port in compiled.inputs:
-        name = port.get_any_name()
+        name = input_name(port, inputs)
         if name not in inputs:
             raise BrevitasLDMError(f"input {name!r} of the OpenVINO model is missing from inputs: pass "
-                                   f"{', '.join(p.get_any_name() for p in compiled.inputs)}")
+                                   f"{', '.join(input_name(p, inputs) for p in compiled.inputs)}")
         value = inputs[name]
         array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
         feeds[name] = array.astype(port.get_element_type().to_dtype(), copy=False)
@@ -107,24 +123,48 @@ def _named_inputs(denoiser: nn.Module, inputs: Mapping[str, Any]) -> dict[str, A
     return dict(zip(names, tensors))
 
 
+def _run_emulated(path: str | Path, feeds: dict[str, np.ndarray], cpu: str, threads: int) -> np.ndarray:
+    """The output of the IR on ``feeds`` with OpenVINO's kernels capped to the ``cpu`` kind (a worker process)."""
+    if cpu not in ONEDNN_ISA_CAPS:
+        raise BrevitasLDMError(f"cannot emulate CPU {cpu!r} for OpenVINO: use one of {', '.join(ONEDNN_ISA_CAPS)}")
+    with tempfile.TemporaryDirectory(prefix="brevitas-ldm-ov-emulated-") as tmp:
+        feeds_path, out_path = Path(tmp) / "feeds.npz", Path(tmp) / "out.npy"
+        np.savez(feeds_path, **feeds)
+        env = {**os.environ, "ONEDNN_MAX_CPU_ISA": ONEDNN_ISA_CAPS[cpu]}
+        done = subprocess.run([sys.executable, str(_WORKER), str(path), str(feeds_path), str(out_path), str(threads)],
+                              capture_output=True, text=True, env=env, timeout=900)
+        if done.returncode != 0 or not out_path.is_file():
+            last = ([line for line in done.stderr.splitlines() if line] or ["no message"])[-1][:200]
+            raise BrevitasLDMError(f"OpenVINO failed with its kernels capped to {cpu} ({last}): check that "
+                                   f"{Path(path).name} runs natively first")
+        return np.load(out_path)
+
+
 def verify_openvino(path: str | Path, denoiser: nn.Module, inputs: Mapping[str, Any], threads: int | None = None,
-                    precision: str | None = "f32") -> dict[str, Any]:
+                    precision: str | None = "f32", emulate_cpu: str | None = None) -> dict[str, Any]:
     """Run the IR in OpenVINO (CPU) and compare it with the fake-quantized torch ``denoiser``.
 
     Same figures as :func:`~brevitas_ldm.export.runtime.verify_onnx` (``sqnr_db``, ``max_abs_error``,
     ``quant_noise_sqnr_db``, ``cpu``) plus ``runtime`` (``"openvino"`` and its version) and
-    ``inference_precision`` (what the float layers ran in). Use :func:`check_agreement` for the bound.
+    ``inference_precision`` (what the float layers ran in). ``emulate_cpu="Haswell"`` runs it with OpenVINO's
+    kernels capped to AVX2 (:data:`ONEDNN_ISA_CAPS`), whose int8 products saturate 8-bit weights above
+    ``|q| = 64`` where VNNI/AMX kernels do not. Use :func:`check_agreement` for the bound.
     """
     compiled = compile_ir(path, threads, precision)
     named = _named_inputs(denoiser, inputs)
-    output = torch.from_numpy(_run(compiled.create_infer_request(), _feeds(compiled, named), path)).float()
+    feeds = _feeds(compiled, named)
+    if emulate_cpu is None:
+        raw = _run(compiled.create_infer_request(), feeds, path)
+    else:
+        raw = _run_emulated(path, feeds, emulate_cpu, threads or 1)
+    output = torch.from_numpy(raw).float()
     reference = torch_reference(denoiser, named)
     result = compare_outputs(reference, output)
     if any(True for _ in layer_proxies(denoiser)):
         result["quant_noise_sqnr_db"] = sqnr_db(torch_reference(denoiser, named, quantized=False), reference)
-    result["cpu"] = cpu_info().to_dict()
+    result["cpu"] = cpu_info(emulated=emulate_cpu).to_dict()
     result["runtime"] = f"openvino {openvino_version()}"
-    result["inference_precision"] = inference_precision(compiled)
+    result["inference_precision"] = inference_precision(compiled) if emulate_cpu is None else "f32"
     result["path"] = str(path)
     return result
 

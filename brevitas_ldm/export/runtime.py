@@ -158,8 +158,18 @@ def check_agreement(result: Mapping[str, Any], min_sqnr_db: float = 30.0) -> Non
     runtime = str(result.get("runtime", "onnxruntime")).split()[0]
     where = f"{cpu['emulated']} (emulated)" if cpu.get("emulated") else cpu["model"]
     noise = float(result.get("quant_noise_sqnr_db", float("nan")))
-    overflowing = overflowing_int8_weights(path) if path.suffix == ".onnx" else 0
-    if overflowing and not cpu.get("vnni"):
+    if path.suffix == ".xml":
+        from brevitas_ldm.export.openvino_ir import overflowing_ir_weights  # lazy: openvino is imported there
+
+        overflowing = overflowing_ir_weights(path) if not cpu.get("vnni") else 0
+    else:
+        overflowing = overflowing_int8_weights(path)
+    if overflowing and not cpu.get("vnni") and path.suffix == ".xml":
+        cause = (f"{overflowing} int8 weight tensors exceed |q| <= 64 and this CPU has no VNNI, so OpenVINO's AVX2 "
+                 f"int8 kernels saturate them")
+        fix = ("quantize with 7-bit weights (--recipe minmax-w7a8-x86 or sqnr-hybrid-w7a8-x86), or export "
+               "--format onnx-int8 (exact on every x86 kind)")
+    elif overflowing and not cpu.get("vnni"):
         cause = (f"{overflowing} int8 weight tensors exceed |q| <= 64 and this CPU has no VNNI, so onnxruntime's "
                  f"AVX2 u8s8 kernel saturates them")
         fix = "re-export with weight_storage='portable' (--weight-storage portable)"
