@@ -178,7 +178,7 @@ def test_bad_format_and_bad_state_errors(tmp_path):
     odd = quantize_denoiser(tiny_dit(), get_recipe(RECIPE), {"transformer_blocks.0": "w8a12"})
     with pytest.raises(BrevitasLDMError, match="12-bit activations.*a8 or a16.*qonnx"):
         export_denoiser(odd, inputs, tmp_path / "x.onnx")
-    assert set(EXPORT_FORMATS) == {"onnx-qcdq", "onnx-int8", "torch-qcdq", "qonnx"}
+    assert set(EXPORT_FORMATS) == {"onnx-qcdq", "onnx-int8", "openvino", "torch-qcdq", "qonnx"}
     with pytest.raises(BrevitasLDMError, match="unknown weight_storage 'int4'.*portable"):
         export_denoiser(model, inputs, tmp_path / "x.onnx", weight_storage="int4")
     with pytest.raises(BrevitasLDMError, match="onnx-int8 needs weight_storage='portable'"):

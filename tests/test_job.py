@@ -169,6 +169,33 @@ def test_export_command_writes_a_verified_onnx_file(sd_dir, quantized_run, tmp_p
                     str(tmp_path / "x")], "not a brevitas-ldm checkpoint")
 
 
+def test_export_command_writes_verified_openvino_ir(sd_dir, quantized_run, tmp_path, capsys):
+    from brevitas_ldm.export import cpu_info
+
+    base = ["export", "--model", str(sd_dir), "--checkpoint", str(quantized_run / "checkpoint"), "--format", "openvino"]
+    # 8-bit weights: OpenVINO's AVX2 int8 kernels saturate them (7.8 dB), so only a VNNI/AMX CPU can pass them
+    _error(capsys, [*base, "--out", str(tmp_path / "avx2"), "--emulate-cpu", "Haswell", "--min-sqnr-db", "27"],
+           "Haswell (emulated)", "no VNNI", "7-bit weights")
+    if not cpu_info().has_vnni:
+        _error(capsys, [*base, "--out", str(tmp_path / "native")], "no VNNI", "7-bit weights")
+        return
+    out = tmp_path / "ov"
+    assert main([*base, "--out", str(out), "--float-baseline", "--min-sqnr-db", "27"]) == 0
+    summary = json.loads((out / "export.json").read_text())
+    assert (out / "denoiser.xml").is_file() and (out / "denoiser.bin").is_file()
+    assert summary["verification"]["sqnr_db"] >= 27.0 and summary["verification"]["inference_precision"] == "f32"
+    precisions = _flat_precisions(json.loads((quantized_run / "layer_precisions.json").read_text()))
+    # every W8A8 Conv and Linear runs an integer kernel in OpenVINO, read from its compiled runtime model
+    assert sum(summary["kernels"]["integer"].values()) == list(precisions.values()).count("w8a8") == 83
+    assert not summary["kernels"]["float"] and summary["kernels"]["inference_precision"] == "f32"
+    assert summary["latency"]["inference_precision"] == "f32" and summary["latency_default_precision"]["median_ms"] > 0
+    assert 0.2 < summary["weights_ratio"] < 0.3 and summary["openvino"]      # int8 weights (.bin) vs float32
+    assert "OpenVINO, float parts in f32" in capsys.readouterr().out
+    refused = tmp_path / "refused"
+    _error(capsys, [*base, "--out", str(refused), "--min-sqnr-db", "60"], "about as loud", "--min-sqnr-db")
+    assert not refused.exists() and not (tmp_path / "avx2").exists()
+
+
 def test_analyze_command_writes_reports_and_reuses_its_cache(sd_dir, tmp_path):
     recipe = tmp_path / "r.toml"
     recipe.write_text('name = "tiny-hybrid"\n[analysis]\nglobal = true\nlocal = true\nnum_prompts = 2\n'

@@ -20,20 +20,23 @@ def add_parser(subparsers) -> None:
     from brevitas_ldm.export import EXPORT_FORMATS, WEIGHT_STORAGES
     from brevitas_ldm.export.emulation import EMULATED_CPU_FLAGS
 
-    parser = subparsers.add_parser("export", help="export a quantized checkpoint (ONNX QCDQ or integer kernels, "
-                                                  "torch QCDQ, QONNX)")
+    parser = subparsers.add_parser("export", help="export a quantized checkpoint (OpenVINO IR, ONNX QCDQ or integer "
+                                                  "kernels, torch QCDQ, QONNX)")
     add_model_options(parser, dtype=False)     # onnxruntime runs float32: a checkpoint's values cast exactly
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="checkpoint folder written by `quantize`, with the FP --model (not needed when --model "
                         "is a quantized pipeline folder)")
     parser.add_argument("--format", choices=EXPORT_FORMATS, default="onnx-qcdq",
-                        help="onnx-int8: integer kernels in onnxruntime (fastest); onnx-qcdq: portable Q/DQ")
+                        help="openvino: OpenVINO IR, integer kernels in OpenVINO (fastest on x86 CPUs); onnx-int8: "
+                        "integer kernels in onnxruntime; onnx-qcdq: portable Q/DQ")
     parser.add_argument("--weight-storage", choices=WEIGHT_STORAGES, default="portable",
-                        help="portable: exact on every x86 CPU (default); int8: exact only with VNNI/AMX")
+                        help="ONNX formats: portable: exact on every x86 CPU (default); int8: exact only with "
+                        "VNNI/AMX (openvino always stores int8, the only weights its integer convolutions take)")
     parser.add_argument("--min-sqnr-db", type=float, default=30.0,
-                        help="refuse the file if onnxruntime agrees with the torch model below this (default 30)")
+                        help="refuse the file if its runtime agrees with the torch model below this (default 30)")
     parser.add_argument("--emulate-cpu", choices=sorted(EMULATED_CPU_FLAGS), default=None,
-                        help="also verify on this CPU kind emulated by qemu-x86_64 (e.g. Haswell: AVX2, no VNNI)")
+                        help="also verify on this CPU kind (Haswell: AVX2, no VNNI), emulated by qemu-x86_64 for "
+                        "onnxruntime, by OpenVINO with its oneDNN kernels capped to AVX2")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (13-20; FP8 needs 19+)")
     parser.add_argument("--float-baseline", action="store_true",
                         help="also export the FP32 denoiser and compare size and onnxruntime latency")
@@ -64,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         verify_torchscript,
     )
     from brevitas_ldm.export.exporters import check_weight_storage
+    from brevitas_ldm.export.openvino_ir import OPENVINO_FORMAT
     from brevitas_ldm.zoo.data import prompt_for
 
     if not math.isfinite(args.min_sqnr_db):
@@ -74,9 +78,9 @@ def run(args: argparse.Namespace) -> int:
         raise BrevitasLDMError(f"--model {args.model} is not quantized: pass a `brevitas-ldm quantize` --out folder as "
                                f"--model, or the FP --model with --checkpoint")
     check_weight_storage(args.format, args.weight_storage)
-    if args.emulate_cpu and args.format not in ONNXRUNTIME_FORMATS:
-        raise BrevitasLDMError(f"--emulate-cpu runs the file in onnxruntime, which cannot run {args.format}: use "
-                               f"--format onnx-int8 or onnx-qcdq")
+    if args.emulate_cpu and args.format not in (*ONNXRUNTIME_FORMATS, OPENVINO_FORMAT):
+        raise BrevitasLDMError(f"--emulate-cpu runs the file in onnxruntime or OpenVINO, which cannot run "
+                               f"{args.format}: use --format openvino, onnx-int8 or onnx-qcdq")
     pipe, _ = load_model(args)
     float_inputs = capture_inputs(pipe, prompt_for(3), seed=1) if args.float_baseline else None
     float_denoiser = None
@@ -88,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     denoiser = get_denoiser(pipe)
     example = capture_inputs(pipe, prompt_for(7), seed=0)
     fresh = capture_inputs(pipe, prompt_for(2), seed=12345)
-    suffix = "pt" if args.format == "torch-qcdq" else "onnx"
+    suffix = {"torch-qcdq": "pt", OPENVINO_FORMAT: "xml"}.get(args.format, "onnx")
     summary: dict = {"format": args.format, "checkpoint": str(args.checkpoint), "cpu": cpu_info().to_dict()}
     with atomic_output_dir(args.out, args.overwrite) as staging:
         path = export_denoiser(denoiser, example, staging / f"denoiser.{suffix}", fmt=args.format, opset=args.opset,
@@ -107,9 +111,13 @@ def run(args: argparse.Namespace) -> int:
                 summary["emulated_verification"] = checks[1]
             summary["kernels"] = integer_kernel_counts(path)
             summary["latency"] = onnx_latency(path, fresh)
+        elif args.format == OPENVINO_FORMAT:
+            _verify_openvino(summary, path, denoiser, fresh, args.min_sqnr_db, args.emulate_cpu)
         elif args.format == "torch-qcdq":
             summary["verification"] = verify_torchscript(path, denoiser, fresh)
-        if args.float_baseline and suffix == "onnx":
+        if args.float_baseline and args.format == OPENVINO_FORMAT:
+            _openvino_float_baseline(summary, float_denoiser, float_inputs, fresh, staging, args.opset)
+        elif args.float_baseline and suffix == "onnx":
             float_path = export_float_onnx(float_denoiser, float_inputs, staging / "denoiser_fp32.onnx", opset=args.opset)
             summary["fp32"] = {"size_bytes": float_path.stat().st_size}
             if args.format in ONNXRUNTIME_FORMATS:
@@ -121,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
         write_json_atomic(staging / "export.json", summary)
     check = summary.get("verification", {})
     line = f"wrote {args.out / summary['file']} ({summary['size_bytes']:,} bytes)"
+    if args.format == OPENVINO_FORMAT:
+        line = f"wrote {args.out / summary['file']} + .bin ({summary['size_bytes']:,} bytes)"
     if "sqnr_db" in check:
         line += f"; {args.format} vs fake-quantized torch: {check['sqnr_db']:.2f} dB"
     if "emulated_verification" in summary:
@@ -128,7 +138,63 @@ def run(args: argparse.Namespace) -> int:
     if "kernels" in summary:
         kernels = summary["kernels"]["integer"]
         line += f"; integer kernels: {', '.join(f'{n} {op}' for op, n in kernels.items()) or 'none'}"
+        if "inference_precision" in summary["kernels"]:
+            line += f" (OpenVINO, float parts in {summary['kernels']['inference_precision']})"
     if "latency_ratio" in summary:
         line += f"; latency {summary['latency_ratio']:.2f}x FP32, size {summary['size_ratio']:.2f}x"
     print(line)
     return 0
+
+
+def _verify_openvino(summary: dict, path: Path, denoiser, fresh: dict, min_sqnr_db: float,
+                     emulate_cpu: str | None) -> None:
+    """Verify the IR in OpenVINO at f32 (natively and, with ``emulate_cpu``, with AVX2 kernels; refused below the
+    bound on either), then count its integer kernels and time it."""
+    from brevitas_ldm.export import check_agreement
+    from brevitas_ldm.export.openvino_ir import ir_size_bytes
+    from brevitas_ldm.export.openvino_runtime import (
+        openvino_kernel_counts,
+        openvino_latency,
+        openvino_version,
+        verify_openvino,
+    )
+    from brevitas_ldm.export.wrapper import export_signature
+
+    check = verify_openvino(path, denoiser, fresh)
+    checks = [check] + ([verify_openvino(path, denoiser, fresh, emulate_cpu=emulate_cpu)] if emulate_cpu else [])
+    for item in checks:      # a file that is not the measured model is refused, and nothing is written
+        check_agreement(item, min_sqnr_db)
+    if emulate_cpu:
+        summary["emulated_verification"] = checks[1]
+    summary["size_bytes"] = ir_size_bytes(path)
+    summary["weights_bytes"] = path.with_suffix(".bin").stat().st_size
+    summary["openvino"] = openvino_version()
+    summary["weight_storage"] = "int8"
+    summary["verification"] = check
+    summary["kernels"] = openvino_kernel_counts(path)
+    names, tensors = export_signature(denoiser, fresh)
+    summary["latency"] = openvino_latency(path, dict(zip(names, tensors)))
+    summary["latency_default_precision"] = openvino_latency(path, dict(zip(names, tensors)), precision=None)
+
+
+def _openvino_float_baseline(summary: dict, float_denoiser, float_inputs: dict, fresh: dict, staging: Path,
+                             opset: int) -> None:
+    """The FP32 denoiser as OpenVINO IR beside the quantized one, timed the same way (f32)."""
+    import tempfile
+
+    from brevitas_ldm.export import export_float_onnx
+    from brevitas_ldm.export.openvino_ir import ir_size_bytes, onnx_to_openvino_ir
+    from brevitas_ldm.export.openvino_runtime import openvino_latency
+    from brevitas_ldm.export.wrapper import export_signature
+
+    with tempfile.TemporaryDirectory(prefix="brevitas-ldm-fp32-") as tmp:
+        onnx_path = export_float_onnx(float_denoiser, float_inputs, Path(tmp) / "fp32.onnx", opset=opset)
+        float_path = onnx_to_openvino_ir(onnx_path, staging / "denoiser_fp32.xml")
+    names, tensors = export_signature(float_denoiser, fresh)
+    summary["fp32"] = {"size_bytes": ir_size_bytes(float_path),
+                       "weights_bytes": float_path.with_suffix(".bin").stat().st_size,
+                       "latency": openvino_latency(float_path, dict(zip(names, tensors)))}
+    summary["size_ratio"] = summary["size_bytes"] / summary["fp32"]["size_bytes"]
+    # the .xml (the graph) is a large share of a tiny model's IR and a negligible one of a real model's
+    summary["weights_ratio"] = summary["weights_bytes"] / summary["fp32"]["weights_bytes"]
+    summary["latency_ratio"] = summary["latency"]["median_ms"] / summary["fp32"]["latency"]["median_ms"]

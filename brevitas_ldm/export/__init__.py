@@ -1,6 +1,6 @@
 """Deployment path: export a quantized denoiser through Brevitas and check the file in onnxruntime.
 
-Four formats, all written by Brevitas' own export managers:
+Five formats, all written by Brevitas' own export managers:
 
 * ``onnx-qcdq`` (:func:`brevitas.export.export_onnx_qcdq`): ONNX where every quantized layer input is
   ``QuantizeLinear -> (Clip) -> DequantizeLinear`` and every quantized weight an integer initializer followed by
@@ -8,6 +8,9 @@ Four formats, all written by Brevitas' own export managers:
   onnxruntime can pick is exact on every x86 kind (:mod:`.x86_storage`).
 * ``onnx-int8``: the same file with every 8-bit Conv/Linear lowered to onnxruntime's integer kernels
   (:mod:`.integer_kernels`), the same model exactly, and the deployment format for speed.
+* ``openvino``: the ``onnx-qcdq`` graph with int8 weights as OpenVINO IR, in the form OpenVINO's low-precision
+  transformations run as integer Convolution/FullyConnected kernels (:mod:`.openvino_ir`; run, verified and timed
+  by :mod:`.openvino_runtime`).
 * ``torch-qcdq`` (:func:`brevitas.export.export_torch_qcdq`): a TorchScript trace with the same Q/DQ structure in
   torch ops; load with ``torch.jit.load`` and call with positional tensors.
 * ``qonnx`` (:func:`brevitas.export.export_qonnx`): ONNX with Brevitas/QONNX ``Quant`` custom ops that keep
@@ -26,6 +29,8 @@ from brevitas_ldm.export.exporters import export_denoiser, export_float_onnx
 from brevitas_ldm.export.features import EXPORT_FORMATS, ONNXRUNTIME_FORMATS, quant_features
 from brevitas_ldm.export.inspection import onnx_quant_summary, overflowing_int8_weights
 from brevitas_ldm.export.integer_kernels import INTEGER_KERNELS, lower_to_integer_kernels
+from brevitas_ldm.export.openvino_ir import OPENVINO_FORMAT, onnx_to_openvino_ir
+from brevitas_ldm.export.openvino_runtime import openvino_kernel_counts, openvino_latency, verify_openvino
 from brevitas_ldm.export.runtime import (
     ExportMismatchError,
     check_agreement,
@@ -40,8 +45,9 @@ from brevitas_ldm.export.wrapper import DenoiserForExport, call_inputs, capture_
 from brevitas_ldm.export.x86_storage import WEIGHT_STORAGES, store_for_x86
 
 __all__ = ["CpuInfo", "DenoiserForExport", "EXPORT_FORMATS", "ExportMismatchError", "INTEGER_KERNELS", "MS_DOMAIN",
-           "ONNXRUNTIME_FORMATS", "OUTPUT_NAME", "WEIGHT_STORAGES", "call_inputs", "capture_denoiser_calls",
-           "check_agreement", "cpu_info", "emulator_available", "export_denoiser", "export_float_onnx",
-           "export_signature", "integer_kernel_counts", "lower_to_integer_kernels", "onnx_latency",
-           "onnx_quant_summary", "overflowing_int8_weights", "quant_features", "run_onnx_emulated",
-           "session_options", "store_for_x86", "verify_onnx", "verify_torchscript"]
+           "ONNXRUNTIME_FORMATS", "OPENVINO_FORMAT", "OUTPUT_NAME", "WEIGHT_STORAGES", "call_inputs",
+           "capture_denoiser_calls", "check_agreement", "cpu_info", "emulator_available", "export_denoiser",
+           "export_float_onnx", "export_signature", "integer_kernel_counts", "lower_to_integer_kernels",
+           "onnx_latency", "onnx_quant_summary", "onnx_to_openvino_ir", "openvino_kernel_counts", "openvino_latency",
+           "overflowing_int8_weights", "quant_features", "run_onnx_emulated", "session_options", "store_for_x86",
+           "verify_onnx", "verify_openvino", "verify_torchscript"]

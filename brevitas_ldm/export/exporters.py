@@ -30,6 +30,7 @@ from brevitas_ldm.errors import BrevitasLDMError, ModelError
 from brevitas_ldm.export.features import MAX_OPSET, MIN_OPSET, ONNXRUNTIME_FORMATS, check_exportable, layer_proxies
 from brevitas_ldm.export.integer_kernels import lower_to_integer_kernels
 from brevitas_ldm.export.onnx_symbolics import missing_symbolics
+from brevitas_ldm.export.openvino_ir import OPENVINO_FORMAT, onnx_to_openvino_ir
 from brevitas_ldm.export.session import OUTPUT_NAME
 from brevitas_ldm.export.static_shape_ifs import fold_static_shape_ifs
 from brevitas_ldm.export.wide_qcdq import WideQCDQONNXManager, move_wide_qdq_to_ms_domain
@@ -75,7 +76,7 @@ def _onnx_kwargs(names: tuple[str, ...], tensors: tuple[torch.Tensor, ...], opse
 
 def _exporter_error(fmt: str, exc: Exception) -> BrevitasLDMError:
     alternative = {"onnx-qcdq": "fmt='qonnx' (exact bit widths, not runnable in onnxruntime)",
-                   "onnx-int8": "fmt='onnx-qcdq'",
+                   "onnx-int8": "fmt='onnx-qcdq'", OPENVINO_FORMAT: "fmt='onnx-qcdq'",
                    "torch-qcdq": "fmt='onnx-qcdq'", "qonnx": "fmt='onnx-qcdq'"}[fmt]
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return BrevitasLDMError(f"Brevitas {fmt} export failed ({type(exc).__name__}: {first}): try {alternative}")
@@ -128,6 +129,10 @@ def export_denoiser(denoiser: nn.Module, example_inputs: Mapping[str, torch.Tens
       docstring). ``opset`` 13-20; FP8 (e4m3/e5m2) recipes need 19 or 20 and keep float weights with FP8 Q/DQ.
     * ``onnx-int8``: the ``onnx-qcdq`` file with every 8-bit quantized Conv/Linear lowered to onnxruntime's
       integer kernels (ConvInteger, MatMulIntegerToFloat; see :mod:`.integer_kernels`), the same model exactly.
+    * ``openvino``: OpenVINO IR (``path`` ends in ``.xml``; the weights go to the ``.bin`` beside it): the
+      ``onnx-qcdq`` graph with int8 weights in the form OpenVINO's low-precision transformations run as integer
+      Convolution/FullyConnected kernels (see :mod:`.openvino_ir`); ``weight_storage`` does not apply (OpenVINO's
+      convolution kernels take only int8 weights).
     * ``torch-qcdq``: a TorchScript file (``torch.jit.load``, positional inputs); ``opset`` is ignored.
     * ``qonnx``: QONNX ``Quant`` nodes with exact bit widths; not runnable in onnxruntime.
 
@@ -141,6 +146,11 @@ def export_denoiser(denoiser: nn.Module, example_inputs: Mapping[str, torch.Tens
     fmt = str(fmt).lower()
     check_weight_storage(fmt, weight_storage)
     features = check_exportable(denoiser, fmt, opset)
+    if fmt == OPENVINO_FORMAT:
+        with tempfile.TemporaryDirectory(prefix="brevitas-ldm-openvino-") as tmp:
+            qcdq = export_denoiser(denoiser, example_inputs, Path(tmp) / "qcdq.onnx", fmt="onnx-qcdq", opset=opset,
+                                   weight_storage="int8")
+            return onnx_to_openvino_ir(qcdq, path)
     with _prepared_export(denoiser, example_inputs, path) as (wrapper, names, tensors, tmp), \
             _clean_export_state(denoiser), missing_symbolics():
         try:

@@ -12,8 +12,9 @@ import torch.nn as nn
 
 from brevitas_ldm.errors import BrevitasLDMError, CalibrationError, ModelError
 
-#: ``onnx-int8`` is ``onnx-qcdq`` lowered to onnxruntime integer kernels (:mod:`.integer_kernels`).
-EXPORT_FORMATS = ("onnx-qcdq", "onnx-int8", "torch-qcdq", "qonnx")
+#: ``onnx-int8`` is ``onnx-qcdq`` lowered to onnxruntime integer kernels (:mod:`.integer_kernels`); ``openvino`` is
+#: the QCDQ graph as OpenVINO IR in the form its low-precision transformations run on integers (:mod:`.openvino_ir`).
+EXPORT_FORMATS = ("onnx-qcdq", "onnx-int8", "openvino", "torch-qcdq", "qonnx")
 #: Formats written as ONNX files that onnxruntime runs (and :func:`verify_onnx` checks).
 ONNXRUNTIME_FORMATS = ("onnx-qcdq", "onnx-int8")
 #: Highest opset of torch's TorchScript ONNX exporter (``torch.onnx._constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET``).
@@ -72,17 +73,20 @@ def check_exportable(denoiser: nn.Module, fmt: str, opset: int) -> dict[str, Any
         raise ModelError(f"{type(denoiser).__name__} has no Brevitas quant layers: quantize it with "
                          f"brevitas_ldm.quant.quantize.quantize_denoiser first, or use export_float_onnx for the FP32 model")
     fp8 = features["fp8"]
-    if fmt in ONNXRUNTIME_FORMATS:
+    if fmt == "openvino" and fp8:
+        raise BrevitasLDMError(f"{fp8[0]} uses FP8 quantization, which the openvino export does not write (OpenVINO "
+                               f"reads FP8 Q/DQ only as float): export with fmt='onnx-qcdq' and opset=19")
+    if fmt in ONNXRUNTIME_FORMATS or fmt == "openvino":
         if fp8 and opset < 19:
             raise BrevitasLDMError(f"{fp8[0]} uses FP8 quantization, which needs FP8 QuantizeLinear (opset 19): "
                                    f"pass opset=19 or 20, or export with fmt='qonnx'")
         if max(features["weight_bits"], default=0) > 8:
-            raise BrevitasLDMError(f"onnx-qcdq stores weights as int8 but the denoiser has "
+            raise BrevitasLDMError(f"{fmt} stores weights as int8 but the denoiser has "
                                    f"{max(features['weight_bits'])}-bit weights: export with fmt='qonnx' or "
                                    f"fmt='torch-qcdq'")
         odd = sorted(b for b in features["act_bits"] if 8 < b < 16 or b > 16)
         if odd:
-            raise BrevitasLDMError(f"onnx-qcdq stores activations as int8 (up to 8 bits) or int16 (16 bits); the "
+            raise BrevitasLDMError(f"{fmt} stores activations as int8 (up to 8 bits) or int16 (16 bits); the "
                                    f"denoiser has {odd[0]}-bit activations: plan them as a8 or a16, or export with "
                                    f"fmt='qonnx'")
     elif fmt == "torch-qcdq":
