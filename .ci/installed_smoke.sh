@@ -43,6 +43,12 @@ import brevitas_ldm
 from brevitas_ldm.denoiser.sampling import SamplingSpec, generate
 
 pipe = brevitas_ldm.from_pretrained("q")
+from diffusers import DiffusionPipeline   # diffusers' own call loads the folder once brevitas_ldm is imported
+
+native = DiffusionPipeline.from_pretrained("q/checkpoint")
+spec = SamplingSpec(num_inference_steps=2, batch_size=1)
+assert torch.equal(generate(native, ["a handwritten digit seven"], [0], spec),
+                   generate(pipe, ["a handwritten digit seven"], [0], spec)), "diffusers' reload differs"
 latents = generate(pipe, ["a handwritten digit seven"], [0], SamplingSpec(num_inference_steps=2, batch_size=1))
 assert torch.isfinite(latents).all(), "the reloaded quantized pipeline sampled NaN/Inf"
 export = json.loads(open("onnx/export.json").read())
