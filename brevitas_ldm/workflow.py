@@ -120,14 +120,15 @@ def quantize_pipeline(pipe: Any, recipe: Recipe | str, calibration_prompts: Sequ
     """Quantize ``pipe``'s denoiser in place following ``recipe``; see the module docstring for the steps.
 
     ``calibration_prompts``/``calibration_seeds`` feed calibration, SmoothQuant statistics and the analyses
-    (default: ``recipe.calibration.num_prompts`` digit prompts with seeds from 10000, disjoint from evaluation's).
+    (default: ``recipe.calibration.num_prompts`` prompts of the pipeline's classes, digits unless it is another
+    embedded model, with seeds from 10000, disjoint from evaluation's).
     ``plan``: a :class:`~brevitas_ldm.planning.plan.Plan`, a plan.json path, or a name -> precision mapping; it replaces
     the global analysis. ``cache_dir`` stores the global analysis so re-planning is fast.
     """
     recipe = get_recipe(recipe)
     spec = spec or SamplingSpec(batch_size=recipe.calibration.batch_size)
     if calibration_prompts is None:
-        default_set = calibration_set(recipe.calibration.num_prompts)
+        default_set = calibration_set(recipe.calibration.num_prompts, model=pipeline_source(pipe))
         calibration_prompts, calibration_seeds = list(default_set.prompts), list(default_set.seeds)
     elif calibration_seeds is None:
         calibration_seeds = [10_000 + i for i in range(len(calibration_prompts))]

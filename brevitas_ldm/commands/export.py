@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         verify_torchscript,
     )
     from brevitas_ldm.export.exporters import check_weight_storage
-    from brevitas_ldm.zoo.data import prompt_for
+    from brevitas_ldm.zoo.catalog import default_prompt_for
 
     meta = checked_checkpoint(args)
     if meta is None:
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         raise BrevitasLDMError(f"--emulate-cpu runs the file in onnxruntime, which cannot run {args.format}: use "
                                f"--format onnx-int8 or onnx-qcdq")
     pipe, _ = load_model(args)
-    float_inputs = capture_inputs(pipe, prompt_for(3), seed=1) if args.float_baseline else None
+    float_inputs = capture_inputs(pipe, default_prompt_for(args.model, 3), seed=1) if args.float_baseline else None
     float_denoiser = None
     if args.float_baseline:
         import copy
@@ -82,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
         float_denoiser = copy.deepcopy(get_denoiser(pipe))
     load_quantized(pipe, args.checkpoint, meta)
     denoiser = get_denoiser(pipe)
-    example = capture_inputs(pipe, prompt_for(7), seed=0)
-    fresh = capture_inputs(pipe, prompt_for(2), seed=12345)
+    example = capture_inputs(pipe, default_prompt_for(args.model, 7), seed=0)
+    fresh = capture_inputs(pipe, default_prompt_for(args.model, 2), seed=12345)
     suffix = "pt" if args.format == "torch-qcdq" else "onnx"
     summary: dict = {"format": args.format, "checkpoint": str(args.checkpoint), "cpu": cpu_info().to_dict()}
     with atomic_output_dir(args.out, args.overwrite) as staging:

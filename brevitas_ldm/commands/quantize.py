@@ -29,7 +29,7 @@ from brevitas_ldm.denoiser.sampling import SamplingSpec, get_denoiser
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.evaluation.comparison import compare_quantized, fp_reference
 from brevitas_ldm.evaluation.prompts import calibration_set, evaluation_set, read_prompt_file
-from brevitas_ldm.evaluation.run import has_digits_evaluator
+from brevitas_ldm.evaluation.class_evaluator import evaluator_for
 from brevitas_ldm.io import atomic_output_dir, write_json_atomic
 from brevitas_ldm.planning.plan import read_plan
 from brevitas_ldm.pretrained import CHECKPOINT_SUBDIR
@@ -82,9 +82,10 @@ def run(args: argparse.Namespace) -> int:
                            if args.calibration_prompt_path else prompts)
     plan = read_plan(args.plan) if args.plan is not None else None    # a bad plan file fails before any work
     pipe, lora = load_model(args)
-    eval_set = evaluation_set(args.num_samples, args.seed, prompts)
+    eval_set = evaluation_set(args.num_samples, args.seed, prompts, model=args.model)
     spec = SamplingSpec(args.steps, args.guidance_scale, args.batch_size)
-    cal = calibration_set(args.calibration_prompts or recipe.calibration.num_prompts, prompts=calibration_prompts)
+    cal = calibration_set(args.calibration_prompts or recipe.calibration.num_prompts, prompts=calibration_prompts,
+                          model=args.model)
     cal_spec = SamplingSpec(args.steps, args.guidance_scale, recipe.calibration.batch_size)
 
     notes: list[str] = []
@@ -118,12 +119,12 @@ def with_calibration_flags(recipe: Recipe, args: argparse.Namespace) -> Recipe:
 
 def _run_job(args: argparse.Namespace, recipe, pipe, plan, eval_set, spec: SamplingSpec, cal, cal_spec: SamplingSpec,
              work, job: JobProgress, lora: FusedLora | None) -> str:
-    digits = has_digits_evaluator(args.model)
+    evaluator = evaluator_for(args.model)
     model_name = model_display_name(args.model)
     timing: dict[str, float] = {}
 
     start = time.perf_counter()
-    reference = fp_reference(pipe, eval_set, spec, with_digits=digits)
+    reference = fp_reference(pipe, eval_set, spec, evaluator)
     timing["fp_evaluation"] = time.perf_counter() - start
 
     from brevitas_ldm.workflow import quantize_pipeline
@@ -133,7 +134,7 @@ def _run_job(args: argparse.Namespace, recipe, pipe, plan, eval_set, spec: Sampl
 
     start = time.perf_counter()
     quantized, generation, per_step = compare_quantized(pipe, eval_set, spec, reference, result.precisions,
-                                                        with_digits=digits)
+                                                        evaluator)
     timing["evaluation"] = time.perf_counter() - start
     if not current_ranks().is_main:
         return ""       # this rank sampled its share; the main rank scores, reports and writes
@@ -161,7 +162,8 @@ def _run_job(args: argparse.Namespace, recipe, pipe, plan, eval_set, spec: Sampl
     with atomic_output_dir(args.out, args.overwrite) as staging:
         write_outputs(staging, metrics, result, reference, generation, eval_set, per_step, command, model_name, lora)
     q = metrics["quantized"]
-    extra = f", prompt accuracy {q['prompt_accuracy']:.3f}, digits-FID {q['digits_fid']:.2f}" if digits else ""
+    extra = (f", prompt accuracy {q['prompt_accuracy']:.3f}, {evaluator.fid_name} {q[evaluator.fid_key]:.2f}"
+             if evaluator is not None else "")
     return (f"wrote {args.out}: output SQNR {q['output_sqnr_db']:.2f} dB, image PSNR {q['image_psnr_db']:.2f} dB, "
             f"avg bits W{q['avg_weight_bits']:.2f}/A{q['avg_act_bits']:.2f}{extra}\n"
             + folder_summary(args.out, model_name))
