@@ -38,7 +38,7 @@ COMMANDS = {
                 "checkpoint",
     "qat": "PTQ from a recipe, plan or checkpoint, then quantization-aware fine-tuning distilled from the FP "
            "denoiser; evaluate before/after, write report + checkpoint",
-    "export": "export a quantized checkpoint (ONNX QCDQ or integer kernels, torch QCDQ, QONNX)",
+    "export": "export a quantized checkpoint (OpenVINO IR, ONNX QCDQ or integer kernels, torch QCDQ, QONNX)",
     "deploy": "run a quantized checkpoint on fused int8/fp8 kernels (torch runtime) and check it against the "
               "fake-quantized model",
 }
