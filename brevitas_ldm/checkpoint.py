@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from brevitas.nn.quant_scale_bias import ScaleBias
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from brevitas_ldm.compat import EqualizedModule
@@ -52,7 +52,8 @@ from brevitas_ldm.denoiser.sampling import (
 )
 from brevitas_ldm.denoiser.sampling import get_denoiser
 from brevitas_ldm.errors import BrevitasLDMError, ModelError
-from brevitas_ldm.io import check_safetensors_file, file_sha256, give_user_mode, write_json_atomic, write_text_atomic
+from brevitas_ldm.io import (check_safetensors_file, file_sha256, give_user_mode, write_json_atomic,
+                             write_safetensors_atomic, write_text_atomic)
 from brevitas_ldm.planning.plan import PLAN_FILE, Plan
 from brevitas_ldm.precision import parse_precision
 from brevitas_ldm.quant.integer_codes import (
@@ -138,8 +139,7 @@ def save_denoiser(denoiser: nn.Module, directory: Path, config: dict[str, Any] |
     if config.get("codes") != codes:
         raise ModelError("the model's quantized layers differ from its quantization_config (re-quantized after "
                          "loading?): save it with QuantizationResult.save")
-    save_file(state, str(directory / STATE_FILE), metadata={"format": "pt", HASH_METADATA_KEY: tensors_sha256(state)})
-    give_user_mode(directory / STATE_FILE)
+    write_safetensors_atomic(directory / STATE_FILE, state, {"format": "pt", HASH_METADATA_KEY: tensors_sha256(state)})
     own = json.loads(denoiser.to_json_string()) if hasattr(denoiser, "to_json_string") else {}
     own = {k: v for k, v in own.items() if k not in ("quantization_config", "_name_or_path")}
     write_json_atomic(directory / CONFIG_FILE, {**own, "quantization_config": config})

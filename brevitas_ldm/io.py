@@ -231,6 +231,24 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def write_safetensors_atomic(path: Path, tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> None:
+    """Write a safetensors file atomically and byte-for-byte the same for the same tensors and metadata.
+
+    The safetensors library writes its ``__metadata__`` map in a per-process hash order, so the same model saved
+    by two runs (or by two ranks' jobs) gave two files with different SHA-256s although every tensor is equal.
+    The header is written here with the metadata keys sorted (same length, so the data offsets stand)."""
+    from safetensors.torch import save
+
+    data = save(dict(tensors), metadata=dict(metadata))
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode()
+    if len(text) > size:
+        raise BrevitasLDMError(f"{path}: the safetensors header could not be normalised (report this as a bug)")
+    write_bytes_atomic(path, data[:8] + text.ljust(size, b" ") + data[8 + size:])
+
+
 def file_sha256(path: Path) -> str:
     """SHA-256 of a file's bytes, read in 4 MiB chunks (checkpoint files, LoRA files)."""
     digest = hashlib.sha256()

@@ -7,9 +7,12 @@ weights file holds int8 / packed 4-bit / FP8 codes and is within 10% of the quan
 with a BrevitasConfig, an older format, a changed file and unknown layers are refused in one line.
 """
 
+import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -28,6 +31,7 @@ from brevitas_ldm.denoiser.sampling import (
 from brevitas_ldm.errors import ModelError
 from brevitas_ldm.evaluation.comparison import fp_reference
 from brevitas_ldm.evaluation.prompts import EvaluationSet
+from brevitas_ldm.io import write_safetensors_atomic
 from brevitas_ldm.quant.footprint import footprint
 from brevitas_ldm.quant.integer_codes import (
     pack_codes,
@@ -280,3 +284,25 @@ def test_bad_folders_are_refused_in_one_line_naming_the_file(case, change, needl
     with pytest.raises(ModelError) as error:     # the alias checks meta.json's file hashes first
         brevitas_ldm.from_pretrained(folder)
     assert needles[0] in _one_line(error)
+
+
+def test_the_weights_file_is_the_same_bytes_whatever_the_process(tmp_path):
+    """The safetensors library writes its metadata map in a per-process hash order: two runs saving the same model
+    must still write the same file (its SHA-256 is recorded in meta.json and compared across ranks and runs)."""
+    state = {"b.weight": torch.arange(6, dtype=torch.int8).reshape(2, 3), "a.scale": torch.ones(3)}
+    metadata = {"format": "pt", "brevitas_ldm.sha256": "0" * 64, "z": "1", "m": "2"}
+    script = ("import sys, torch; from pathlib import Path; from brevitas_ldm.io import write_safetensors_atomic;"
+              "write_safetensors_atomic(Path(sys.argv[1]), {'b.weight': torch.arange(6, dtype=torch.int8)"
+              ".reshape(2, 3), 'a.scale': torch.ones(3)}, {'format': 'pt', 'brevitas_ldm.sha256': '0' * 64, "
+              "'z': '1', 'm': '2'})")
+    digests = set()
+    for run in range(4):            # other processes, other hash seeds
+        target = tmp_path / f"{run}.safetensors"
+        subprocess.run([sys.executable, "-c", script, str(target)], check=True,
+                       env={**os.environ, "PYTHONHASHSEED": str(run)})
+        digests.add(hashlib.sha256(target.read_bytes()).hexdigest())
+    write_safetensors_atomic(tmp_path / "here.safetensors", state, metadata)
+    digests.add(hashlib.sha256((tmp_path / "here.safetensors").read_bytes()).hexdigest())
+    assert len(digests) == 1
+    with safe_open(str(tmp_path / "here.safetensors"), "pt") as handle:
+        assert handle.metadata() == metadata and torch.equal(handle.get_tensor("b.weight"), state["b.weight"])
