@@ -19,7 +19,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from brevitas_ldm.commands.interruption import EXIT_CODES, Terminated, interruptible
+from brevitas_ldm.interruption import EXIT_CODES, Terminated, interruptible
 from brevitas_ldm.errors import BrevitasLDMError
 
 # Only the light modules above load at start: torch, diffusers and the commands' own imports load when a command

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from brevitas_ldm.errors import BrevitasLDMError
+from brevitas_ldm.interruption import raise_if_interrupted
 from brevitas_ldm.precision import Precision
 
 T = TypeVar("T")
@@ -139,6 +140,7 @@ def atomic_output_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         yield staging
+        raise_if_interrupted()      # never commit a run whose signal was swallowed on the way
         os.chmod(staging, 0o777 & ~_umask())    # mkdtemp makes 0700; a result folder gets the user's normal mode
         if out.exists() and overwrite:
             trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))

@@ -15,7 +15,7 @@ PACKAGE = Path(brevitas_ldm.__file__).parent
 #: Floor of each module, by the longest matching prefix (lower floors may not import higher ones).
 FLOORS = {
     "brevitas_ldm.errors": 0, "brevitas_ldm.precision": 0, "brevitas_ldm.recipe": 0, "brevitas_ldm.sqnr": 0,
-    "brevitas_ldm.io": 0, "brevitas_ldm.limits": 0, "brevitas_ldm.compat": 0, "brevitas_ldm.threads": 0, "brevitas_ldm.ranks": 0, "brevitas_ldm.zoo": 0, "brevitas_ldm.recipes": 0,
+    "brevitas_ldm.io": 0, "brevitas_ldm.interruption": 0, "brevitas_ldm.limits": 0, "brevitas_ldm.compat": 0, "brevitas_ldm.threads": 0, "brevitas_ldm.ranks": 0, "brevitas_ldm.zoo": 0, "brevitas_ldm.recipes": 0,
     "brevitas_ldm.denoiser": 1,
     "brevitas_ldm.quant": 2,
     "brevitas_ldm.analysis": 3,

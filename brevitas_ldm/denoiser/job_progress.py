@@ -17,6 +17,8 @@ import torch.nn as nn
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from tqdm.auto import tqdm
 
+from brevitas_ldm.interruption import raise_if_interrupted
+
 
 class JobProgress:
     """``with JobProgress(type(denoiser), total_calls): ...`` shows ``job: n/total calls [elapsed<ETA]``."""
@@ -39,6 +41,7 @@ class JobProgress:
         # the global forward hook, so later module calls (Brevitas finalising statistics, the text encoder) are not
         # taken for the network running (an instance hook would be deep-copied along with the denoiser).
         if type(module) is self.denoiser_class:
+            raise_if_interrupted()      # a signal whose exception a library swallowed still ends the job here
             self._pending = True
         elif self._pending:
             self._pending = False
