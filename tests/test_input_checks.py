@@ -13,6 +13,7 @@ from cli_args import FAST
 from safetensors.torch import load_file, save_file
 
 import brevitas_ldm.commands.common as common_options
+import brevitas_ldm.commands.qat as qat_command
 import brevitas_ldm.commands.quantize as quantize_command
 import brevitas_ldm.evaluation.comparison as comparison
 from brevitas_ldm.checkpoint import HASH_METADATA_KEY, META_FILE, file_sha256, hashed_files, tensors_sha256
@@ -43,6 +44,7 @@ def no_fp_sampling(monkeypatch):
 
     monkeypatch.setattr(comparison, "fp_reference", refuse)
     monkeypatch.setattr(quantize_command, "fp_reference", refuse)
+    monkeypatch.setattr(qat_command, "fp_reference", refuse)
 
 
 def _error(capsys, argv, *needles) -> str:
@@ -121,7 +123,8 @@ def test_an_untrustworthy_state_file_is_refused_before_the_model_loads(quantized
     assert not (tmp_path / "e").exists()
 
 
-def test_a_state_that_does_not_fit_is_refused_before_fp_sampling(quantized_dir, tmp_path, capsys, no_fp_sampling):
+def test_a_state_that_does_not_fit_is_refused_before_fp_sampling(quantized_dir, sd_dir, tmp_path, capsys,
+                                                                  no_fp_sampling):
     state = load_file(str(quantized_dir / STATE_FILE))
     name = next(k for k in state if k.startswith("conv_in") and k.endswith(".bias"))    # weights are codes
     state[name] = torch.zeros(state[name].shape[0] + 1)
@@ -129,6 +132,10 @@ def test_a_state_that_does_not_fit_is_refused_before_fp_sampling(quantized_dir, 
               metadata={"format": "pt", HASH_METADATA_KEY: tensors_sha256(state)})   # only the shape is wrong
     folder = _tampered(quantized_dir, tmp_path, STATE_FILE, (tmp_path / "reshaped.safetensors").read_bytes())
     _error(capsys, ["evaluate", "--model", str(folder), "--out", str(tmp_path / "e"), *FAST[:6]], name, "shape")
+    # qat starts from the checkpoint after its FP evaluation: the state is rebuilt once on a copy before that
+    for start in (["--model", str(folder)], ["--model", str(sd_dir), "--checkpoint", str(folder)]):
+        _error(capsys, ["qat", *start, "--out", str(tmp_path / "t"), *FAST[:6], "--qat-steps", "1"], name, "shape")
+    assert not (tmp_path / "e").exists() and not (tmp_path / "t").exists()
 
 
 def test_a_smoothing_layout_that_does_not_fit_is_refused_before_fp_sampling(quantized_dir, tmp_path, capsys,

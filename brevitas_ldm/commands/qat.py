@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from brevitas_ldm.analysis.figures import comparison_grid, line_plot, training_curve
+from brevitas_ldm.checkpoint import check_checkpoint_fits
 from brevitas_ldm.commands.common import (
     add_model_options,
     add_output_options,
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     plan = read_plan(args.plan) if args.plan is not None else None
     if args.data is not None:
         read_image_folder(args.data)                     # a bad folder fails before the model loads
-    checked_checkpoint(args)                             # so does a bad checkpoint (and --model may be one)
+    meta = checked_checkpoint(args)                      # so does a bad checkpoint (and --model may be one)
     if plan is not None and args.checkpoint is not None:
         raise BrevitasLDMError(f"--plan {args.plan} and the checkpoint {args.checkpoint} both set the precisions: drop "
                                f"--plan (a checkpoint carries its plan) or pass the FP pipeline as --model")
@@ -82,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     check_spec(pipe, spec)          # what would fail part-way fails now, before the FP evaluation
     if args.checkpoint is None:
         check_job(pipe, recipe, train_spec, plan)
+    else:                           # a state that does not fit its config fails now, not after the FP evaluation
+        check_checkpoint_fits(pipe, args.checkpoint, meta)
     reference = fp_reference(pipe, eval_set, spec, with_digits=digits)
     data = record_image_folder(pipe, args.data, train_spec, args.seed, progress=True) if args.data else None
     cal = calibration_set(recipe.calibration.num_prompts, prompts=prompts)
