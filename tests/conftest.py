@@ -27,3 +27,14 @@ def sd_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny-sd")
     tiny_sd_pipeline().save_pretrained(str(path))
     return path
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Proves an error came before the model: loading it fails the test."""
+    import brevitas_ldm.commands.common as common_options
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(common_options, "load_pipeline", refuse)

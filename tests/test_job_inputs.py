@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_args import FAST
+from cli_args import FAST, one_line_error
 
-import brevitas_ldm.commands.common as common_options
 from brevitas_ldm.cli import build_parser, main
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.io import atomic_output_dir, claimed_output_dir
@@ -21,58 +20,39 @@ from brevitas_ldm.recipe import get_recipe
 from brevitas_ldm.threads import choose_threads, parse_threads
 
 
-@pytest.fixture
-def no_model_loading(monkeypatch):
-    """Proves an error came before the model: loading it fails the test."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was loaded before the input was checked")
-
-    monkeypatch.setattr(common_options, "load_pipeline", refuse)
-
-
-def _error(capsys, argv, *needles) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
-
-
 def test_bad_inputs_fail_before_the_model_loads(tmp_path, capsys, no_model_loading):
     out = tmp_path / "o"
     base = ["quantize", "--model", "tiny-sd-digits", "--out", str(out)]
     budget = tmp_path / "budget.toml"
     budget.write_text('name = "b"\n[plan]\nmethod = "budget"\navg_weight_bits = 2.0\n')
-    _error(capsys, [*base, "--recipe", str(budget)], "plan.avg_weight_bits = 2.0 cannot be met", "w4a8",
+    one_line_error(capsys, [*base, "--recipe", str(budget)], "plan.avg_weight_bits = 2.0 cannot be met", "w4a8",
            "at least 4")
     binary = tmp_path / "prompts.bin"
     binary.write_bytes(bytes(range(256)) * 4)
-    _error(capsys, [*base, "--prompts", str(binary)], "not UTF-8 text", "--prompts")
-    _error(capsys, [*base, "--calibration-prompt-path", str(binary)], "--calibration-prompt-path", "not UTF-8")
+    one_line_error(capsys, [*base, "--prompts", str(binary)], "not UTF-8 text", "--prompts")
+    one_line_error(capsys, [*base, "--calibration-prompt-path", str(binary)], "--calibration-prompt-path", "not UTF-8")
     (tmp_path / "nul.txt").write_text("digit one\x00\n")
-    _error(capsys, [*base, "--prompts", str(tmp_path / "nul.txt")], "NUL bytes")
-    _error(capsys, [*base, "--plan", str(tmp_path / "missing.json")], "no plan at")
-    _error(capsys, [*base, "--threads", "0"], "--threads '0'")
-    _error(capsys, [*base, "--calibration-steps", "0"], "--calibration-steps 0")
+    one_line_error(capsys, [*base, "--prompts", str(tmp_path / "nul.txt")], "NUL bytes")
+    one_line_error(capsys, [*base, "--plan", str(tmp_path / "missing.json")], "no plan at")
+    one_line_error(capsys, [*base, "--threads", "0"], "--threads '0'")
+    one_line_error(capsys, [*base, "--calibration-steps", "0"], "--calibration-steps 0")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["budget.toml", "nul.txt", "prompts.bin"]
 
 
 def test_unwritable_out_fails_before_the_model_loads(tmp_path, capsys, no_model_loading):
-    _error(capsys, ["quantize", "--out", "/proc/brevitas-ldm-test/out"], "cannot be written", "/proc")
+    one_line_error(capsys, ["quantize", "--out", "/proc/brevitas-ldm-test/out"], "cannot be written", "/proc")
     (tmp_path / "file").write_text("x")
-    _error(capsys, ["quantize", "--out", str(tmp_path / "file" / "out")], "which is a file")
+    one_line_error(capsys, ["quantize", "--out", str(tmp_path / "file" / "out")], "which is a file")
     if os.geteuid() != 0:       # root writes through permission bits; /proc covers that case above
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
-        _error(capsys, ["quantize", "--out", str(locked / "out")], "cannot be written")
+        one_line_error(capsys, ["quantize", "--out", str(locked / "out")], "cannot be written")
 
 
 def test_a_claimed_out_refuses_a_second_run(tmp_path, capsys, no_model_loading):
     out = tmp_path / "shared"
     with claimed_output_dir(out, overwrite=False):
-        _error(capsys, ["quantize", "--out", str(out)], "another brevitas-ldm run is writing")
+        one_line_error(capsys, ["quantize", "--out", str(out)], "another brevitas-ldm run is writing")
     assert list(tmp_path.iterdir()) == []                       # the lock is gone with its run
 
 

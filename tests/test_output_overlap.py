@@ -7,29 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
+from cli_args import one_line_error
 
-import brevitas_ldm.commands.common as common_options
-from brevitas_ldm.cli import main
 from brevitas_ldm.zoo import EMBEDDED_MODELS
-
-
-@pytest.fixture
-def no_model_loading(monkeypatch):
-    """Proves an error came before the model: loading it fails the test."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was loaded before the output was checked")
-
-    monkeypatch.setattr(common_options, "load_pipeline", refuse)
-
-
-def _refused(capsys, argv, *needles) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -76,11 +56,11 @@ def test_an_out_over_into_or_around_any_input_is_refused(tmp_path, capsys, no_mo
         if path.is_dir():
             outs["lies inside"] = path / "out"
         for relation, out in outs.items():
-            line = _refused(capsys, [*argv, "--out", str(out), *flag], f"--out {str(out)!r} {relation}",
+            line = one_line_error(capsys, [*argv, "--out", str(out), *flag], f"--out {str(out)!r} {relation}",
                             f"the {kind} input")
             assert "choose --out outside it" in line
             # ... and for --cache-dir alike
-            cache_line = _refused(capsys, [*argv, "--cache-dir", str(out), "--out", str(tmp_path.parent / "elsewhere"),
+            cache_line = one_line_error(capsys, [*argv, "--cache-dir", str(out), "--out", str(tmp_path.parent / "elsewhere"),
                                            *flag], f"--cache-dir {str(out)!r} {relation}")
             assert kind in cache_line
     assert _snapshot(tmp_path) == before                     # every input as it was, nothing written
@@ -92,17 +72,17 @@ def test_symlinks_cannot_hide_an_overlap(tmp_path, capsys, no_model_loading):
     argv, model = kinds["--model"]
     link = tmp_path / "link"
     link.symlink_to(model)
-    _refused(capsys, [*argv, "--out", str(link / "out")], "lies inside the --model input")
-    _refused(capsys, [*argv, "--cache-dir", str(link)], "--cache-dir", "is the --model input")
+    one_line_error(capsys, [*argv, "--out", str(link / "out")], "lies inside the --model input")
+    one_line_error(capsys, [*argv, "--cache-dir", str(link)], "--cache-dir", "is the --model input")
 
 
 def test_a_symlinked_out_is_refused_up_front(tmp_path, capsys, no_model_loading):
     target = tmp_path / "real"
     target.mkdir()
     (tmp_path / "out").symlink_to(target)
-    _refused(capsys, ["quantize", "--out", str(tmp_path / "out")], "is a symbolic link", str(target))
+    one_line_error(capsys, ["quantize", "--out", str(tmp_path / "out")], "is a symbolic link", str(target))
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
-    _refused(capsys, ["quantize", "--out", str(tmp_path / "dangling"), "--overwrite"], "is a symbolic link")
+    one_line_error(capsys, ["quantize", "--out", str(tmp_path / "dangling"), "--overwrite"], "is a symbolic link")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "out", "real"]
 
 
@@ -112,43 +92,43 @@ def test_the_current_directory_is_never_an_out(tmp_path, capsys, no_model_loadin
     (work / "notes.txt").write_text("mine")
     monkeypatch.chdir(work)
     for out in (".", str(work), str(tmp_path), ".."):
-        _refused(capsys, ["quantize", "--out", out, "--overwrite"], "the current directory")
-        _refused(capsys, ["analyze", "--cache-dir", out, "--dry-run"], "--cache-dir", "the current directory")
+        one_line_error(capsys, ["quantize", "--out", out, "--overwrite"], "the current directory")
+        one_line_error(capsys, ["analyze", "--cache-dir", out, "--dry-run"], "--cache-dir", "the current directory")
     assert (work / "notes.txt").read_text() == "mine"
 
 
 def test_the_embedded_model_is_an_input_too(capsys, no_model_loading):
     weights = EMBEDDED_MODELS["tiny-sd-digits"]
     before = sorted(p.name for p in weights.iterdir())
-    _refused(capsys, ["quantize", "--out", str(weights / "q")], "lies inside the --model input")
-    _refused(capsys, ["evaluate", "--model", "tiny-sd-digits", "--out", str(weights.parent), "--overwrite"],
+    one_line_error(capsys, ["quantize", "--out", str(weights / "q")], "lies inside the --model input")
+    one_line_error(capsys, ["evaluate", "--model", "tiny-sd-digits", "--out", str(weights.parent), "--overwrite"],
              "contains the --model input")
     assert sorted(p.name for p in weights.iterdir()) == before
 
 
 def test_a_cache_dir_inside_out_or_unusable_is_refused(tmp_path, capsys, no_model_loading):
     out = tmp_path / "q"
-    _refused(capsys, ["quantize", "--out", str(out), "--cache-dir", str(out / "cache")], "--cache-dir",
+    one_line_error(capsys, ["quantize", "--out", str(out), "--cache-dir", str(out / "cache")], "--cache-dir",
              "lies inside the --out folder")
-    _refused(capsys, ["quantize", "--out", str(out), "--cache-dir", str(out)], "--cache-dir", "is the --out folder")
+    one_line_error(capsys, ["quantize", "--out", str(out), "--cache-dir", str(out)], "--cache-dir", "is the --out folder")
     (tmp_path / "file").write_text("x")
-    _refused(capsys, ["quantize", "--dry-run", "--cache-dir", str(tmp_path / "file")], "--cache-dir", "is a file")
-    _refused(capsys, ["analyze", "--dry-run", "--cache-dir", str(tmp_path / "file" / "c")], "which is a file")
-    _refused(capsys, ["quantize", "--dry-run", "--cache-dir", "/proc/brevitas-ldm-test/cache"], "--cache-dir",
+    one_line_error(capsys, ["quantize", "--dry-run", "--cache-dir", str(tmp_path / "file")], "--cache-dir", "is a file")
+    one_line_error(capsys, ["analyze", "--dry-run", "--cache-dir", str(tmp_path / "file" / "c")], "which is a file")
+    one_line_error(capsys, ["quantize", "--dry-run", "--cache-dir", "/proc/brevitas-ldm-test/cache"], "--cache-dir",
              "cannot be written")
     if os.geteuid() != 0:       # root writes through permission bits; /proc covers that case above
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
-        _refused(capsys, ["quantize", "--dry-run", "--cache-dir", str(locked)], "cannot be written")
+        one_line_error(capsys, ["quantize", "--dry-run", "--cache-dir", str(locked)], "cannot be written")
     # a cache beside or above --out is fine: only the result folder is replaced as a whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"] + (["locked"] if os.geteuid() != 0 else [])
 
 
 def test_out_names_the_file_system_cannot_hold_are_refused(tmp_path, capsys, no_model_loading):
-    _refused(capsys, ["quantize", "--out", str(tmp_path / ("o" * 300))], "--out", "300 bytes", "more than the 255")
+    one_line_error(capsys, ["quantize", "--out", str(tmp_path / ("o" * 300))], "--out", "300 bytes", "more than the 255")
     # 240 bytes fit a name, but not with the staging folder's ".partial-XXXXXXXX" beside it
-    _refused(capsys, ["quantize", "--out", str(tmp_path / ("o" * 240))], "240 bytes", "staging folder", "at most 237")
-    _refused(capsys, ["quantize", "--dry-run", "--cache-dir", str(tmp_path / ("c" * 256))], "--cache-dir", "256 bytes")
+    one_line_error(capsys, ["quantize", "--out", str(tmp_path / ("o" * 240))], "240 bytes", "staging folder", "at most 237")
+    one_line_error(capsys, ["quantize", "--dry-run", "--cache-dir", str(tmp_path / ("c" * 256))], "--cache-dir", "256 bytes")
     deep = "/".join(["d" * 200] * 25)
-    _refused(capsys, ["quantize", "--out", str(tmp_path / deep)], "longer than the 4096 bytes")
+    one_line_error(capsys, ["quantize", "--out", str(tmp_path / deep)], "longer than the 4096 bytes")
     assert list(tmp_path.iterdir()) == []

@@ -28,6 +28,23 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_checkpoint_option(parser: argparse.ArgumentParser, purpose: str = "") -> None:
+    """``--checkpoint``: a quantized folder written by ``quantize``, with the FP ``--model``; ``purpose`` says what
+    the command does with it."""
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help=f"checkpoint folder written by `quantize`{purpose}, with the FP --model (not needed "
+                        f"when --model is a quantized pipeline folder)")
+
+
+def required_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`checked_checkpoint` for commands that only work on a quantized model (export, deploy)."""
+    meta = checked_checkpoint(args)
+    if meta is None:
+        raise BrevitasLDMError(f"--model {args.model} is not quantized: pass a `brevitas-ldm quantize` --out folder as "
+                               f"--model, or the FP --model with --checkpoint")
+    return meta
+
+
 def add_model_options(parser: argparse.ArgumentParser, dtype: bool = True) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"embedded model name ({DEFAULT_MODEL}) or a local diffusers pipeline directory")

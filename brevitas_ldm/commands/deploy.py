@@ -12,13 +12,13 @@ runs pickled code.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from brevitas_ldm.commands.common import (
+    add_checkpoint_option,
     add_model_options,
     add_output_options,
-    checked_checkpoint,
     load_model,
+    required_checkpoint,
 )
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.io import atomic_output_dir, write_json_atomic
@@ -30,9 +30,7 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("deploy", help="run a quantized checkpoint on fused int8/fp8 kernels (torch "
                                                   "runtime) and check it against the fake-quantized model")
     add_model_options(parser)
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="checkpoint folder written by `quantize`, with the FP --model (not needed when --model "
-                        "is a quantized pipeline folder)")
+    add_checkpoint_option(parser, " to deploy")
     parser.add_argument("--runtime", choices=sorted(RUNTIMES), default="torch", help="deployment runtime")
     parser.add_argument("--compile", action="store_true", help="also time the runtime under torch.compile")
     parser.add_argument("--min-sqnr-db", type=float, default=30.0,
@@ -59,10 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from brevitas_ldm.sqnr import sqnr_db
     from brevitas_ldm.zoo.data import prompt_for
 
-    meta = checked_checkpoint(args)
-    if meta is None:
-        raise BrevitasLDMError(f"--model {args.model} is not quantized: pass a `brevitas-ldm quantize` --out folder as "
-                               f"--model, or the FP --model with --checkpoint")
+    meta = required_checkpoint(args)
     if args.rounds < 1:
         raise BrevitasLDMError(f"--rounds {args.rounds} must be at least 1")
     pipe, _ = load_model(args)

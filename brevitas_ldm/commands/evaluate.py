@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import copy
 import time
-from pathlib import Path
 
 from brevitas_ldm.analysis.figures import grid_by_label
 from brevitas_ldm.commands.common import (
+    add_checkpoint_option,
     add_model_options,
     add_output_options,
     add_sampling_options,
@@ -30,9 +30,7 @@ def add_parser(subparsers) -> None:
     add_model_options(parser)
     add_sampling_options(parser, num_samples=500)
     add_output_options(parser)
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="a checkpoint folder from `quantize`: evaluate it against the FP --model instead "
-                        "(not needed when --model is a quantized pipeline folder)")
+    add_checkpoint_option(parser, " to evaluate against the FP model instead")
     parser.set_defaults(run=run)
 
 

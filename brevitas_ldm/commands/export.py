@@ -11,7 +11,13 @@ import argparse
 import math
 from pathlib import Path
 
-from brevitas_ldm.commands.common import add_model_options, add_output_options, checked_checkpoint, load_model
+from brevitas_ldm.commands.common import (
+    add_checkpoint_option,
+    add_model_options,
+    add_output_options,
+    load_model,
+    required_checkpoint,
+)
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.io import atomic_output_dir, write_json_atomic
 
@@ -23,9 +29,7 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("export", help="export a quantized checkpoint (OpenVINO IR, ONNX QCDQ or integer "
                                                   "kernels, torch QCDQ, QONNX)")
     add_model_options(parser, dtype=False)     # onnxruntime runs float32: a checkpoint's values cast exactly
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="checkpoint folder written by `quantize`, with the FP --model (not needed when --model "
-                        "is a quantized pipeline folder)")
+    add_checkpoint_option(parser, " to export")
     parser.add_argument("--format", choices=EXPORT_FORMATS, default="onnx-qcdq",
                         help="openvino: OpenVINO IR, integer kernels in OpenVINO (fastest on x86 CPUs); onnx-int8: "
                         "integer kernels in onnxruntime; onnx-qcdq: portable Q/DQ")
@@ -73,10 +77,7 @@ def run(args: argparse.Namespace) -> int:
     if not math.isfinite(args.min_sqnr_db):
         raise BrevitasLDMError(f"--min-sqnr-db {args.min_sqnr_db} must be a finite number of dB (default 30): the "
                                f"file is refused when onnxruntime agrees with the torch model below it")
-    meta = checked_checkpoint(args)
-    if meta is None:
-        raise BrevitasLDMError(f"--model {args.model} is not quantized: pass a `brevitas-ldm quantize` --out folder as "
-                               f"--model, or the FP --model with --checkpoint")
+    meta = required_checkpoint(args)
     check_weight_storage(args.format, args.weight_storage)
     if args.emulate_cpu and args.format not in (*ONNXRUNTIME_FORMATS, OPENVINO_FORMAT):
         raise BrevitasLDMError(f"--emulate-cpu runs the file in onnxruntime or OpenVINO, which cannot run "

@@ -31,12 +31,9 @@ import torch
 import torch.nn as nn
 
 from brevitas_ldm.errors import BrevitasLDMError
-from brevitas_ldm.export.cpu import cpu_info
-from brevitas_ldm.export.features import layer_proxies
 from brevitas_ldm.export.openvino_ir import ir_size_bytes
-from brevitas_ldm.export.runtime import compare_outputs, torch_reference
+from brevitas_ldm.export.runtime import agreement_figures
 from brevitas_ldm.export.wrapper import export_signature
-from brevitas_ldm.sqnr import sqnr_db
 
 #: Emulated CPU kinds -> the oneDNN ISA cap that makes OpenVINO's CPU plugin pick that kind's kernels. Unlike
 #: onnxruntime, OpenVINO stalls under qemu user mode; capping oneDNN's dispatch (``ONEDNN_MAX_CPU_ISA``) selects
@@ -157,15 +154,9 @@ def verify_openvino(path: str | Path, denoiser: nn.Module, inputs: Mapping[str, 
         raw = _run(compiled.create_infer_request(), feeds, path)
     else:
         raw = _run_emulated(path, feeds, emulate_cpu, threads or 1)
-    output = torch.from_numpy(raw).float()
-    reference = torch_reference(denoiser, named)
-    result = compare_outputs(reference, output)
-    if any(True for _ in layer_proxies(denoiser)):
-        result["quant_noise_sqnr_db"] = sqnr_db(torch_reference(denoiser, named, quantized=False), reference)
-    result["cpu"] = cpu_info(emulated=emulate_cpu).to_dict()
+    result = agreement_figures(denoiser, named, raw, path, emulate_cpu)
     result["runtime"] = f"openvino {openvino_version()}"
     result["inference_precision"] = inference_precision(compiled) if emulate_cpu is None else "f32"
-    result["path"] = str(path)
     return result
 
 

@@ -122,6 +122,13 @@ def verify_onnx(path: str | Path, denoiser: nn.Module, inputs: Mapping[str, Any]
         raw = _run(session, feeds, path)
     else:
         raw = run_onnx_emulated(path, feeds, cpu=emulate_cpu, threads=threads or 1)
+    return agreement_figures(denoiser, inputs, raw, path, emulate_cpu)
+
+
+def agreement_figures(denoiser: nn.Module, inputs: Mapping[str, Any], raw: Any, path: str | Path,
+                      emulate_cpu: str | None) -> dict[str, Any]:
+    """What every runtime's check reports of its output ``raw`` (a numpy array) against the torch ``denoiser``:
+    :func:`compare_outputs`, the model's own quantization noise for scale, the CPU that ran it and the file."""
     output = torch.from_numpy(raw).float()
     reference = torch_reference(denoiser, inputs)
     result = compare_outputs(reference, output)

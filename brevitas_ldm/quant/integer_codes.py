@@ -25,8 +25,29 @@ from torch import nn
 
 from brevitas_ldm.errors import ModelError
 
-#: torch dtype of FP8 codes by (exponent bits, mantissa bits).
-FLOAT8_DTYPES = {(4, 3): torch.float8_e4m3fn, (5, 2): torch.float8_e5m2}
+
+@dataclass(frozen=True)
+class Fp8Format:
+    """An OCP fp8 format Brevitas quantizes to: its name, the torch dtype that stores it, its largest value."""
+
+    name: str
+    dtype: torch.dtype
+    max_value: float
+
+
+#: The fp8 formats by (exponent bits, mantissa bits): the one table storage, the torch runtime and the precision
+#: reader use.
+FP8_FORMATS = {(4, 3): Fp8Format("e4m3", torch.float8_e4m3fn, 448.0), (5, 2): Fp8Format("e5m2", torch.float8_e5m2,
+                                                                                         57344.0)}
+
+
+def fp8_format(exponent_bits: int, mantissa_bits: int, what: str) -> Fp8Format:
+    """The fp8 format of a minifloat quantizer; a one-line error naming ``what`` for any other minifloat."""
+    key = (int(exponent_bits), int(mantissa_bits))
+    if key not in FP8_FORMATS:
+        raise ModelError(f"{what} is a {key[0]}-exponent/{key[1]}-mantissa minifloat, which has no torch type: "
+                         f"quantize with format = \"e4m3\" or \"e5m2\"")
+    return FP8_FORMATS[key]
 
 
 @dataclass
@@ -51,14 +72,6 @@ class WeightCodes:
         return (values - zero_point) * self.scale
 
 
-def _float_format(quant: FloatQuantTensor) -> str:
-    key = (int(quant.exponent_bit_width), int(quant.mantissa_bit_width))
-    if key not in FLOAT8_DTYPES:
-        raise ModelError(f"FP weights with {key[0]} exponent and {key[1]} mantissa bits have no torch storage type: "
-                         f"use e4m3 or e5m2")
-    return "e4m3" if key == (4, 3) else "e5m2"
-
-
 @torch.no_grad()
 def weight_codes(layer: nn.Module, name: str = "layer") -> WeightCodes:
     """The codes, scale and zero point of ``layer``'s quantized weight, checked to rebuild it exactly."""
@@ -72,9 +85,8 @@ def weight_codes(layer: nn.Module, name: str = "layer") -> WeightCodes:
         result = WeightCodes(codes, scale, zero_point.to(torch.int32).clone() if has_zero_point(layer) else None,
                              int(quant.bit_width.item()), bool(quant.signed))
     elif isinstance(quant, FloatQuantTensor):
-        fmt = _float_format(quant)
-        result = WeightCodes((value.double() / scale.double()).float().to(FLOAT8_DTYPES[(4, 3) if fmt == "e4m3" else (5, 2)]), scale, None,
-                             8, True, fmt)
+        fmt = fp8_format(quant.exponent_bit_width, quant.mantissa_bit_width, f"layer {name!r}'s weight")
+        result = WeightCodes((value.double() / scale.double()).float().to(fmt.dtype), scale, None, 8, True, fmt.name)
     else:       # pragma: no cover - a quantizer kind the recipes do not build
         raise ModelError(f"layer {name!r} has a {type(quant).__name__} weight, which cannot be stored as codes")
     if not torch.equal(result.dequantize(), value):

@@ -23,6 +23,7 @@ from brevitas_ldm.denoiser.blocks import Block, expand_to_layers
 from brevitas_ldm.denoiser.names import user_facing_names
 from brevitas_ldm.errors import RecipeError
 from brevitas_ldm.precision import FLOAT, Precision, parse_precision
+from brevitas_ldm.quant.integer_codes import FP8_FORMATS
 from brevitas_ldm.quant.quantizers import act_quantizer, weight_quantizer
 from brevitas_ldm.recipe import Recipe, TensorQuant
 
@@ -167,7 +168,8 @@ def _fp8_format(layer: nn.Module) -> str:
         if not proxy.is_quant_enabled or not hasattr(proxy, "exponent_bit_width"):
             return "int"
         formats.add((int(proxy.exponent_bit_width()), int(proxy.mantissa_bit_width())))
-    return {(4, 3): "e4m3", (5, 2): "e5m2"}.get(formats.pop(), "int") if len(formats) == 1 else "int"
+    fmt = FP8_FORMATS.get(formats.pop()) if len(formats) == 1 else None
+    return fmt.name if fmt is not None else "int"
 
 
 def read_precisions(denoiser: nn.Module) -> PrecisionMap:

@@ -22,9 +22,7 @@ from brevitas.quant_tensor import FloatQuantTensor, IntQuantTensor
 from torch import nn
 
 from brevitas_ldm.errors import ModelError
-
-#: OCP fp8 formats Brevitas quantizes to: (exponent bits, mantissa bits) -> torch dtype and its largest value.
-FP8_FORMATS = {(4, 3): ("e4m3", torch.float8_e4m3fn, 448.0), (5, 2): ("e5m2", torch.float8_e5m2, 57344.0)}
+from brevitas_ldm.quant.integer_codes import fp8_format
 
 
 @dataclass(frozen=True)
@@ -79,11 +77,8 @@ def _shift(qmin: int, qmax: int, bits: int) -> int:
 
 
 def _fp8_format(tensor: FloatQuantTensor, what: str) -> tuple[str, torch.dtype, float]:
-    key = (int(tensor.exponent_bit_width), int(tensor.mantissa_bit_width))
-    if key not in FP8_FORMATS:
-        raise ModelError(f"{what} is a {key[0]}-exponent/{key[1]}-mantissa minifloat: the torch runtime holds only "
-                         f"the OCP fp8 formats e4m3 and e5m2; quantize with activations/weights.format = \"e4m3\"")
-    return FP8_FORMATS[key]
+    fmt = fp8_format(tensor.exponent_bit_width, tensor.mantissa_bit_width, what)
+    return fmt.name, fmt.dtype, fmt.max_value
 
 
 def _per_channel(scale: torch.Tensor, out_channels: int) -> torch.Tensor:
