@@ -1,9 +1,10 @@
 """What a job will cost, said before its first denoiser call: calls per phase, wall time, peak memory.
 
-Every phase's call count comes from the object that does the work (``BlockSensitivity.planned_calls``,
-``LayerSensitivity.planned_calls``, ``SmoothQuantStep.planned_calls``, :func:`calibration_calls`,
-:func:`sampling_calls` for GPTQ's float runs), so the plan cannot drift from what runs; a test checks the plan
-against the calls the job counts. Wall time is priced from one timed FP call and one timed fake-quantized call
+Every phase's call count comes from the phase object that runs it (:mod:`brevitas_ldm.job`), which asks the
+object that does the work (``BlockSensitivity.planned_calls``, ``LayerSensitivity.planned_calls``,
+``SmoothQuantStep.planned_calls``, ``calibration_calls``, ``sampling_calls`` for GPTQ's float runs), so the plan
+cannot drift from what runs; a test checks each priced phase against the calls counted while it ran. This module
+prices those rows. Wall time is priced from one timed FP call and one timed fake-quantized call
 of the real denoiser on the real pipeline inputs, scaled linearly with the batch, plus what a phase does besides
 its calls (GPTQ's rounding); peak memory adds the denoiser copies the largest phase holds (one per precision the
 global analysis measures) to what the process holds now.
@@ -18,23 +19,16 @@ import resource
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from brevitas_ldm.analysis.block_report import REPORT_FILE
-from brevitas_ldm.analysis.block_sensitivity import BlockSensitivity
-from brevitas_ldm.analysis.layer_sensitivity import LayerSensitivity
 from brevitas_ldm.denoiser.blocks import quantizable_layers
-from brevitas_ldm.denoiser.sampling import SamplingSpec, get_denoiser, sampling_calls
+from brevitas_ldm.denoiser.sampling import SamplingSpec, get_denoiser
 from brevitas_ldm.export.wrapper import first_call_inputs, nested_inputs
-from brevitas_ldm.quant.calibration import bias_correction_calls, calibration_calls
 from brevitas_ldm.quant.quantize import fast_inference, quantize_denoiser
-from brevitas_ldm.quant.smoothquant import SmoothQuantStep
 from brevitas_ldm.ranks import current_ranks
 from brevitas_ldm.recipe import Recipe
-from brevitas_ldm.workflow import analysis_samples, calibration_spec
 
 #: GPTQ's work besides the denoiser calls, single-threaded, per weight column of the quantizable layers: the
 #: column-by-column rounding (a Python loop with one Brevitas quantizer call per column), and accumulating each
@@ -171,64 +165,6 @@ def rank_sampling_calls(num_samples: int, spec: SamplingSpec) -> int:
     distributed job (:func:`~brevitas_ldm.denoiser.trajectory.fp_reference`, ``measure``): all of them alone."""
     batches = math.ceil(num_samples / spec.batch_size)
     return spec.num_inference_steps * len(current_ranks().round_robin(batches))
-
-
-def _global_phase(pipe: Any, analysis: BlockSensitivity, cache_dir: str | Path | None, notes: list[str],
-                  model_id: str | None = None) -> Phase:
-    key = analysis.cache_key(pipe, model_id) if cache_dir is not None else ""
-    if cache_dir is not None and (Path(cache_dir) / f"global-{key}" / REPORT_FILE).is_file():
-        notes.append(f"the global analysis is cached in {cache_dir}: it will be loaded, not measured")
-        return Phase("global analysis (cached)", 0, quantized=True, batch_size=analysis.spec.batch_size)
-    calls = analysis.planned_calls(analysis.units(get_denoiser(pipe)), current_ranks())
-    return Phase("global analysis", calls["total"], quantized=True, batch_size=analysis.spec.batch_size,
-                 copies=len(analysis.measured_precisions))
-
-
-def quantize_job_phases(pipe: Any, recipe: Recipe, calibration_prompts: Sequence[Any], calibration_seeds: Sequence[int],
-                        spec: SamplingSpec, num_eval: int, eval_spec: SamplingSpec | None, plan_given: bool,
-                        cache_dir: str | Path | None = None, notes: list[str] | None = None) -> list[Phase]:
-    """The phases :func:`~brevitas_ldm.workflow.quantize_pipeline` (and the command's evaluation, when
-    ``eval_spec`` is given) will run, with their call counts."""
-    notes = notes if notes is not None else []
-    n_cal = len(calibration_prompts)
-    analysis_prompts, analysis_seeds = analysis_samples(recipe, calibration_prompts, calibration_seeds)
-    phases = []
-    if eval_spec is not None:
-        phases.append(Phase("FP evaluation", rank_sampling_calls(num_eval, eval_spec), False, eval_spec.batch_size))
-    if not plan_given and recipe.analysis.global_:
-        phases.append(_global_phase(pipe, BlockSensitivity(recipe, analysis_prompts, analysis_seeds, spec,
-                                                           progress=False), cache_dir, notes))
-    if recipe.analysis.local:
-        local = LayerSensitivity(recipe, analysis_prompts, analysis_seeds, spec, progress=False)
-        phases.append(Phase("local analysis", sum(local.planned_calls().values()), True, spec.batch_size, copies=1))
-    if recipe.smoothquant.enabled:
-        step = SmoothQuantStep.from_recipe(recipe)
-        calls = step.planned_calls(sampling_calls(n_cal, spec), calibration_calls(recipe, n_cal, spec))
-        phases.append(Phase("SmoothQuant", calls, True, spec.batch_size, at_most=True))
-    final_spec = calibration_spec(recipe, spec)
-    if recipe.weights.rounding == "gptq":   # float sampling runs feeding every layer's Hessian, then the rounding
-        phases.append(Phase("GPTQ", sampling_calls(n_cal, final_spec), False, spec.batch_size,
-                            extra_s=gptq_extra_seconds(get_denoiser(pipe), n_cal * final_spec.num_inference_steps)))
-    phases.append(Phase("calibration", calibration_calls(recipe, n_cal, final_spec)
-                        + bias_correction_calls(recipe, n_cal, final_spec), True, spec.batch_size))
-    if eval_spec is not None:
-        phases.append(Phase("quantized evaluation", rank_sampling_calls(num_eval, eval_spec), True,
-                            eval_spec.batch_size))
-    return phases
-
-
-def analysis_job_phases(pipe: Any, recipe: Recipe, prompts: Sequence[Any], seeds: Sequence[int], spec: SamplingSpec,
-                        local: bool, cache_dir: str | Path | None = None, model_id: str | None = None,
-                        notes: list[str] | None = None) -> list[Phase]:
-    """The phases ``brevitas-ldm analyze`` will run: the global analysis, then the local one when asked."""
-    notes = notes if notes is not None else []
-    phases = [_global_phase(pipe, BlockSensitivity(recipe, list(prompts), list(seeds), spec, progress=False),
-                            cache_dir, notes, model_id)]
-    if local:
-        analysis = LayerSensitivity(recipe, list(prompts), list(seeds), spec, progress=False)
-        phases.append(Phase("local analysis", sum(analysis.planned_calls().values()), True, spec.batch_size,
-                            copies=1))
-    return phases
 
 
 def estimate(pipe: Any, recipe: Recipe, phases: list[Phase], conditions: Sequence[Any], seeds: Sequence[int],

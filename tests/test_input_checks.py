@@ -13,8 +13,8 @@ from cli_args import FAST, one_line_error
 from safetensors.torch import load_file, save_file
 
 import brevitas_ldm.commands.qat as qat_command
-import brevitas_ldm.commands.quantize as quantize_command
 import brevitas_ldm.evaluation.comparison as comparison
+import brevitas_ldm.job.evaluation as evaluation_phases
 from brevitas_ldm.checkpoint import HASH_METADATA_KEY, META_FILE, file_sha256, hashed_files, tensors_sha256
 from brevitas_ldm.cli import main
 from brevitas_ldm.denoiser.loading import load_pipeline
@@ -33,7 +33,7 @@ def no_fp_sampling(monkeypatch):
         raise AssertionError("the FP reference was sampled before the input was checked")
 
     monkeypatch.setattr(comparison, "fp_reference", refuse)
-    monkeypatch.setattr(quantize_command, "fp_reference", refuse)
+    monkeypatch.setattr(evaluation_phases, "fp_reference", refuse)
     monkeypatch.setattr(qat_command, "fp_reference", refuse)
 
 

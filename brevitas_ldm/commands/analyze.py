@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 
 from brevitas_ldm.commands.common import (
     add_model_options,
@@ -12,7 +11,7 @@ from brevitas_ldm.commands.common import (
     load_model,
     positive_int,
 )
-from brevitas_ldm.cost import analysis_job_phases, estimate
+from brevitas_ldm.cost import estimate
 from brevitas_ldm.denoiser.job_progress import JobProgress
 from brevitas_ldm.denoiser.loading import model_display_name
 from brevitas_ldm.denoiser.sampling import SamplingSpec, check_spec, get_denoiser
@@ -22,7 +21,8 @@ from brevitas_ldm.io import atomic_output_dir, write_json_atomic
 from brevitas_ldm.limits import check_count
 from brevitas_ldm.ranks import current_ranks, peak_rss_bytes
 from brevitas_ldm.recipe import get_recipe
-from brevitas_ldm.workflow import check_job
+from brevitas_ldm.job import ANALYSIS_PHASES, price_phases, run_phases
+from brevitas_ldm.workflow import prepare_job
 
 
 def add_parser(subparsers) -> None:
@@ -58,50 +58,33 @@ def run(args: argparse.Namespace) -> int:
     samples = calibration_set(args.num_prompts or recipe.analysis.num_prompts, seed=args.seed, prompts=prompts)
     spec = SamplingSpec(args.steps, args.guidance_scale, args.batch_size)
     check_spec(pipe, spec)          # what would fail part-way fails now, before the analysis
-    check_job(pipe, recipe, spec)
     model_name = model_display_name(args.model)
-
-    notes: list[str] = []
-    phases = analysis_job_phases(pipe, recipe, samples.prompts, samples.seeds, spec,
-                                 local=recipe.analysis.local or args.local, cache_dir=args.cache_dir,
-                                 model_id=model_name, notes=notes)
-    work = estimate(pipe, recipe, phases, samples.prompts, samples.seeds, spec, notes)
+    state = prepare_job(pipe, recipe, samples.prompts, samples.seeds, spec, progress=True, cache_dir=args.cache_dir,
+                        model_id=model_name, local=recipe.analysis.local or args.local,
+                        analysis_num_prompts=len(samples))     # --num-prompts: every sample is analysed
+    work = estimate(pipe, recipe, price_phases(ANALYSIS_PHASES, state), samples.prompts, samples.seeds, spec,
+                    state.notes)
     print("\n".join(work.lines()), flush=True)
     if args.dry_run:
         return 0
     with JobProgress(type(get_denoiser(pipe)), work.total_calls):
-        summary = _run_analysis(args, recipe, pipe, samples, spec, model_name)
+        run_phases(ANALYSIS_PHASES, state)
+        summary = _write_analysis(args, state.result, len(samples), model_name)
     print(summary)      # after the job's bar has closed
     return 0
 
 
-def _run_analysis(args: argparse.Namespace, recipe, pipe, samples, spec: SamplingSpec, model_name: str) -> str:
-    from brevitas_ldm.analysis.block_sensitivity import BlockSensitivity
-    from brevitas_ldm.planning.planners import choose_plan
-    from brevitas_ldm.quant.quantize import resolve_precisions
-
-    start = time.perf_counter()
-    report = BlockSensitivity(recipe, list(samples.prompts), list(samples.seeds), spec, progress=True).run(
-        pipe, cache_dir=args.cache_dir, model_id=model_name)
-    plan = choose_plan(report, recipe.plan, recipe.default_precision)
+def _write_analysis(args: argparse.Namespace, result, num_prompts: int, model_name: str) -> str:
+    """analysis.json, plan.json, the reports and figures of a finished analysis (main rank)."""
+    report, layer_report, plan, recipe = result.block_report, result.layer_report, result.plan, result.recipe
     plan.model, plan.recipe = model_name, recipe.name
-    timing = {"global_analysis": time.perf_counter() - start}
-    layer_report = None
-    if recipe.analysis.local or args.local:
-        from brevitas_ldm.analysis.layer_sensitivity import LayerSensitivity
-
-        start = time.perf_counter()
-        precisions = resolve_precisions(get_denoiser(pipe), recipe, plan.precisions)
-        layer_report = LayerSensitivity(recipe, list(samples.prompts), list(samples.seeds), spec,
-                                          precisions=precisions, progress=True).run(pipe)
-        timing["local_analysis"] = time.perf_counter() - start
+    timing = {key: result.timing_s[key] for key in ("global_analysis", "local_analysis") if key in result.timing_s}
     if not current_ranks().is_main:
         return ""       # the main rank holds the same reports and writes them
-    summary = {"model": model_name, "recipe": recipe.name, "num_prompts": len(samples), "steps": args.steps,
+    summary = {"model": model_name, "recipe": recipe.name, "num_prompts": num_prompts, "steps": args.steps,
                "timing_s": timing,
-               "denoiser_calls": {"global_analysis": 0 if report.from_cache else report.denoiser_calls.get("total", 0),
-                                  **({"local_analysis": sum(layer_report.denoiser_calls.values())}
-                                     if layer_report is not None else {})},
+               "denoiser_calls": {key: result.denoiser_calls[key] for key in ("global_analysis", "local_analysis")
+                                  if key in result.denoiser_calls},
                "global_from_cache": report.from_cache,
                "peak_rss_bytes": peak_rss_bytes(),
                "plan": {"method": plan.method, "predicted_sqnr_db": plan.predicted_sqnr_db,

@@ -7,7 +7,6 @@ import argparse
 import dataclasses
 import shlex
 import sys
-import time
 from pathlib import Path
 
 from brevitas_ldm.analysis.block_report import ADDED_NOISE_PNG, HEATMAP_PNG, PROGRESSIVE_PNG
@@ -21,13 +20,12 @@ from brevitas_ldm.commands.common import (
     check_sampling_args,
     load_model,
 )
-from brevitas_ldm.cost import estimate, quantize_job_phases
+from brevitas_ldm.cost import estimate
 from brevitas_ldm.denoiser.job_progress import JobProgress
 from brevitas_ldm.denoiser.loading import model_display_name
 from brevitas_ldm.denoiser.lora import FusedLora
 from brevitas_ldm.denoiser.sampling import SamplingSpec, check_spec, get_denoiser
 from brevitas_ldm.errors import BrevitasLDMError
-from brevitas_ldm.evaluation.comparison import compare_quantized, fp_reference
 from brevitas_ldm.evaluation.prompts import calibration_set, evaluation_set, read_prompt_file
 from brevitas_ldm.evaluation.run import has_digits_evaluator
 from brevitas_ldm.io import atomic_output_dir, write_json_atomic
@@ -36,7 +34,9 @@ from brevitas_ldm.planning.plan import read_plan
 from brevitas_ldm.pretrained import CHECKPOINT_SUBDIR
 from brevitas_ldm.ranks import current_ranks
 from brevitas_ldm.recipe import Recipe, get_recipe
-from brevitas_ldm.workflow import check_job
+from brevitas_ldm.job import EVALUATED_PHASES, price_phases, run_phases
+from brevitas_ldm.job.evaluation import Evaluation
+from brevitas_ldm.workflow import finish_job, prepare_job
 
 #: The PNGs the analysis reports write, by the key report.md links them under.
 ANALYSIS_FIGURES = {"block_progressive": PROGRESSIVE_PNG, "block_added_noise": ADDED_NOISE_PNG,
@@ -95,17 +95,18 @@ def run(args: argparse.Namespace) -> int:
     cal = calibration_set(args.calibration_prompts or recipe.calibration.num_prompts, prompts=calibration_prompts)
     cal_spec = SamplingSpec(args.steps, args.guidance_scale, recipe.calibration.batch_size)
     check_spec(pipe, spec)          # what would fail part-way fails now, before the FP evaluation
-    check_job(pipe, recipe, cal_spec, plan)
-
-    notes: list[str] = []
-    phases = quantize_job_phases(pipe, recipe, cal.prompts, cal.seeds, cal_spec, args.num_samples, spec,
-                                 plan_given=plan is not None, cache_dir=args.cache_dir, notes=notes)
-    work = estimate(pipe, recipe, phases, cal.prompts, cal.seeds, cal_spec, notes)
+    # the job's checks (check_job) run here too, before the plan of work and the FP evaluation
+    state = prepare_job(pipe, recipe, cal.prompts, cal.seeds, cal_spec, plan=plan, progress=True,
+                        cache_dir=args.cache_dir, evaluation=Evaluation(eval_set, spec,
+                                                                        has_digits_evaluator(args.model)))
+    work = estimate(pipe, recipe, price_phases(EVALUATED_PHASES, state), cal.prompts, cal.seeds, cal_spec,
+                    state.notes)
     print("\n".join(work.lines()), flush=True)
     if args.dry_run:
         return 0
     with JobProgress(type(get_denoiser(pipe)), work.total_calls) as job:
-        summary = _run_job(args, recipe, pipe, plan, eval_set, spec, cal, cal_spec, work, job, lora)
+        run_phases(EVALUATED_PHASES, state)
+        summary = _write_job(args, finish_job(state), state.evaluation, work, job, lora)
     print(summary)      # after the job's bar has closed
     return 0
 
@@ -126,29 +127,16 @@ def with_calibration_flags(recipe: Recipe, args: argparse.Namespace) -> Recipe:
     return dataclasses.replace(recipe, calibration=dataclasses.replace(recipe.calibration, **changes))
 
 
-def _run_job(args: argparse.Namespace, recipe, pipe, plan, eval_set, spec: SamplingSpec, cal, cal_spec: SamplingSpec,
-             work, job: JobProgress, lora: FusedLora | None) -> str:
-    digits = has_digits_evaluator(args.model)
+def _write_job(args: argparse.Namespace, result, evaluation: Evaluation, work, job: JobProgress,
+               lora: FusedLora | None) -> str:
+    """metrics.json, the report, the figures and the quantized pipeline folder of a finished job (main rank)."""
     model_name = model_display_name(args.model)
-    timing: dict[str, float] = {}
-
-    start = time.perf_counter()
-    reference = fp_reference(pipe, eval_set, spec, with_digits=digits)
-    timing["fp_evaluation"] = time.perf_counter() - start
-
-    from brevitas_ldm.workflow import quantize_pipeline
-
-    result = quantize_pipeline(pipe, recipe, list(cal.prompts), list(cal.seeds), cal_spec, plan=plan,
-                               progress=True, cache_dir=args.cache_dir)
-
-    start = time.perf_counter()
-    quantized, generation, per_step = compare_quantized(pipe, eval_set, spec, reference, result.precisions,
-                                                        with_digits=digits)
-    timing["evaluation"] = time.perf_counter() - start
+    digits = evaluation.with_digits
+    reference, quantized, per_step = evaluation.reference, evaluation.quantized, evaluation.per_step_sqnr_db
     if not current_ranks().is_main:
         return ""       # this rank sampled its share; the main rank scores, reports and writes
     metrics = {
-        "model": model_name, "recipe": recipe.name, "seed": args.seed, "num_samples": args.num_samples,
+        "model": model_name, "recipe": result.recipe.name, "seed": args.seed, "num_samples": args.num_samples,
         "threads": work.timing.threads,   # thread counts change float sums in the last bits: --threads N reproduces
         **({"processes": current_ranks().world_size} if current_ranks().is_distributed else {}),
         "steps": args.steps, "guidance_scale": args.guidance_scale, "dtype": args.dtype or "float32",
@@ -160,17 +148,18 @@ def _run_job(args: argparse.Namespace, recipe, pipe, plan, eval_set, spec: Sampl
         "timing_s": {"analysis": result.timing_s.get("analysis", 0.0),
                      "smoothing": result.timing_s.get("smoothing", 0.0),
                      "calibration": result.timing_s.get("calibration", 0.0),
-                     "evaluation": timing["evaluation"] + timing["fp_evaluation"],
+                     "evaluation": evaluation.timing_s["evaluation"] + evaluation.timing_s["fp_evaluation"],
                      **{k: v for k, v in result.timing_s.items() if k not in ("analysis", "smoothing", "calibration")}},
         "denoiser_calls": {"analysis": result.denoiser_calls.get("analysis", 0),
                            "calibration": result.denoiser_calls.get("calibration", 0),
                            **{k: v for k, v in result.denoiser_calls.items() if k not in ("analysis", "calibration")}},
-        "plan_of_work": {**work.to_dict(), "counted_calls": job.calls},
+        "plan_of_work": {**work.to_dict(), "counted_calls": job.calls,
+                         "counted_calls_by_phase": dict(result.counted_calls)},
     }
     command = "brevitas-ldm " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "brevitas-ldm quantize"
     with atomic_output_dir(args.out, args.overwrite) as staging:
-        write_outputs(staging, metrics, result, reference, generation, eval_set, per_step, command, model_name, lora,
-                      self_contained=not args.reference_base)
+        write_outputs(staging, metrics, result, reference, evaluation.generation, evaluation.eval_set, per_step,
+                      command, model_name, lora, self_contained=not args.reference_base)
     q = metrics["quantized"]
     extra = f", prompt accuracy {q['prompt_accuracy']:.3f}, digits-FID {q['digits_fid']:.2f}" if digits else ""
     return (f"wrote {args.out}: output SQNR {q['output_sqnr_db']:.2f} dB, image PSNR {q['image_psnr_db']:.2f} dB, "

@@ -1,0 +1,30 @@
+"""Price a list of phases, or run it: the one loop both the plan of work and the job go through."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from brevitas_ldm.cost import Phase
+from brevitas_ldm.denoiser.job_progress import JobProgress
+from brevitas_ldm.denoiser.sampling import get_denoiser
+from brevitas_ldm.job.phase import JobPhase
+from brevitas_ldm.job.state import JobState
+
+
+def price_phases(phases: Sequence[JobPhase], state: JobState) -> list[Phase]:
+    """The plan of work's rows: each enabled phase's cost, in order (phases that make no denoiser calls have
+    none). Call it before :func:`run_phases` on the same state."""
+    priced = (phase.cost(state) for phase in phases if phase.enabled(state))
+    return [cost for cost in priced if cost is not None]
+
+
+def run_phases(phases: Sequence[JobPhase], state: JobState) -> JobState:
+    """Run each enabled phase in order, counting the denoiser calls it executes into ``state.result.counted_calls``
+    (by its plan-of-work name, so the two can be compared row by row)."""
+    for phase in phases:
+        if not phase.enabled(state):
+            continue
+        with JobProgress(type(get_denoiser(state.pipe)), 0, desc=phase.name, enabled=False) as counter:
+            phase.run(state)
+        state.result.counted_calls[phase.name] = counter.calls
+    return state
