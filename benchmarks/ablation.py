@@ -14,7 +14,15 @@ import dataclasses
 import shlex
 import sys
 
-from harness import Configuration, add_run_arguments, machine, markdown_table, quality_vs_bits_png, run_rows, write_json
+from harness import (
+    Configuration,
+    add_run_arguments,
+    machine,
+    markdown_table,
+    quality_vs_bits_png,
+    run_rows,
+    write_json,
+)
 
 from brevitas_ldm.io import write_text_atomic
 from brevitas_ldm.recipe import get_recipe

@@ -33,6 +33,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(REPO / "benchmarks"))
     sys.path.insert(0, str(REPO))
     import torch
+    from scale_measure import _reset_peak_rss, _status_kb, build_pipeline
 
     from brevitas_ldm.denoiser.blocks import get_blocks
     from brevitas_ldm.denoiser.sampling import SamplingSpec, get_denoiser
@@ -41,7 +42,6 @@ def main(argv=None) -> int:
     from brevitas_ldm.io import write_text_atomic
     from brevitas_ldm.quant.precision_bank import PrecisionBank
     from brevitas_ldm.recipe import get_recipe
-    from scale_measure import _reset_peak_rss, _status_kb, build_pipeline
 
     started = time.perf_counter()
     pipe = build_pipeline(args.latent_size, args.seed)

@@ -198,7 +198,13 @@ class CapturedReader:
 
 def ort_peers(fp_path: Path, workdir: Path, calls: list[dict[str, torch.Tensor]]) -> dict[str, Path]:
     """onnxruntime's own static (QOperator, per-channel, reduce_range, MinMax) and dynamic quantization."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
 
     session = make_session(fp_path, 1)
     reader = CapturedReader(calls, {arg.name: arg.type for arg in session.get_inputs()})
@@ -274,7 +280,12 @@ def op_profile(path: Path, inputs: dict[str, torch.Tensor], threads: int, workdi
 def bench_model(name: str, args, workdir: Path) -> dict[str, Any]:
     from brevitas_ldm.denoiser.sampling import SamplingSpec, first_tensor, get_denoiser
     from brevitas_ldm.evaluation.prompts import calibration_set
-    from brevitas_ldm.export import export_denoiser, export_float_onnx, integer_kernel_counts, verify_onnx
+    from brevitas_ldm.export import (
+        export_denoiser,
+        export_float_onnx,
+        integer_kernel_counts,
+        verify_onnx,
+    )
     from brevitas_ldm.quant.quantize import quantize_denoiser
     from brevitas_ldm.recipe import get_recipe
     from brevitas_ldm.sqnr import sqnr_db

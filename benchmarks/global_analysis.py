@@ -57,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     from brevitas_ldm.denoiser.loading import load_pipeline, model_display_name
     from brevitas_ldm.denoiser.sampling import SamplingSpec
     from brevitas_ldm.denoiser.trajectory import fp_reference
-    from brevitas_ldm.planning.planners import choose_plan, random_upgrade_plans, top_k_plan
+    from brevitas_ldm.planning.planners import (
+        choose_plan,
+        random_upgrade_plans,
+        top_k_plan,
+    )
     from brevitas_ldm.planning.prediction import average_bits, predict_sqnr_db
     from brevitas_ldm.planning.validation import measure_plan, validate_plan
     from brevitas_ldm.quant.precision_bank import PrecisionBank

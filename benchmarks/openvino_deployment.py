@@ -72,7 +72,11 @@ class Runner:
             self.feeds = base.feeds_for(self.session, inputs)
             self.precision = "f32"
         else:
-            from brevitas_ldm.export.openvino_runtime import compile_ir, inference_precision, input_name
+            from brevitas_ldm.export.openvino_runtime import (
+                compile_ir,
+                inference_precision,
+                input_name,
+            )
 
             compiled = compile_ir(path, threads, precision)
             self.request = compiled.create_infer_request()
@@ -125,9 +129,17 @@ def nncf_peer(fp_xml: Path, out: Path, calls: list[dict]) -> tuple[Path, float]:
 def bench_model(name: str, args, workdir: Path) -> dict[str, Any]:
     from brevitas_ldm.denoiser.sampling import SamplingSpec, first_tensor, get_denoiser
     from brevitas_ldm.evaluation.prompts import calibration_set
-    from brevitas_ldm.export import export_denoiser, export_float_onnx, integer_kernel_counts, verify_onnx
+    from brevitas_ldm.export import (
+        export_denoiser,
+        export_float_onnx,
+        integer_kernel_counts,
+        verify_onnx,
+    )
     from brevitas_ldm.export.openvino_ir import onnx_to_openvino_ir
-    from brevitas_ldm.export.openvino_runtime import openvino_kernel_counts, verify_openvino
+    from brevitas_ldm.export.openvino_runtime import (
+        openvino_kernel_counts,
+        verify_openvino,
+    )
     from brevitas_ldm.quant.quantize import quantize_denoiser
     from brevitas_ldm.recipe import get_recipe
     from brevitas_ldm.sqnr import sqnr_db

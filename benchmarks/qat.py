@@ -82,7 +82,12 @@ KEYS = ("output_sqnr_db", "image_psnr_db", "digits_fid", "prompt_accuracy", "avg
 
 
 def run(names: list[str], num_samples: int, steps: int, seed: int, part: str) -> None:
-    from brevitas_ldm.threads import THREADS_ENV, apply_threads, choose_threads, parse_threads
+    from brevitas_ldm.process.threads import (
+        THREADS_ENV,
+        apply_threads,
+        choose_threads,
+        parse_threads,
+    )
 
     apply_threads(choose_threads(parse_threads(os.environ.get(THREADS_ENV, "auto"))))
     recipes = rows_by_name()

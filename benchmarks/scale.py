@@ -36,12 +36,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-
-
-from scale_measure import (ALLOCATOR_ENV, Recorder, bench_denoiser_call, build_pipeline, calibrate, call_inputs,
-                           denoiser_call, quantized_copy, run_global, run_local, time_weight_quantization,
-                           trajectory_stats)
+from scale_measure import (
+    ALLOCATOR_ENV,
+    Recorder,
+    bench_denoiser_call,
+    build_pipeline,
+    calibrate,
+    call_inputs,
+    denoiser_call,
+    quantized_copy,
+    run_global,
+    run_local,
+    time_weight_quantization,
+    trajectory_stats,
+)
 from scale_report import FIGURE_NAME, _median, save_blocks_figure, write_report
 
 

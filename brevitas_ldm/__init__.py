@@ -18,7 +18,7 @@ import importlib
 import warnings
 from typing import TYPE_CHECKING
 
-from brevitas_ldm import diffusers_registration as _diffusers_registration
+from brevitas_ldm.checkpoint import diffusers_registration as _diffusers_registration
 
 __version__ = "0.7.0"
 
@@ -40,8 +40,8 @@ _EXPORTS = {
     "parse_precision": "brevitas_ldm.precision",
     "SQNRMeter": "brevitas_ldm.sqnr",
     "sqnr_db": "brevitas_ldm.sqnr",
-    "Ranks": "brevitas_ldm.ranks",
-    "current_ranks": "brevitas_ldm.ranks",
+    "Ranks": "brevitas_ldm.process.ranks",
+    "current_ranks": "brevitas_ldm.process.ranks",
     "load_pipeline": "brevitas_ldm.denoiser.loading",
     "get_blocks": "brevitas_ldm.denoiser.blocks",
     "SamplingSpec": "brevitas_ldm.denoiser.sampling",
@@ -61,12 +61,12 @@ _EXPORTS = {
     "choose_plan": "brevitas_ldm.planning.planners",
     "measure_plan": "brevitas_ldm.planning.validation",
     "validate_plan": "brevitas_ldm.planning.validation",
-    "QuantizationResult": "brevitas_ldm.workflow",
+    "QuantizationResult": "brevitas_ldm.job.result",
     "quantize_pipeline": "brevitas_ldm.workflow",
-    "load_quantized": "brevitas_ldm.checkpoint",
-    "from_pretrained": "brevitas_ldm.pretrained",
-    "BrevitasConfig": "brevitas_ldm.diffusers_quantizer",
-    "BrevitasQuantizer": "brevitas_ldm.diffusers_quantizer",
+    "load_quantized": "brevitas_ldm.checkpoint.folder",
+    "from_pretrained": "brevitas_ldm.checkpoint.pretrained",
+    "BrevitasConfig": "brevitas_ldm.checkpoint.diffusers_quantizer",
+    "BrevitasQuantizer": "brevitas_ldm.checkpoint.diffusers_quantizer",
     "qat": "brevitas_ldm.training.qat",
     "QATResult": "brevitas_ldm.training.qat",
     "export_denoiser": "brevitas_ldm.export",
@@ -76,32 +76,39 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:  # what IDEs and type checkers see; at run time names load on first use (__getattr__)
-    from brevitas_ldm.errors import BrevitasLDMError  # noqa: F401
-    from brevitas_ldm.recipe import Recipe, get_recipe, list_recipes, register_recipe  # noqa: F401
-    from brevitas_ldm.precision import Precision, parse_precision  # noqa: F401
-    from brevitas_ldm.sqnr import SQNRMeter, sqnr_db  # noqa: F401
-    from brevitas_ldm.ranks import Ranks, current_ranks  # noqa: F401
-    from brevitas_ldm.denoiser.loading import load_pipeline  # noqa: F401
-    from brevitas_ldm.denoiser.blocks import get_blocks  # noqa: F401
-    from brevitas_ldm.denoiser.sampling import SamplingSpec, generate  # noqa: F401
-    from brevitas_ldm.quant.quantize import quantize_denoiser, read_precisions  # noqa: F401
-    from brevitas_ldm.quant.calibration import multi_step_calibration, single_step_calibration  # noqa: F401
-    from brevitas_ldm.quant.smoothquant import SmoothQuantStep, SmoothingResult  # noqa: F401
     from brevitas_ldm.analysis.block_report import BlockReport  # noqa: F401
     from brevitas_ldm.analysis.block_sensitivity import BlockSensitivity  # noqa: F401
     from brevitas_ldm.analysis.layer_report import LayerReport  # noqa: F401
     from brevitas_ldm.analysis.layer_sensitivity import LayerSensitivity  # noqa: F401
+    from brevitas_ldm.checkpoint.diffusers_quantizer import (  # noqa: F401
+        BrevitasConfig,
+        BrevitasQuantizer,
+    )
+    from brevitas_ldm.checkpoint.folder import load_quantized  # noqa: F401
+    from brevitas_ldm.checkpoint.pretrained import from_pretrained  # noqa: F401
+    from brevitas_ldm.denoiser.blocks import get_blocks  # noqa: F401
+    from brevitas_ldm.denoiser.loading import load_pipeline  # noqa: F401
+    from brevitas_ldm.denoiser.sampling import SamplingSpec, generate  # noqa: F401
+    from brevitas_ldm.errors import BrevitasLDMError  # noqa: F401
+    from brevitas_ldm.export import export_denoiser, verify_onnx  # noqa: F401
+    from brevitas_ldm.job.result import QuantizationResult  # noqa: F401
     from brevitas_ldm.planning.plan import Plan, read_plan  # noqa: F401
     from brevitas_ldm.planning.planners import choose_plan  # noqa: F401
     from brevitas_ldm.planning.validation import measure_plan, validate_plan  # noqa: F401
-    from brevitas_ldm.workflow import QuantizationResult, quantize_pipeline  # noqa: F401
-    from brevitas_ldm.checkpoint import load_quantized  # noqa: F401
-    from brevitas_ldm.pretrained import from_pretrained  # noqa: F401
-    from brevitas_ldm.diffusers_quantizer import BrevitasConfig, BrevitasQuantizer  # noqa: F401
-    from brevitas_ldm.training.qat import QATResult, qat  # noqa: F401
-    from brevitas_ldm.export import export_denoiser, verify_onnx  # noqa: F401
+    from brevitas_ldm.precision import Precision, parse_precision  # noqa: F401
+    from brevitas_ldm.process.ranks import Ranks, current_ranks  # noqa: F401
+    from brevitas_ldm.quant.calibration import (  # noqa: F401
+        multi_step_calibration,
+        single_step_calibration,
+    )
+    from brevitas_ldm.quant.quantize import quantize_denoiser, read_precisions  # noqa: F401
+    from brevitas_ldm.quant.smoothquant import SmoothingResult, SmoothQuantStep  # noqa: F401
+    from brevitas_ldm.recipe import Recipe, get_recipe, list_recipes, register_recipe  # noqa: F401
     from brevitas_ldm.runtimes import deploy  # noqa: F401
     from brevitas_ldm.runtimes.torch_runtime import Deployment  # noqa: F401
+    from brevitas_ldm.sqnr import SQNRMeter, sqnr_db  # noqa: F401
+    from brevitas_ldm.training.qat import QATResult, qat  # noqa: F401
+    from brevitas_ldm.workflow import quantize_pipeline  # noqa: F401
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 

@@ -4,7 +4,7 @@ Bad input raises :class:`~brevitas_ldm.errors.BrevitasLDMError`; here it becomes
 2 (a traceback only with ``--debug``), so scripts and people get the fix, not a stack.
 
 Launched by ``torchrun --nproc-per-node N -m brevitas_ldm analyze|quantize ...``, every process joins the job
-(:mod:`brevitas_ldm.ranks`): the analyses split their work, the main rank alone claims ``--out``, shows progress,
+(:mod:`brevitas_ldm.process.ranks`): the analyses split their work, the main rank alone claims ``--out``, shows progress,
 prints and writes; the other ranks are silent unless they fail.
 """
 
@@ -19,8 +19,8 @@ import sys
 import traceback
 from pathlib import Path
 
-from brevitas_ldm.interruption import EXIT_CODES, Terminated, interruptible
 from brevitas_ldm.errors import BrevitasLDMError
+from brevitas_ldm.process.interruption import EXIT_CODES, Terminated, interruptible
 
 # Only the light modules above load at start: torch, diffusers and the commands' own imports load when a command
 # that needs them is chosen, so `brevitas-ldm --help` and `brevitas-ldm recipes` start in a fraction of a second
@@ -92,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
                 prefix += f" (rank {ranks.rank} of {ranks.world_size})"
             with _claimed_output(args, ranks), _quiet(not ranks.is_main):
                 code = args.run(args)
+        except BrokenPipeError:
+            # the reader went away (``brevitas-ldm recipes | head``): nothing is wrong, and nothing more can be said
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return 0
         except BrevitasLDMError as exc:
             if debug:
                 traceback.print_exc()
@@ -109,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{prefix}: interrupted ({sig.name}){why}; no partial output was left behind", file=sys.stderr)
             return EXIT_CODES[sig]
         finally:
-            if "brevitas_ldm.ranks" in sys.modules:     # a command that never joined a job has nothing to leave
-                sys.modules["brevitas_ldm.ranks"].leave_job()
+            if "brevitas_ldm.process.ranks" in sys.modules:     # a command that never joined a job has nothing to leave
+                sys.modules["brevitas_ldm.process.ranks"].leave_job()
     return int(code or 0)
 
 
@@ -125,7 +130,11 @@ def _prepare(args: argparse.Namespace):
     """Device, torchrun job and threads of a command that computes (imported here: ``recipes`` needs no torch)."""
     if not hasattr(args, "threads"):
         return _NoJob()
-    from brevitas_ldm.threads import apply_threads, choose_threads, parse_threads
+    from brevitas_ldm.process.threads import (
+        apply_threads,
+        choose_threads,
+        parse_threads,
+    )
 
     threads = parse_threads(args.threads)       # a bad count is refused before the device is probed
     if hasattr(args, "device"):
@@ -139,7 +148,11 @@ def _prepare(args: argparse.Namespace):
 
 def _join_job(args: argparse.Namespace):
     """Join the torchrun job this process belongs to (``--device`` becomes this rank's own device), if any."""
-    from brevitas_ldm.ranks import SINGLE, join_launched_job, launched_world_size
+    from brevitas_ldm.process.ranks import (
+        SINGLE,
+        join_launched_job,
+        launched_world_size,
+    )
 
     if launched_world_size() <= 1:
         return SINGLE
@@ -219,7 +232,7 @@ def _claimed_output(args: argparse.Namespace, ranks=None) -> contextlib.Abstract
         return contextlib.nullcontext()
     if ranks is None or not ranks.is_distributed:
         return claimed_output_dir(out, getattr(args, "overwrite", False), inputs)
-    from brevitas_ldm.ranks import broadcast_from_main
+    from brevitas_ldm.process.ranks import broadcast_from_main
 
     stack = contextlib.ExitStack()
     refusal = ""

@@ -15,7 +15,9 @@ from brevitas.nn.equalized_layer import EqualizedModule
 # Module types Brevitas' layerwise equalization treats as regions; the tuple is private in Brevitas, so fall back
 # to the types it contained in 0.13.
 try:
-    from brevitas.graph.equalize import _supported_layers as BREVITAS_EQUALIZATION_LAYERS
+    from brevitas.graph.equalize import (
+        _supported_layers as BREVITAS_EQUALIZATION_LAYERS,
+    )
 except ImportError:  # pragma: no cover - depends on the Brevitas version
     BREVITAS_EQUALIZATION_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d,
                                     nn.ConvTranspose2d, nn.ConvTranspose3d, nn.MultiheadAttention)

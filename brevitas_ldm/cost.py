@@ -26,8 +26,8 @@ import torch
 from brevitas_ldm.denoiser.blocks import quantizable_layers
 from brevitas_ldm.denoiser.sampling import SamplingSpec, get_denoiser
 from brevitas_ldm.export.wrapper import first_call_inputs, nested_inputs
+from brevitas_ldm.process.ranks import current_ranks
 from brevitas_ldm.quant.quantize import fast_inference, quantize_denoiser
-from brevitas_ldm.ranks import current_ranks
 from brevitas_ldm.recipe import Recipe
 
 #: GPTQ's work besides the denoiser calls, single-threaded, per weight column of the quantizable layers: the

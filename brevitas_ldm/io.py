@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from brevitas_ldm.errors import BrevitasLDMError
-from brevitas_ldm.interruption import raise_if_interrupted
 from brevitas_ldm.precision import Precision
+from brevitas_ldm.process.interruption import raise_if_interrupted
 
 T = TypeVar("T")
 

@@ -11,7 +11,7 @@ import dataclasses
 import pytest
 import torch
 
-from brevitas_ldm.checkpoint import load_quantized
+from brevitas_ldm.checkpoint.folder import load_quantized
 from brevitas_ldm.denoiser.loading import load_pipeline
 from brevitas_ldm.denoiser.sampling import SamplingSpec, generate
 from brevitas_ldm.errors import RecipeError

@@ -2,7 +2,11 @@ import pytest
 import torch
 
 from brevitas_ldm.errors import CalibrationError
-from brevitas_ldm.quant.calibration import multi_step_calibration, single_step_calibration, uniform_step_indices
+from brevitas_ldm.quant.calibration import (
+    multi_step_calibration,
+    single_step_calibration,
+    uniform_step_indices,
+)
 from brevitas_ldm.quant.quantize import quant_layers, quantize_denoiser
 from brevitas_ldm.recipe import get_recipe
 from brevitas_ldm.zoo.tiny import tiny_sd_pipeline

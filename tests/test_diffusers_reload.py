@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import brevitas_ldm
-from brevitas_ldm.checkpoint import STATE_FILE
+from brevitas_ldm.checkpoint.folder import STATE_FILE
 from brevitas_ldm.denoiser.loading import load_pipeline
 from brevitas_ldm.denoiser.sampling import (
     SamplingSpec,

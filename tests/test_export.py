@@ -31,7 +31,12 @@ from brevitas_ldm.export import (
 from brevitas_ldm.quant.calibration import multi_step_calibration
 from brevitas_ldm.quant.quantize import quant_layers, quantize_denoiser
 from brevitas_ldm.recipe import get_recipe
-from brevitas_ldm.zoo.tiny import denoiser_inputs, tiny_class_unet, tiny_dit, tiny_sd_unet
+from brevitas_ldm.zoo.tiny import (
+    denoiser_inputs,
+    tiny_class_unet,
+    tiny_dit,
+    tiny_sd_unet,
+)
 
 RECIPE = "minmax-w8a8"
 # tracing diffusers models warns about every shape-dependent branch; those branches are static for a denoiser

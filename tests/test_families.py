@@ -17,7 +17,12 @@ from brevitas_ldm.cli import main
 from brevitas_ldm.denoiser.blocks import get_blocks
 from brevitas_ldm.denoiser.layer_categories import layer_category
 from brevitas_ldm.denoiser.loading import load_pipeline
-from brevitas_ldm.denoiser.sampling import SamplingSpec, _pipeline_call_kwargs, get_denoiser, max_noise_timestep
+from brevitas_ldm.denoiser.sampling import (
+    SamplingSpec,
+    _pipeline_call_kwargs,
+    get_denoiser,
+    max_noise_timestep,
+)
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.quant.calibration import calibrate_pipeline
 from brevitas_ldm.quant.quantize import quant_layers, quantize_denoiser

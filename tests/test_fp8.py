@@ -82,7 +82,7 @@ def test_the_hybrid_fp8_recipe_runs_the_main_job_and_its_plan_uses_e4m3(tmp_path
     baseline = tiny_sd_pipeline()
     quantize_pipeline(baseline, "minmax-w8a8", *CALIBRATION, spec=SPEC)
     assert hybrid_db > sqnr_db(fp, _evaluate(baseline))
-    from brevitas_ldm.checkpoint import load_quantized
+    from brevitas_ldm.checkpoint.folder import load_quantized
     from brevitas_ldm.report import write_report
 
     write_report(tmp_path / "report.md", {"model": "tiny", "num_samples": 4, "steps": 3, "seed": 0}, result, {},

@@ -13,7 +13,12 @@ from plain_single_step import plain_single_step
 from brevitas_ldm.analysis.block_report import BlockReport
 from brevitas_ldm.analysis.block_sensitivity import BlockSensitivity
 from brevitas_ldm.denoiser.blocks import get_blocks
-from brevitas_ldm.denoiser.sampling import CallCounter, SamplingSpec, generate, get_denoiser
+from brevitas_ldm.denoiser.sampling import (
+    CallCounter,
+    SamplingSpec,
+    generate,
+    get_denoiser,
+)
 from brevitas_ldm.denoiser.trajectory import fp_reference, measure
 from brevitas_ldm.errors import BrevitasLDMError, RecipeError
 from brevitas_ldm.planning.validation import measure_plan

@@ -122,9 +122,13 @@ def test_activations_have_no_rounding_key():
 def test_the_workflow_rounds_by_gptq_and_the_checkpoint_keeps_it(sd_dir, tmp_path):
     """On a diffusers pipeline: GPTQ runs between quantization and calibration on every step of the calibration
     runs, raises the output SQNR at W4A8, and the saved folder reloads to the same model."""
-    from brevitas_ldm.checkpoint import load_quantized
+    from brevitas_ldm.checkpoint.folder import load_quantized
     from brevitas_ldm.denoiser.loading import load_pipeline
-    from brevitas_ldm.denoiser.sampling import SamplingSpec, get_denoiser, sampling_calls
+    from brevitas_ldm.denoiser.sampling import (
+        SamplingSpec,
+        get_denoiser,
+        sampling_calls,
+    )
     from brevitas_ldm.denoiser.trajectory import fp_reference, measure
     from brevitas_ldm.workflow import quantize_pipeline
 

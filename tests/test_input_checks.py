@@ -15,7 +15,13 @@ from safetensors.torch import load_file, save_file
 import brevitas_ldm.commands.qat as qat_command
 import brevitas_ldm.evaluation.comparison as comparison
 import brevitas_ldm.job.evaluation as evaluation_phases
-from brevitas_ldm.checkpoint import HASH_METADATA_KEY, META_FILE, file_sha256, hashed_files, tensors_sha256
+from brevitas_ldm.checkpoint.folder import (
+    HASH_METADATA_KEY,
+    META_FILE,
+    file_sha256,
+    hashed_files,
+    tensors_sha256,
+)
 from brevitas_ldm.cli import main
 from brevitas_ldm.denoiser.loading import load_pipeline
 from brevitas_ldm.denoiser.sampling import SamplingSpec

@@ -6,8 +6,9 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 from brevitas_ldm.cli import COMMANDS, build_parser
 
@@ -71,3 +72,15 @@ def test_a_ctrl_c_during_start_up_is_one_line(tmp_path):
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines == ["brevitas-ldm quantize: interrupted (SIGINT); no partial output was left behind"], err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_reader_that_goes_away_is_no_traceback(tmp_path):
+    """``brevitas-ldm recipes | head -1``: the closed pipe ends the command quietly, exit 0."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)                  # the reader has already gone: the first flush meets a broken pipe
+    try:
+        writer = subprocess.run([sys.executable, "-m", "brevitas_ldm", "recipes"], stdout=write_end,
+                                stderr=subprocess.PIPE, text=True, cwd=tmp_path, timeout=120)
+    finally:
+        os.close(write_end)
+    assert writer.returncode == 0 and "Traceback" not in writer.stderr, writer.stderr

@@ -10,9 +10,13 @@ import time
 import pytest
 import torch
 
-from brevitas_ldm.denoiser.job_progress import JobProgress
-from brevitas_ldm.interruption import Terminated, interruptible, raise_if_interrupted
 from brevitas_ldm.io import atomic_output_dir
+from brevitas_ldm.process.interruption import (
+    Terminated,
+    interruptible,
+    raise_if_interrupted,
+)
+from brevitas_ldm.process.job_progress import JobProgress
 
 
 class _SwallowsTheSignal:

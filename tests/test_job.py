@@ -8,7 +8,7 @@ import pytest
 import torch
 from cli_args import FAST
 
-from brevitas_ldm.checkpoint import load_quantized
+from brevitas_ldm.checkpoint.folder import load_quantized
 from brevitas_ldm.cli import main
 from brevitas_ldm.denoiser.loading import load_pipeline
 from brevitas_ldm.denoiser.sampling import SamplingSpec, generate

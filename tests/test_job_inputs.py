@@ -16,8 +16,8 @@ from cli_args import FAST, one_line_error
 from brevitas_ldm.cli import build_parser, main
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.io import atomic_output_dir, claimed_output_dir
+from brevitas_ldm.process.threads import choose_threads, parse_threads
 from brevitas_ldm.recipe import get_recipe
-from brevitas_ldm.threads import choose_threads, parse_threads
 
 
 def test_bad_inputs_fail_before_the_model_loads(tmp_path, capsys, no_model_loading):

@@ -14,7 +14,12 @@ from brevitas_ldm.analysis.layer_report import LayerReport, select_for_smoothing
 from brevitas_ldm.analysis.layer_sensitivity import LayerSensitivity
 from brevitas_ldm.denoiser.blocks import quantizable_layers
 from brevitas_ldm.denoiser.layer_categories import CATEGORIES, layer_category
-from brevitas_ldm.denoiser.sampling import SamplingSpec, denoiser_step_hook, generate, pipeline_denoiser
+from brevitas_ldm.denoiser.sampling import (
+    SamplingSpec,
+    denoiser_step_hook,
+    generate,
+    pipeline_denoiser,
+)
 from brevitas_ldm.errors import BrevitasLDMError, RecipeError
 from brevitas_ldm.quant.calibration import recipe_calibration
 from brevitas_ldm.quant.quantize import quantize_denoiser

@@ -19,9 +19,22 @@ import torch
 from calibrated import quantized
 
 from brevitas_ldm.errors import BrevitasLDMError
-from brevitas_ldm.export import ExportMismatchError, check_agreement, cpu_info, export_denoiser
-from brevitas_ldm.export.openvino_ir import fold_weight_clips, ir_size_bytes, onnx_to_openvino_ir
-from brevitas_ldm.export.openvino_runtime import openvino_kernel_counts, openvino_latency, verify_openvino
+from brevitas_ldm.export import (
+    ExportMismatchError,
+    check_agreement,
+    cpu_info,
+    export_denoiser,
+)
+from brevitas_ldm.export.openvino_ir import (
+    fold_weight_clips,
+    ir_size_bytes,
+    onnx_to_openvino_ir,
+)
+from brevitas_ldm.export.openvino_runtime import (
+    openvino_kernel_counts,
+    openvino_latency,
+    verify_openvino,
+)
 from brevitas_ldm.export.wrapper import export_signature
 from brevitas_ldm.export.x86_storage import store_for_x86
 from brevitas_ldm.quant.quantize import quant_layers

@@ -12,7 +12,12 @@ from cli_args import FAST
 from safetensors.torch import load_file, save_file
 
 import brevitas_ldm
-from brevitas_ldm.checkpoint import HASH_METADATA_KEY, file_sha256, load_quantized, tensors_sha256
+from brevitas_ldm.checkpoint.folder import (
+    HASH_METADATA_KEY,
+    file_sha256,
+    load_quantized,
+    tensors_sha256,
+)
 from brevitas_ldm.cli import main
 from brevitas_ldm.denoiser.loading import load_pipeline
 from brevitas_ldm.denoiser.sampling import SamplingSpec, generate

@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
+from brevitas_ldm.checkpoint.pretrained import from_pretrained
 from brevitas_ldm.cli import main
 from brevitas_ldm.denoiser.loading import load_pipeline
 from brevitas_ldm.denoiser.sampling import SamplingSpec, generate, get_denoiser
 from brevitas_ldm.errors import BrevitasLDMError, RecipeError
-from brevitas_ldm.pretrained import from_pretrained
 from brevitas_ldm.recipe import Recipe, get_recipe
 from brevitas_ldm.sqnr import sqnr_db
 from brevitas_ldm.training.qat import qat

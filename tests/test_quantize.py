@@ -8,10 +8,20 @@ from brevitas.graph.calibrate import calibration_mode
 
 from brevitas_ldm.errors import RecipeError
 from brevitas_ldm.precision import FLOAT, Precision
-from brevitas_ldm.quant.quantize import quant_layers, quantize_denoiser, read_precisions, resolve_precisions
+from brevitas_ldm.quant.quantize import (
+    quant_layers,
+    quantize_denoiser,
+    read_precisions,
+    resolve_precisions,
+)
 from brevitas_ldm.recipe import Recipe, get_recipe
 from brevitas_ldm.sqnr import sqnr_db
-from brevitas_ldm.zoo.tiny import denoiser_inputs, tiny_class_unet, tiny_dit, tiny_sd_unet
+from brevitas_ldm.zoo.tiny import (
+    denoiser_inputs,
+    tiny_class_unet,
+    tiny_dit,
+    tiny_sd_unet,
+)
 
 
 def _calibrate(model, batches=4):

@@ -20,8 +20,8 @@ from brevitas_ldm.denoiser.blocks import get_blocks
 from brevitas_ldm.denoiser.loading import load_pipeline
 from brevitas_ldm.denoiser.sampling import SamplingSpec, get_denoiser
 from brevitas_ldm.evaluation.prompts import calibration_set
-from brevitas_ldm.ranks import Ranks
-from brevitas_ldm.threads import choose_threads
+from brevitas_ldm.process.ranks import Ranks
+from brevitas_ldm.process.threads import choose_threads
 
 #: A small analysis: 4 prompts in 2 batches (so the FP reference splits), 3 steps (so the local steps split 2 + 1).
 ANALYSIS = ["--num-prompts", "4", "--steps", "3", "--batch-size", "2"]

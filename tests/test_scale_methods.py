@@ -14,11 +14,21 @@ import torch
 import torch.nn as nn
 from brevitas.graph.calibrate import calibration_mode
 
-from brevitas_ldm.checkpoint import STATE_FILE, save_denoiser
+from brevitas_ldm.checkpoint.folder import STATE_FILE, save_denoiser
 from brevitas_ldm.errors import RecipeError
 from brevitas_ldm.quant.probes import split_twin
-from brevitas_ldm.quant.quantize import fast_inference, initialise_weight_scales, quant_layers, quantize_denoiser
-from brevitas_ldm.recipe import ACT_SCALE_METHODS, WEIGHT_SCALE_METHODS, Recipe, get_recipe
+from brevitas_ldm.quant.quantize import (
+    fast_inference,
+    initialise_weight_scales,
+    quant_layers,
+    quantize_denoiser,
+)
+from brevitas_ldm.recipe import (
+    ACT_SCALE_METHODS,
+    WEIGHT_SCALE_METHODS,
+    Recipe,
+    get_recipe,
+)
 from brevitas_ldm.sqnr import sqnr_db
 
 

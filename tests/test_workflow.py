@@ -104,7 +104,12 @@ def test_quantize_takes_an_edited_plan(runs, tmp_path):
 
 def test_deployment_recipe_end_to_end_runs_qlinearconv(tmp_path):
     """``sqnr-hybrid-w7a8-x86``: the whole strategy on the requantized model, exported with integer kernels."""
-    from brevitas_ldm.export import emulator_available, export_denoiser, integer_kernel_counts, verify_onnx
+    from brevitas_ldm.export import (
+        emulator_available,
+        export_denoiser,
+        integer_kernel_counts,
+        verify_onnx,
+    )
     from brevitas_ldm.zoo.tiny import denoiser_inputs
 
     pipe = tiny_sd_pipeline()

@@ -22,7 +22,7 @@ ranges are those of the float network, so a swapped-in configuration is exactly 
 ``quantize_denoiser(..., precisions=config)`` + calibration would build (the tests check this). Runs use Brevitas'
 ``quant_inference_mode`` (cached quantized weights), which gives identical outputs at a fraction of the cost.
 
-Across processes (a torch.distributed job, :mod:`brevitas_ldm.ranks`) the FP reference's batches and the
+Across processes (a torch.distributed job, :mod:`brevitas_ldm.process.ranks`) the FP reference's batches and the
 configurations are split: each rank measures whole configurations (dealt by cost, longer prefixes costing more) with
 a bank of only the precisions they need, every rank gathers every measurement, and the report is the single
 process' report, plus what each rank did in ``work_per_rank``.
@@ -44,16 +44,33 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from brevitas_ldm.analysis.block_report import ANALYSIS_VERSION, REPORT_FILE, BlockEntry, BlockReport
+from brevitas_ldm.analysis.block_report import (
+    ANALYSIS_VERSION,
+    REPORT_FILE,
+    BlockEntry,
+    BlockReport,
+)
 from brevitas_ldm.denoiser.blocks import Block, get_blocks
-from brevitas_ldm.denoiser.sampling import Condition, SamplingSpec, get_denoiser, sampling_calls
+from brevitas_ldm.denoiser.sampling import (
+    Condition,
+    SamplingSpec,
+    get_denoiser,
+    sampling_calls,
+)
 from brevitas_ldm.denoiser.trajectory import FPReference, fp_reference, measure
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.precision import Precision, parse_precision
+from brevitas_ldm.process.ranks import (
+    SINGLE,
+    Ranks,
+    all_gather,
+    broadcast_from_main,
+    current_ranks,
+    peak_rss_bytes,
+)
 from brevitas_ldm.quant.calibration import calibration_calls
 from brevitas_ldm.quant.precision_bank import PrecisionBank
 from brevitas_ldm.quant.quantize import resolve_precisions
-from brevitas_ldm.ranks import SINGLE, Ranks, all_gather, broadcast_from_main, current_ranks, peak_rss_bytes
 from brevitas_ldm.recipe import PLAN_GRANULARITIES, Recipe
 from brevitas_ldm.sqnr import noise_ratio_to_db
 

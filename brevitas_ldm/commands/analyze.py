@@ -12,16 +12,16 @@ from brevitas_ldm.commands.common import (
     positive_int,
 )
 from brevitas_ldm.cost import estimate
-from brevitas_ldm.denoiser.job_progress import JobProgress
 from brevitas_ldm.denoiser.loading import model_display_name
 from brevitas_ldm.denoiser.sampling import SamplingSpec, check_spec, get_denoiser
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.evaluation.prompts import calibration_set, read_prompt_file
 from brevitas_ldm.io import atomic_output_dir, write_json_atomic
-from brevitas_ldm.limits import check_count
-from brevitas_ldm.ranks import current_ranks, peak_rss_bytes
-from brevitas_ldm.recipe import get_recipe
 from brevitas_ldm.job import ANALYSIS_PHASES, price_phases, run_phases
+from brevitas_ldm.limits import check_count
+from brevitas_ldm.process.job_progress import JobProgress
+from brevitas_ldm.process.ranks import current_ranks, peak_rss_bytes
+from brevitas_ldm.recipe import get_recipe
 from brevitas_ldm.workflow import prepare_job
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from brevitas_ldm.denoiser.loading import DTYPES, load_pipeline
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.limits import check_count
-from brevitas_ldm.threads import THREADS_ENV
+from brevitas_ldm.process.threads import THREADS_ENV
 from brevitas_ldm.zoo import DEFAULT_MODEL
 
 if TYPE_CHECKING:
@@ -114,8 +114,8 @@ def checked_checkpoint(args: argparse.Namespace) -> dict[str, Any] | None:
     names a quantized pipeline folder (a ``quantize --out`` folder; ``--model`` then becomes its base pipeline, so
     one path is enough). Returns the folder's verified ``meta.json`` (None without a checkpoint), for
     :func:`~brevitas_ldm.checkpoint.load_quantized`."""
-    from brevitas_ldm.checkpoint import read_checkpoint_meta
-    from brevitas_ldm.pretrained import base_model, quantized_folder
+    from brevitas_ldm.checkpoint.folder import read_checkpoint_meta
+    from brevitas_ldm.checkpoint.pretrained import base_model, quantized_folder
 
     folder = quantized_folder(args.model)
     if folder is not None:
@@ -129,7 +129,7 @@ def checked_checkpoint(args: argparse.Namespace) -> dict[str, Any] | None:
     meta = read_checkpoint_meta(args.checkpoint)
     if folder is not None:
         args.model = base_model(folder, meta)
-    from brevitas_ldm.checkpoint import checkpoint_lora
+    from brevitas_ldm.checkpoint.folder import checkpoint_lora
 
     args.lora = checkpoint_lora(meta, args.lora)
     _checkpoint_dtype(args, meta)

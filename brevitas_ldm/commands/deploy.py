@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from brevitas_ldm.checkpoint import load_quantized
+    from brevitas_ldm.checkpoint.folder import load_quantized
     from brevitas_ldm.denoiser.sampling import (
         SamplingSpec,
         first_denoiser_call,

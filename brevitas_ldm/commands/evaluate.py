@@ -20,7 +20,11 @@ from brevitas_ldm.commands.common import (
 from brevitas_ldm.denoiser.loading import model_display_name
 from brevitas_ldm.denoiser.sampling import SamplingSpec, check_spec
 from brevitas_ldm.evaluation.prompts import evaluation_set, read_prompt_file
-from brevitas_ldm.evaluation.run import digits_metrics, generate_with_latents, has_digits_evaluator
+from brevitas_ldm.evaluation.run import (
+    digits_metrics,
+    generate_with_latents,
+    has_digits_evaluator,
+)
 from brevitas_ldm.io import atomic_output_dir, write_json_atomic
 
 
@@ -74,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 def _evaluate_checkpoint(args: argparse.Namespace, meta: dict, pipe, eval_set, spec: SamplingSpec) -> int:
     """FP reference, then the checkpoint loaded into the same pipeline (no analysis, no calibration)."""
     from brevitas_ldm.analysis.figures import comparison_grid
-    from brevitas_ldm.checkpoint import load_quantized, read_checkpoint_recipe
+    from brevitas_ldm.checkpoint.folder import load_quantized, read_checkpoint_recipe
     from brevitas_ldm.denoiser.sampling import get_denoiser, pipeline_denoiser
     from brevitas_ldm.evaluation.comparison import compare_quantized, fp_reference
     from brevitas_ldm.quant.quantize import read_precisions

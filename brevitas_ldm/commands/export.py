@@ -57,7 +57,7 @@ def capture_inputs(pipe, prompt: str, seed: int) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from brevitas_ldm.checkpoint import load_quantized
+    from brevitas_ldm.checkpoint.folder import load_quantized
     from brevitas_ldm.denoiser.sampling import get_denoiser
     from brevitas_ldm.export import (
         ONNXRUNTIME_FORMATS,

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from brevitas_ldm.analysis.figures import comparison_grid, line_plot, training_curve
-from brevitas_ldm.checkpoint import check_checkpoint_fits
+from brevitas_ldm.checkpoint.folder import check_checkpoint_fits
+from brevitas_ldm.checkpoint.pretrained import CHECKPOINT_SUBDIR
 from brevitas_ldm.commands.common import (
     add_model_options,
     add_output_options,
@@ -24,13 +25,20 @@ from brevitas_ldm.denoiser.loading import model_display_name
 from brevitas_ldm.denoiser.sampling import SamplingSpec, check_spec
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.evaluation.comparison import compare_quantized, fp_reference
-from brevitas_ldm.evaluation.prompts import calibration_set, evaluation_set, read_prompt_file
+from brevitas_ldm.evaluation.prompts import (
+    calibration_set,
+    evaluation_set,
+    read_prompt_file,
+)
 from brevitas_ldm.evaluation.run import has_digits_evaluator
 from brevitas_ldm.io import atomic_output_dir, write_json_atomic
 from brevitas_ldm.planning.plan import read_plan
-from brevitas_ldm.pretrained import CHECKPOINT_SUBDIR
 from brevitas_ldm.report import write_qat_report
-from brevitas_ldm.training.image_folder import check_data_pipeline, read_image_folder, record_image_folder
+from brevitas_ldm.training.image_folder import (
+    check_data_pipeline,
+    read_image_folder,
+    record_image_folder,
+)
 from brevitas_ldm.training.qat import QATResult, qat, qat_recipe
 from brevitas_ldm.workflow import check_job
 

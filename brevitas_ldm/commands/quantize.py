@@ -9,9 +9,14 @@ import shlex
 import sys
 from pathlib import Path
 
-from brevitas_ldm.analysis.block_report import ADDED_NOISE_PNG, HEATMAP_PNG, PROGRESSIVE_PNG
+from brevitas_ldm.analysis.block_report import (
+    ADDED_NOISE_PNG,
+    HEATMAP_PNG,
+    PROGRESSIVE_PNG,
+)
 from brevitas_ldm.analysis.figures import comparison_grid, line_plot
 from brevitas_ldm.analysis.layer_report import RANKED_PNG, STEPS_PNG
+from brevitas_ldm.checkpoint.pretrained import CHECKPOINT_SUBDIR
 from brevitas_ldm.commands.common import (
     add_model_options,
     add_output_options,
@@ -21,21 +26,24 @@ from brevitas_ldm.commands.common import (
     load_model,
 )
 from brevitas_ldm.cost import estimate
-from brevitas_ldm.denoiser.job_progress import JobProgress
 from brevitas_ldm.denoiser.loading import model_display_name
 from brevitas_ldm.denoiser.lora import FusedLora
 from brevitas_ldm.denoiser.sampling import SamplingSpec, check_spec, get_denoiser
 from brevitas_ldm.errors import BrevitasLDMError
-from brevitas_ldm.evaluation.prompts import calibration_set, evaluation_set, read_prompt_file
+from brevitas_ldm.evaluation.prompts import (
+    calibration_set,
+    evaluation_set,
+    read_prompt_file,
+)
 from brevitas_ldm.evaluation.run import has_digits_evaluator
 from brevitas_ldm.io import atomic_output_dir, write_json_atomic
-from brevitas_ldm.limits import check_count
-from brevitas_ldm.planning.plan import read_plan
-from brevitas_ldm.pretrained import CHECKPOINT_SUBDIR
-from brevitas_ldm.ranks import current_ranks
-from brevitas_ldm.recipe import Recipe, get_recipe
 from brevitas_ldm.job import EVALUATED_PHASES, price_phases, run_phases
 from brevitas_ldm.job.evaluation import Evaluation
+from brevitas_ldm.limits import check_count
+from brevitas_ldm.planning.plan import read_plan
+from brevitas_ldm.process.job_progress import JobProgress
+from brevitas_ldm.process.ranks import current_ranks
+from brevitas_ldm.recipe import Recipe, get_recipe
 from brevitas_ldm.workflow import finish_job, prepare_job
 
 #: The PNGs the analysis reports write, by the key report.md links them under.
@@ -172,8 +180,8 @@ def folder_summary(out: Path, model_name: str, quantized: dict | None = None) ->
     links or references, and how to reload it."""
     import json
 
-    from brevitas_ldm.checkpoint import META_FILE, denoiser_file_bytes
-    from brevitas_ldm.pretrained import folder_bytes
+    from brevitas_ldm.checkpoint.folder import META_FILE, denoiser_file_bytes
+    from brevitas_ldm.checkpoint.pretrained import folder_bytes
 
     folder = out / CHECKPOINT_SUBDIR
     stored = denoiser_file_bytes(folder)
@@ -197,7 +205,7 @@ def write_plan_files(staging: Path, result, model_name: str) -> None:
 
 def write_outputs(staging: Path, metrics: dict, result, reference, generation, eval_set, per_step: list[float],
                   command: str, model_name: str, lora: FusedLora | None = None, self_contained: bool = True) -> None:
-    from brevitas_ldm.checkpoint import denoiser_file_bytes
+    from brevitas_ldm.checkpoint.folder import denoiser_file_bytes
     from brevitas_ldm.report import write_report
 
     figures: dict[str, str] = {}

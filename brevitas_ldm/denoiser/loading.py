@@ -118,7 +118,7 @@ def load_pipeline(model: str | Path = DEFAULT_MODEL, device: str = "cpu", dtype:
     try:
         pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True, dtype=torch_dtype(dtype))
     except BrevitasLDMError:
-        raise       # a quantized folder's own one-line errors (brevitas_ldm.diffusers_quantizer) say it all
+        raise       # a quantized folder's own one-line errors (brevitas_ldm.checkpoint.diffusers_quantizer) say it all
     except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError, ImportError) as exc:
         # model_index.json and the component configs are user files: whatever diffusers trips on, say where.
         first = (str(exc).splitlines() or [type(exc).__name__])[0]

@@ -6,7 +6,7 @@ such as a precision bank's) and streams the SQNR of the final latents and of eac
 :class:`~brevitas_ldm.sqnr.SQNRMeter`. Only the FP reference is kept in memory (final latents plus per-step
 denoiser outputs, which are small).
 
-Both take ``ranks`` (:mod:`brevitas_ldm.ranks`): the pipeline batches are then dealt round-robin to the processes
+Both take ``ranks`` (:mod:`brevitas_ldm.process.ranks`): the pipeline batches are then dealt round-robin to the processes
 of a torch.distributed job, each runs whole batches (the very calls the single process makes) and every rank gets
 the whole result back, identical to the single process' (meters pool per-sample sums with ``math.fsum``).
 """
@@ -33,7 +33,7 @@ from brevitas_ldm.denoiser.sampling import (
 )
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.precision import Precision
-from brevitas_ldm.ranks import Ranks, all_gather
+from brevitas_ldm.process.ranks import Ranks, all_gather
 from brevitas_ldm.sqnr import SQNRMeter
 
 

@@ -7,7 +7,6 @@ import math
 import torch
 
 
-
 def psnr_db(reference: torch.Tensor, test: torch.Tensor, peak: float = 1.0) -> float:
     """PSNR of images in [0, peak]; +inf when identical."""
     mse = float((reference.double() - test.double()).pow(2).mean())

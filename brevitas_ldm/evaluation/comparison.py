@@ -19,15 +19,16 @@ from typing import Any
 import torch
 
 from brevitas_ldm.denoiser.sampling import SamplingSpec, get_denoiser
-from brevitas_ldm.denoiser.trajectory import FPReference, fp_reference as record_trajectory, measure
+from brevitas_ldm.denoiser.trajectory import FPReference, measure
+from brevitas_ldm.denoiser.trajectory import fp_reference as record_trajectory
 from brevitas_ldm.errors import ModelError
 from brevitas_ldm.evaluation.compare import psnr_db
 from brevitas_ldm.evaluation.prompts import EvaluationSet
 from brevitas_ldm.evaluation.run import Generation, decode_latents, digits_metrics
 from brevitas_ldm.precision import Precision
+from brevitas_ldm.process.ranks import current_ranks
 from brevitas_ldm.quant.footprint import Footprint, footprint, weight_elements
 from brevitas_ldm.quant.quantize import fast_inference
-from brevitas_ldm.ranks import current_ranks
 from brevitas_ldm.sqnr import sqnr_db
 
 

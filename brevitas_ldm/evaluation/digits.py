@@ -14,7 +14,11 @@ import numpy as np
 import torch
 
 from brevitas_ldm.errors import BrevitasLDMError
-from brevitas_ldm.evaluation.fid import extract_features, feature_statistics, frechet_distance_from_stats
+from brevitas_ldm.evaluation.fid import (
+    extract_features,
+    feature_statistics,
+    frechet_distance_from_stats,
+)
 from brevitas_ldm.zoo import CLASSIFIER_DIR
 from brevitas_ldm.zoo.classifier import DigitsClassifier, to_classifier_input
 from brevitas_ldm.zoo.data import load_split

@@ -26,11 +26,22 @@ figure comes from) and :mod:`.emulation` (running on an emulated CPU kind).
 from brevitas_ldm.export.cpu import CpuInfo, cpu_info
 from brevitas_ldm.export.emulation import emulator_available, run_onnx_emulated
 from brevitas_ldm.export.exporters import export_denoiser, export_float_onnx
-from brevitas_ldm.export.features import EXPORT_FORMATS, ONNXRUNTIME_FORMATS, quant_features
+from brevitas_ldm.export.features import (
+    EXPORT_FORMATS,
+    ONNXRUNTIME_FORMATS,
+    quant_features,
+)
 from brevitas_ldm.export.inspection import onnx_quant_summary, overflowing_int8_weights
-from brevitas_ldm.export.integer_kernels import INTEGER_KERNELS, lower_to_integer_kernels
+from brevitas_ldm.export.integer_kernels import (
+    INTEGER_KERNELS,
+    lower_to_integer_kernels,
+)
 from brevitas_ldm.export.openvino_ir import OPENVINO_FORMAT, onnx_to_openvino_ir
-from brevitas_ldm.export.openvino_runtime import openvino_kernel_counts, openvino_latency, verify_openvino
+from brevitas_ldm.export.openvino_runtime import (
+    openvino_kernel_counts,
+    openvino_latency,
+    verify_openvino,
+)
 from brevitas_ldm.export.runtime import (
     ExportMismatchError,
     check_agreement,
@@ -41,7 +52,12 @@ from brevitas_ldm.export.runtime import (
 )
 from brevitas_ldm.export.session import OUTPUT_NAME, session_options
 from brevitas_ldm.export.wide_qcdq import MS_DOMAIN
-from brevitas_ldm.export.wrapper import DenoiserForExport, call_inputs, capture_denoiser_calls, export_signature
+from brevitas_ldm.export.wrapper import (
+    DenoiserForExport,
+    call_inputs,
+    capture_denoiser_calls,
+    export_signature,
+)
 from brevitas_ldm.export.x86_storage import WEIGHT_STORAGES, store_for_x86
 
 __all__ = ["CpuInfo", "DenoiserForExport", "EXPORT_FORMATS", "ExportMismatchError", "INTEGER_KERNELS", "MS_DOMAIN",

@@ -27,13 +27,22 @@ import torch.nn as nn
 
 from brevitas_ldm.compat import reset_export_state
 from brevitas_ldm.errors import BrevitasLDMError, ModelError
-from brevitas_ldm.export.features import MAX_OPSET, MIN_OPSET, ONNXRUNTIME_FORMATS, check_exportable, layer_proxies
+from brevitas_ldm.export.features import (
+    MAX_OPSET,
+    MIN_OPSET,
+    ONNXRUNTIME_FORMATS,
+    check_exportable,
+    layer_proxies,
+)
 from brevitas_ldm.export.integer_kernels import lower_to_integer_kernels
 from brevitas_ldm.export.onnx_symbolics import missing_symbolics
 from brevitas_ldm.export.openvino_ir import OPENVINO_FORMAT, onnx_to_openvino_ir
 from brevitas_ldm.export.session import OUTPUT_NAME
 from brevitas_ldm.export.static_shape_ifs import fold_static_shape_ifs
-from brevitas_ldm.export.wide_qcdq import WideQCDQONNXManager, move_wide_qdq_to_ms_domain
+from brevitas_ldm.export.wide_qcdq import (
+    WideQCDQONNXManager,
+    move_wide_qdq_to_ms_domain,
+)
 from brevitas_ldm.export.wrapper import DenoiserForExport, export_signature
 from brevitas_ldm.export.x86_storage import WEIGHT_STORAGES, store_for_x86
 from brevitas_ldm.io import give_user_mode

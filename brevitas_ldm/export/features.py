@@ -34,7 +34,10 @@ def layer_proxies(denoiser: nn.Module):
 def quant_features(denoiser: nn.Module) -> dict[str, Any]:
     """What an exporter must handle: bit widths, signedness, float (FP8) formats, calibration state."""
     from brevitas.core.scaling.standalone import ParameterFromRuntimeStatsScaling
-    from brevitas.proxy import ActFloatQuantProxyFromInjector, WeightFloatQuantProxyFromInjector
+    from brevitas.proxy import (
+        ActFloatQuantProxyFromInjector,
+        WeightFloatQuantProxyFromInjector,
+    )
 
     features = {"layers": 0, "act_bits": set(), "weight_bits": set(), "fp8": [], "unsigned_wide_act": [],
                 "uncalibrated": []}

@@ -166,7 +166,9 @@ def check_agreement(result: Mapping[str, Any], min_sqnr_db: float = 30.0) -> Non
     where = f"{cpu['emulated']} (emulated)" if cpu.get("emulated") else cpu["model"]
     noise = float(result.get("quant_noise_sqnr_db", float("nan")))
     if path.suffix == ".xml":
-        from brevitas_ldm.export.openvino_ir import overflowing_ir_weights  # lazy: openvino is imported there
+        from brevitas_ldm.export.openvino_ir import (
+            overflowing_ir_weights,  # lazy: openvino is imported there
+        )
 
         overflowing = overflowing_ir_weights(path) if not cpu.get("vnni") else 0
     else:

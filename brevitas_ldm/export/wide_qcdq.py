@@ -13,7 +13,9 @@ opset 21). Such a file needs onnxruntime; 8-bit-only files are plain ONNX.
 from __future__ import annotations
 
 import torch
-from brevitas.export.onnx.standard.qcdq.handler import StdQCDQCastONNXActQuantProxyHandler
+from brevitas.export.onnx.standard.qcdq.handler import (
+    StdQCDQCastONNXActQuantProxyHandler,
+)
 from brevitas.export.onnx.standard.qcdq.manager import StdQCDQONNXManager
 
 from brevitas_ldm.export.inspection import qdq_type_source, tensor_types

@@ -8,7 +8,11 @@ import time
 from brevitas_ldm.cost import Phase
 from brevitas_ldm.job.phase import JobPhase
 from brevitas_ldm.job.state import JobState
-from brevitas_ldm.quant.calibration import bias_correction_calls, calibrate_pipeline, calibration_calls
+from brevitas_ldm.quant.calibration import (
+    bias_correction_calls,
+    calibrate_pipeline,
+    calibration_calls,
+)
 
 
 class CalibrationPhase(JobPhase):

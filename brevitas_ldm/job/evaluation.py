@@ -9,7 +9,11 @@ from typing import Any
 
 from brevitas_ldm.cost import Phase, rank_sampling_calls
 from brevitas_ldm.denoiser.sampling import SamplingSpec
-from brevitas_ldm.evaluation.comparison import Reference, compare_quantized, fp_reference
+from brevitas_ldm.evaluation.comparison import (
+    Reference,
+    compare_quantized,
+    fp_reference,
+)
 from brevitas_ldm.evaluation.prompts import EvaluationSet
 from brevitas_ldm.evaluation.run import Generation
 from brevitas_ldm.job.phase import JobPhase

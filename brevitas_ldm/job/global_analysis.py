@@ -12,7 +12,7 @@ from brevitas_ldm.denoiser.sampling import get_denoiser
 from brevitas_ldm.job.phase import JobPhase
 from brevitas_ldm.job.state import JobState
 from brevitas_ldm.planning.planners import choose_plan
-from brevitas_ldm.ranks import current_ranks
+from brevitas_ldm.process.ranks import current_ranks
 
 
 class GlobalAnalysisPhase(JobPhase):

@@ -9,7 +9,7 @@ from typing import Any
 
 from brevitas_ldm.analysis.block_report import BlockReport
 from brevitas_ldm.analysis.layer_report import LayerReport
-from brevitas_ldm.checkpoint import save_checkpoint
+from brevitas_ldm.checkpoint.folder import save_checkpoint
 from brevitas_ldm.denoiser.loading import pipeline_source
 from brevitas_ldm.denoiser.sampling import denoiser_component, get_denoiser
 from brevitas_ldm.planning.plan import Plan

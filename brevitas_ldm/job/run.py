@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from brevitas_ldm.cost import Phase
-from brevitas_ldm.denoiser.job_progress import JobProgress
 from brevitas_ldm.denoiser.sampling import get_denoiser
 from brevitas_ldm.job.phase import JobPhase
 from brevitas_ldm.job.state import JobState
+from brevitas_ldm.process.job_progress import JobProgress
 
 
 def price_phases(phases: Sequence[JobPhase], state: JobState) -> list[Phase]:

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from brevitas_ldm.analysis.layer_report import select_for_smoothing
 from brevitas_ldm.cost import Phase
-from brevitas_ldm.denoiser.sampling import generate, get_denoiser, max_noise_timestep, sampling_calls
+from brevitas_ldm.denoiser.sampling import (
+    generate,
+    get_denoiser,
+    max_noise_timestep,
+    sampling_calls,
+)
 from brevitas_ldm.job.phase import JobPhase
 from brevitas_ldm.job.state import JobState
 from brevitas_ldm.quant.calibration import calibration_calls, recipe_calibration

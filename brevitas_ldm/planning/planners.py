@@ -21,7 +21,11 @@ import numpy as np
 from brevitas_ldm.analysis.block_report import BlockReport
 from brevitas_ldm.errors import RecipeError
 from brevitas_ldm.planning.plan import Plan, _evidence
-from brevitas_ldm.planning.prediction import average_bits, predict_noise_ratio, predict_sqnr_db
+from brevitas_ldm.planning.prediction import (
+    average_bits,
+    predict_noise_ratio,
+    predict_sqnr_db,
+)
 from brevitas_ldm.precision import FLOAT_BITS, Precision, parse_precision
 from brevitas_ldm.recipe import PlanRule
 from brevitas_ldm.sqnr import noise_ratio_to_db

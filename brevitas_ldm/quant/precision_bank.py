@@ -22,11 +22,21 @@ from typing import Any
 import torch.nn as nn
 
 from brevitas_ldm.denoiser.blocks import Block, expand_to_layers, quantizable_layers
-from brevitas_ldm.denoiser.sampling import Condition, SamplingSpec, generate, get_denoiser, max_noise_timestep
+from brevitas_ldm.denoiser.sampling import (
+    Condition,
+    SamplingSpec,
+    generate,
+    get_denoiser,
+    max_noise_timestep,
+)
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.precision import Precision, parse_precision
 from brevitas_ldm.quant.calibration import recipe_calibration
-from brevitas_ldm.quant.quantize import fast_inference, quantize_denoiser, resolve_precisions
+from brevitas_ldm.quant.quantize import (
+    fast_inference,
+    quantize_denoiser,
+    resolve_precisions,
+)
 from brevitas_ldm.recipe import Recipe
 
 LayerPrecisions = Mapping[str, Precision]

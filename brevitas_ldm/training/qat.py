@@ -17,7 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from brevitas_ldm.checkpoint import load_quantized, read_checkpoint_meta, read_checkpoint_recipe
+from brevitas_ldm.checkpoint.folder import (
+    load_quantized,
+    read_checkpoint_meta,
+    read_checkpoint_recipe,
+)
 from brevitas_ldm.denoiser.sampling import SamplingSpec, get_denoiser
 from brevitas_ldm.errors import BrevitasLDMError, RecipeError
 from brevitas_ldm.evaluation.prompts import calibration_set
@@ -25,7 +29,12 @@ from brevitas_ldm.planning.plan import PLAN_FILE, read_plan
 from brevitas_ldm.quant.quantize import quant_layers, read_precisions
 from brevitas_ldm.recipe import Recipe, get_recipe
 from brevitas_ldm.training.adapters import merge_adapters
-from brevitas_ldm.training.distillation import TrainingLog, distil, mean_distillation_loss, select_trainable
+from brevitas_ldm.training.distillation import (
+    TrainingLog,
+    distil,
+    mean_distillation_loss,
+    select_trainable,
+)
 from brevitas_ldm.training.distillation_set import DistillationSet, record_trajectories
 from brevitas_ldm.workflow import PlanLike, QuantizationResult, quantize_pipeline
 

@@ -50,7 +50,11 @@ from transformers import (
     T5Tokenizer,
 )
 
-from brevitas_ldm.zoo.tiny import randomise_zero_parameters, sd_pipeline_around, tiny_sd_unet
+from brevitas_ldm.zoo.tiny import (
+    randomise_zero_parameters,
+    sd_pipeline_around,
+    tiny_sd_unet,
+)
 from brevitas_ldm.zoo.tokenizer import prompt_words, write_tokenizer_files
 
 _SD_SCHEDULER = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,

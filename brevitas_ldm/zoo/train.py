@@ -23,7 +23,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from brevitas_ldm.zoo.architecture import build_scheduler, build_text_encoder, build_unet, build_vae
+from brevitas_ldm.zoo.architecture import (
+    build_scheduler,
+    build_text_encoder,
+    build_unet,
+    build_vae,
+)
 from brevitas_ldm.zoo.classifier import DigitsClassifier
 from brevitas_ldm.zoo.data import DIGIT_NAMES, PROMPT_TEMPLATES, augment, load_split
 from brevitas_ldm.zoo.tokenizer import write_tokenizer_files

@@ -48,10 +48,10 @@ class DiffusersRegistrationFinder(importlib.abc.MetaPathFinder):
 
 
 def _register() -> None:
-    module = sys.modules.get("brevitas_ldm.diffusers_quantizer")
+    module = sys.modules.get("brevitas_ldm.checkpoint.diffusers_quantizer")
     if module is not None and not hasattr(module, "register"):
         return      # it is being imported (and imported diffusers' quantizers): it registers itself at its end
-    from brevitas_ldm.diffusers_quantizer import register
+    from brevitas_ldm.checkpoint.diffusers_quantizer import register
 
     register()
 

@@ -2,7 +2,7 @@
 
 A quantized pipeline folder is what ``save_pretrained`` writes - ``model_index.json`` and one subfolder per
 component - so ``DiffusionPipeline.from_pretrained(folder)`` loads it (after ``import brevitas_ldm``, which
-registers the ``"brevitas"`` backend with diffusers, :mod:`brevitas_ldm.diffusers_quantizer`). The components the
+registers the ``"brevitas"`` backend with diffusers, :mod:`brevitas_ldm.checkpoint.diffusers_quantizer`). The components the
 quantization did not change are hard-linked from the base pipeline's files (copied where links cannot be made),
 never re-saved. The denoiser's subfolder holds:
 
@@ -53,8 +53,14 @@ from brevitas_ldm.denoiser.sampling import (
 )
 from brevitas_ldm.denoiser.sampling import get_denoiser
 from brevitas_ldm.errors import BrevitasLDMError, ModelError
-from brevitas_ldm.io import (check_safetensors_file, file_sha256, give_user_mode, write_json_atomic,
-                             write_safetensors_atomic, write_text_atomic)
+from brevitas_ldm.io import (
+    check_safetensors_file,
+    file_sha256,
+    give_user_mode,
+    write_json_atomic,
+    write_safetensors_atomic,
+    write_text_atomic,
+)
 from brevitas_ldm.planning.plan import PLAN_FILE, Plan
 from brevitas_ldm.precision import parse_precision
 from brevitas_ldm.quant.integer_codes import (

@@ -4,7 +4,7 @@ diffusers has no registration API for outside backends; ``ModelMixin.from_pretra
 ``config.json`` ``quantization_config["quant_method"]`` up in ``diffusers.quantizers.auto``'s
 ``AUTO_QUANTIZATION_CONFIG_MAPPING`` (-> :class:`BrevitasConfig`) and ``AUTO_QUANTIZER_MAPPING``
 (-> :class:`BrevitasQuantizer`). :func:`register` adds the ``"brevitas"`` entry to both; ``import brevitas_ldm``
-arranges for it to run as soon as diffusers' quantizers are imported (:mod:`brevitas_ldm.diffusers_registration`),
+arranges for it to run as soon as diffusers' quantizers are imported (:mod:`brevitas_ldm.checkpoint.diffusers_registration`),
 so ``brevitas-ldm recipes`` never pays for torch.
 
 How diffusers drives the quantizer while it loads a denoiser folder written by
@@ -35,7 +35,7 @@ import torch
 from diffusers.quantizers.base import DiffusersQuantizer
 from diffusers.quantizers.quantization_config import QuantizationConfigMixin
 
-from brevitas_ldm.checkpoint import (
+from brevitas_ldm.checkpoint.folder import (
     CONFIG_FILE,
     FORMAT_VERSION,
     HASH_METADATA_KEY,

@@ -14,10 +14,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch.nn as nn
-from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+from torch.nn.modules.module import (
+    register_module_forward_hook,
+    register_module_forward_pre_hook,
+)
 from tqdm.auto import tqdm
 
-from brevitas_ldm.interruption import raise_if_interrupted
+from brevitas_ldm.process.interruption import raise_if_interrupted
 
 
 class JobProgress:
