@@ -13,10 +13,10 @@ For each model, in one process, on the same real denoiser inputs (captured from 
 4. peers: ``onnxruntime.quantization.quantize_static`` (QOperator, per-channel, reduce_range, MinMax) and
    ``quantize_dynamic`` (uint8 weights) of the same FP32 file;
 5. every file runs with :func:`brevitas_ldm.export.session_options`; latency is timed in interleaved rounds (each
-   round runs every file once untimed, then ``--repeats`` timed times, round-robin, sessions created once) and reported as the median over
-   rounds of the per-round ratio to FP32, at each ``--threads`` count; SQNR vs the FP torch denoiser on fresh
-   inputs (other prompts, seeds and steps), SQNR vs the project's fake-quantized torch model (its own rows), and
-   the integer kernels / remaining float Conv/MatMul/Gemm after onnxruntime's optimizer
+   round runs every file once untimed, then ``--repeats`` timed times, round-robin, sessions created once) and reported
+   as the median over rounds of the per-round ratio to FP32, at each ``--threads`` count; SQNR vs the FP torch denoiser
+   on fresh inputs (other prompts, seeds and steps), SQNR vs the project's fake-quantized torch model (its own rows),
+   and the integer kernels / remaining float Conv/MatMul/Gemm after onnxruntime's optimizer
    (:func:`brevitas_ldm.export.integer_kernel_counts`). One call of each FP32 and project int8 file is profiled
    (``SessionOptions.enable_profiling``) to tell which op types dominate.
 

@@ -1,7 +1,8 @@
 """Fair share under load: the global analysis alone and beside CPU-bound neighbours, before and after the thread fix.
 
 Each configuration runs ``brevitas-ldm analyze`` (global analysis only) in a fresh process, once on the otherwise
-idle machine and once beside ``--neighbours`` busy-looping processes (started ``--warmup`` seconds earlier). Configurations:
+idle machine and once beside ``--neighbours`` busy-looping processes (started ``--warmup`` seconds earlier).
+Configurations:
 
 * ``0.1 behaviour``: one torch thread per core whatever the load (``--threads <cores>``), OpenMP's default wait
   policy (spin, then sleep), what the product did before;

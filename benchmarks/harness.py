@@ -2,8 +2,8 @@
 
 The FP pipeline runs the evaluation set once; every configuration then starts from a fresh copy of the FP
 denoiser, runs :func:`brevitas_ldm.quantize_pipeline` (timed per phase) and is compared with the FP run by
-:func:`brevitas_ldm.evaluation.comparison.compare_quantized`. Wall times are reported as ratios to a baseline row measured in the
-same process, so machine speed cancels out.
+:func:`brevitas_ldm.evaluation.comparison.compare_quantized`. Wall times are reported as ratios to a baseline row
+measured in the same process, so machine speed cancels out.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ Bad input raises :class:`~brevitas_ldm.errors.BrevitasLDMError`; here it becomes
 2 (a traceback only with ``--debug``), so scripts and people get the fix, not a stack.
 
 Launched by ``torchrun --nproc-per-node N -m brevitas_ldm analyze|quantize ...``, every process joins the job
-(:mod:`brevitas_ldm.process.ranks`): the analyses split their work, the main rank alone claims ``--out``, shows progress,
-prints and writes; the other ranks are silent unless they fail.
+(:mod:`brevitas_ldm.process.ranks`): the analyses split their work, the main rank alone claims ``--out``, shows
+progress, prints and writes; the other ranks are silent unless they fail.
 """
 
 from __future__ import annotations

@@ -334,8 +334,8 @@ def read_json_file(path: str | Path, filename: str, what: str, missing: str, inv
                    error: type[Exception] = BrevitasLDMError) -> tuple[Path, Any]:
     """Read ``path`` (a JSON file, or the folder holding ``filename``) as JSON.
 
-    ``what`` names the file for people ("plan"); ``missing`` and ``invalid`` are the fixes the errors name (``error`` is raised, one line, no
-    traceback chaining); returns the resolved file path and the parsed data.
+    ``what`` names the file for people ("plan"); ``missing`` and ``invalid`` are the fixes the errors name (``error`` is
+    raised, one line, no traceback chaining); returns the resolved file path and the parsed data.
     """
     path = Path(path)
     if path.is_dir():

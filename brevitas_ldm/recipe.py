@@ -223,9 +223,10 @@ class Deploy:
 class PlanRule:
     """How the per-block precision plan is chosen from the analyses.
 
-    ``uniform``: every block at the recipe's base precision (``weights.bits``/``activations.bits``). ``threshold``: blocks whose SQNR drop exceeds ``threshold_db`` get
-    ``high_precision``. ``top_k``: the ``top_k`` most sensitive blocks get ``high_precision``. ``budget``: each
-    block picks from ``menu`` to maximise predicted output SQNR under the average-bit budgets.
+    ``uniform``: every block at the recipe's base precision (``weights.bits``/``activations.bits``). ``threshold``:
+    blocks whose SQNR drop exceeds ``threshold_db`` get ``high_precision``. ``top_k``: the ``top_k`` most sensitive
+    blocks get ``high_precision``. ``budget``: each block picks from ``menu`` to maximise predicted output SQNR under
+    the average-bit budgets.
 
     ``granularity``: what the global analysis measures and the planner assigns, ``block`` (the paper's blocks, swept
     progressively and in isolation) or ``layer`` (every quantizable layer alone, MixDQ-style; no progressive sweep).

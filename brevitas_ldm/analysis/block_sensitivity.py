@@ -1,13 +1,13 @@
 """Global (block-level) SQNR analysis: which blocks of the denoiser cost output quality when quantized.
 
-Following Yang et al. (2023), the denoiser's blocks (:func:`brevitas_ldm.denoiser.blocks.get_blocks`, in execution order)
-are quantized
+Following Yang et al. (2023), the denoiser's blocks (:func:`brevitas_ldm.denoiser.blocks.get_blocks`, in execution
+order) are quantized
 
 * **progressively**: block 1, then blocks 1-2, then 1-3, ... The drop in output SQNR each block adds is its
   accumulated sensitivity, the paper's view of where quality is lost along the data path;
 * **in isolation**: each block alone, the others in float. Under the noise-additivity model of
-  :mod:`brevitas_ldm.planning.planners`, these numbers predict the SQNR of *any* per-block configuration, which is what the
-  budget planner optimises.
+  :mod:`brevitas_ldm.planning.planners`, these numbers predict the SQNR of *any* per-block configuration, which is what
+  the budget planner optimises.
 
 For every configuration the sampler runs on the analysis prompts/seeds and two figures are streamed through
 :class:`~brevitas_ldm.sqnr.SQNRMeter`: the SQNR of the denoiser output at every sampling step along the quantized

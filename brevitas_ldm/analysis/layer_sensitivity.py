@@ -20,8 +20,8 @@ Measurements are kept per sampling step (from :func:`brevitas_ldm.denoiser.sampl
 6 dB: its worst step is 4x noisier than its best), i.e. a single static activation range cannot serve all its steps
 equally. (3 dB flagged 58% of the layers of tiny-sd-digits at W8A8, 6 dB flags 34%, the ones that stand out.)
 
-In a torch.distributed job (:mod:`brevitas_ldm.process.ranks`) the sampling steps are split: every rank runs the whole FP
-sampling (each step's input needs the steps before it) but runs the twins, three quantized passes of every layer
+In a torch.distributed job (:mod:`brevitas_ldm.process.ranks`) the sampling steps are split: every rank runs the whole
+FP sampling (each step's input needs the steps before it) but runs the twins, three quantized passes of every layer
 and the bulk of the cost, only at its own steps (step s on rank s mod N). The per-step meters are gathered and the
 report is the single process' report, plus ``work_per_rank``.
 """

@@ -4,8 +4,8 @@ diffusers has no registration API for outside backends; ``ModelMixin.from_pretra
 ``config.json`` ``quantization_config["quant_method"]`` up in ``diffusers.quantizers.auto``'s
 ``AUTO_QUANTIZATION_CONFIG_MAPPING`` (-> :class:`BrevitasConfig`) and ``AUTO_QUANTIZER_MAPPING``
 (-> :class:`BrevitasQuantizer`). :func:`register` adds the ``"brevitas"`` entry to both; ``import brevitas_ldm``
-arranges for it to run as soon as diffusers' quantizers are imported (:mod:`brevitas_ldm.checkpoint.diffusers_registration`),
-so ``brevitas-ldm recipes`` never pays for torch.
+arranges for it to run as soon as diffusers' quantizers are imported
+(:mod:`brevitas_ldm.checkpoint.diffusers_registration`), so ``brevitas-ldm recipes`` never pays for torch.
 
 How diffusers drives the quantizer while it loads a denoiser folder written by
 :func:`~brevitas_ldm.checkpoint.save_checkpoint` (its weights file holds integer codes, not float weights):

@@ -2,8 +2,8 @@
 
 A quantized pipeline folder is what ``save_pretrained`` writes - ``model_index.json`` and one subfolder per
 component - so ``DiffusionPipeline.from_pretrained(folder)`` loads it (after ``import brevitas_ldm``, which
-registers the ``"brevitas"`` backend with diffusers, :mod:`brevitas_ldm.checkpoint.diffusers_quantizer`). The components the
-quantization did not change are hard-linked from the base pipeline's files (copied where links cannot be made),
+registers the ``"brevitas"`` backend with diffusers, :mod:`brevitas_ldm.checkpoint.diffusers_quantizer`). The components
+the quantization did not change are hard-linked from the base pipeline's files (copied where links cannot be made),
 never re-saved. The denoiser's subfolder holds:
 
 * ``config.json``: the denoiser's own config plus a ``quantization_config`` with ``quant_method = "brevitas"``:

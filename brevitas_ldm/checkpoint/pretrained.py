@@ -2,8 +2,8 @@
 
 A folder ``brevitas-ldm quantize --out DIR`` (``DIR/checkpoint``) or :meth:`QuantizationResult.save` writes is an
 ordinary diffusers pipeline folder whose denoiser diffusers itself reloads (``DiffusionPipeline.from_pretrained``,
-through the ``"brevitas"`` backend, :mod:`brevitas_ldm.checkpoint.diffusers_quantizer`). :func:`from_pretrained` is a thin
-alias for that call which also takes the ``quantize --out`` folder, checks the files against ``meta.json`` first
+through the ``"brevitas"`` backend, :mod:`brevitas_ldm.checkpoint.diffusers_quantizer`). :func:`from_pretrained` is a
+thin alias for that call which also takes the ``quantize --out`` folder, checks the files against ``meta.json`` first
 (one-line errors), loads in the dtype the denoiser was calibrated in, and for a folder saved with
 ``self_contained=False`` loads the referenced base pipeline and swaps the quantized denoiser in.
 """

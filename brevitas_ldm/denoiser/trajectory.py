@@ -6,9 +6,9 @@ such as a precision bank's) and streams the SQNR of the final latents and of eac
 :class:`~brevitas_ldm.sqnr.SQNRMeter`. Only the FP reference is kept in memory (final latents plus per-step
 denoiser outputs, which are small).
 
-Both take ``ranks`` (:mod:`brevitas_ldm.process.ranks`): the pipeline batches are then dealt round-robin to the processes
-of a torch.distributed job, each runs whole batches (the very calls the single process makes) and every rank gets
-the whole result back, identical to the single process' (meters pool per-sample sums with ``math.fsum``).
+Both take ``ranks`` (:mod:`brevitas_ldm.process.ranks`): the pipeline batches are then dealt round-robin to the
+processes of a torch.distributed job, each runs whole batches (the very calls the single process makes) and every rank
+gets the whole result back, identical to the single process' (meters pool per-sample sums with ``math.fsum``).
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ fake-quantized model the analysis measured (``conv(DQ(x), DQ(w)) + b`` and ``acc
 only in float summation order):
 
 * ``Conv(DQ(x), DQ(w), b)`` -> ``ConvInteger(x_q, w_q) -> Cast -> Mul(s_x s_w) -> Add(b)``; a conv whose output
-  the recipe requantizes (``[deploy] requantize_conv_outputs``) is left for onnxruntime's own QLinearConv fusion. onnxruntime runs
-  ConvInteger fast only as ``uint8 x uint8`` (measured: 56 ms for u8s8 against 12 ms for u8u8 on a 320-channel
-  3x3 conv), so conv weights are stored as uint8 (exact on every x86 kind, see :mod:`.x86_storage`).
+  the recipe requantizes (``[deploy] requantize_conv_outputs``) is left for onnxruntime's own QLinearConv fusion.
+  onnxruntime runs ConvInteger fast only as ``uint8 x uint8`` (measured: 56 ms for u8s8 against 12 ms for u8u8 on a
+  320-channel 3x3 conv), so conv weights are stored as uint8 (exact on every x86 kind, see :mod:`.x86_storage`).
 * ``MatMul(DQ(x), Transpose(DQ(w)))`` and ``Gemm(DQ(x), DQ(w), b)`` -> ``com.microsoft.MatMulIntegerToFloat``
   (per-column weight scales, bias fused for Gemm), one per layer even where q/k/v share one quantized input.
 

@@ -59,8 +59,9 @@ def validate_plan(pipe: Any, recipe: Recipe, report: BlockReport, plan: Any, num
                   reference: FPReference | None = None, progress: bool = False) -> list[dict[str, Any]]:
     """Predicted vs measured output SQNR for ``plan`` and ``num_random`` random plans at the same budget.
 
-    Random plans are drawn by :func:`brevitas_ldm.planning.planners.random_budget_plans` under the plan's budget (a budget
-    plan's ``plan.budget``, otherwise the average weight and activation bits the plan uses). Returns one row per plan: name, precisions, avg bits, predicted/measured dB, error.
+    Random plans are drawn by :func:`brevitas_ldm.planning.planners.random_budget_plans` under the plan's budget (a
+    budget plan's ``plan.budget``, otherwise the average weight and activation bits the plan uses). Returns one row per
+    plan: name, precisions, avg bits, predicted/measured dB, error.
     """
 
     reference, bank = _reference_and_bank(pipe, recipe, prompts, seeds, spec, bank, reference, "validate_plan")

@@ -3,9 +3,9 @@
 Every phase of a job (FP sampling, analyses, SmoothQuant, calibration, evaluation) spends its time in denoiser
 calls, some on copies of the denoiser (the analysis bank, the local twins). A module-global forward pre-hook
 counts every executed call of a module of the denoiser's class, whichever copy makes it, against the number of
-calls the job's plan of work predicted (:mod:`brevitas_ldm.cost`); tqdm turns the rate into the job's ETA while the phases'
-own bars show below it. The pre-hook and the global forward hook that ends a call run for every module call: 4.8%
-of a tiny-sd-digits sampling run's time (8 prompts, 20 steps, 1 thread), less on larger models whose modules do
+calls the job's plan of work predicted (:mod:`brevitas_ldm.cost`); tqdm turns the rate into the job's ETA while the
+phases' own bars show below it. The pre-hook and the global forward hook that ends a call run for every module call:
+4.8% of a tiny-sd-digits sampling run's time (8 prompts, 20 steps, 1 thread), less on larger models whose modules do
 more work per call.
 """
 
