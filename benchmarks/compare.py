@@ -60,6 +60,7 @@ from harness import (
     write_page_keeping_notes,
 )
 
+from brevitas_ldm.io import decode_json_float
 from brevitas_ldm.precision import parse_precision
 from brevitas_ldm.recipe import Recipe, get_recipe
 
@@ -294,8 +295,8 @@ def report(out: Path) -> None:
         context, rows = data["context"], data["rows"]
         for row in rows:
             for key, value in row.items():
-                if value == "inf":
-                    row[key] = math.inf
+                if value in ("inf", "-inf", "nan"):         # harness.write_json's codec
+                    row[key] = decode_json_float(value)
         fp = rows[0]
         budgets = list(dict.fromkeys(r["budget"] for r in rows[1:]))
         row_set = re.search(r"--rows (\w+)", context["command"])

@@ -194,18 +194,10 @@ def quality_vs_bits_png(rows: list[dict], path: Path, title: str) -> None:
 
 
 def write_json(path: Path, context: dict, rows: list[dict]) -> None:
-    from brevitas_ldm.io import write_json_atomic
+    """A part's rows with the project's one JSON codec for non-finite figures ("inf", "-inf", "nan")."""
+    from brevitas_ldm.io import encode_json_floats, write_json_atomic
 
-    def clean(value):
-        if isinstance(value, float) and math.isinf(value):
-            return "inf"
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [clean(v) for v in value]
-        return value
-
-    write_json_atomic(path, {"context": context, "rows": clean(rows)})
+    write_json_atomic(path, {"context": context, "rows": encode_json_floats(rows)})
 
 
 __all__ = ["Bench", "Configuration", "add_run_arguments", "bench_context", "markdown_table", "quality_vs_bits_png",

@@ -26,7 +26,7 @@ import torch
 from brevitas_ldm.denoiser.blocks import quantizable_layers
 from brevitas_ldm.denoiser.sampling import SamplingSpec, get_denoiser
 from brevitas_ldm.export.wrapper import first_call_inputs, nested_inputs
-from brevitas_ldm.process.ranks import current_ranks
+from brevitas_ldm.process.ranks import current_ranks, peak_rss_bytes
 from brevitas_ldm.quant.quantize import fast_inference, quantize_denoiser
 from brevitas_ldm.recipe import Recipe
 
@@ -122,10 +122,6 @@ def _resident_bytes() -> int:
         return int(handle.read().split()[1]) * resource.getpagesize()
 
 
-def _high_water_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 @torch.no_grad()
 def time_denoiser_calls(pipe: Any, recipe: Recipe, conditions: Sequence[Any], seeds: Sequence[int],
                         spec: SamplingSpec) -> CallTiming:
@@ -134,11 +130,11 @@ def time_denoiser_calls(pipe: Any, recipe: Recipe, conditions: Sequence[Any], se
     denoiser = get_denoiser(pipe)
     inputs = nested_inputs(first_call_inputs(pipe, list(conditions), list(seeds), spec))
     resident = _resident_bytes()
-    high_water = _high_water_bytes()
+    high_water = peak_rss_bytes()
     start = time.perf_counter()
     denoiser(**inputs)
     fp_s = time.perf_counter() - start
-    call_peak = max(0, _high_water_bytes() - max(high_water, resident))
+    call_peak = max(0, peak_rss_bytes() - max(high_water, resident))
     quantized = quantize_denoiser(copy.deepcopy(denoiser), recipe).eval()
     with fast_inference(quantized):
         quantized(**inputs)                       # the first call caches the quantized weights

@@ -218,19 +218,27 @@ def give_user_mode(path: Path) -> None:
     os.chmod(path, 0o666 & ~_umask())
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write a file via a temporary sibling and ``os.replace`` (atomic on POSIX)."""
+@contextmanager
+def atomic_file_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` for a writer that takes a path (Brevitas' exporters, OpenVINO's
+    ``save_model``); it is renamed onto ``path`` (atomic on POSIX) when the block succeeds, deleted otherwise."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        give_user_mode(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        yield tmp_path
+        give_user_mode(tmp_path)
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write a file via a temporary sibling and ``os.replace`` (atomic on POSIX)."""
+    with atomic_file_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_safetensors_atomic(path: Path, tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> None:

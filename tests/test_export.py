@@ -201,12 +201,12 @@ def test_failed_export_leaves_no_partial_file(dit_w8a16, tmp_path, monkeypatch):
     assert target.read_bytes() == b"previous export" and sorted(tmp_path.iterdir()) == [target]
 
     # a failure after the exporter has written the whole temporary file (the final rename fails)
-    import brevitas_ldm.export.exporters as export_module
+    import brevitas_ldm.io as io_module        # the atomic rename every result file goes through
 
     def failing_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(export_module.os, "replace", failing_replace)
+    monkeypatch.setattr(io_module.os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
         export_denoiser(model, denoiser_inputs(model, batch=2), target)
     assert target.read_bytes() == b"previous export" and sorted(tmp_path.iterdir()) == [target]

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Mapping
 from contextlib import contextmanager
@@ -45,26 +44,15 @@ from brevitas_ldm.export.wide_qcdq import (
 )
 from brevitas_ldm.export.wrapper import DenoiserForExport, export_signature
 from brevitas_ldm.export.x86_storage import WEIGHT_STORAGES, store_for_x86
-from brevitas_ldm.io import give_user_mode
+from brevitas_ldm.io import atomic_file_path
 
 
-@contextmanager
 def _atomic_path(path: Path):
-    """A temporary path beside ``path``; renamed onto ``path`` if the block succeeds, deleted otherwise."""
+    """:func:`~brevitas_ldm.io.atomic_file_path`, refusing a directory as the export path first."""
     path = Path(path)
     if path.is_dir():
         raise BrevitasLDMError(f"export path {path} is a directory: pass a file path such as {path / 'unet.onnx'}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        give_user_mode(tmp_path)
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+    return atomic_file_path(path)
 
 
 @contextmanager
