@@ -11,6 +11,7 @@ from typing import Any
 import torch.nn as nn
 
 from brevitas_ldm.errors import BrevitasLDMError, CalibrationError, ModelError
+from brevitas_ldm.quant.quantize import proxy_bits
 
 #: ``onnx-int8`` is ``onnx-qcdq`` lowered to onnxruntime integer kernels (:mod:`.integer_kernels`); ``openvino`` is
 #: the QCDQ graph as OpenVINO IR in the form its low-precision transformations run on integers (:mod:`.openvino_ir`).
@@ -44,24 +45,19 @@ def quant_features(denoiser: nn.Module) -> dict[str, Any]:
     for name, act, weight in layer_proxies(denoiser):
         features["layers"] += 1
         if act.is_quant_enabled:
+            bits = proxy_bits(act)
+            features["act_bits"].add(bits)
             if isinstance(act, ActFloatQuantProxyFromInjector):
                 features["fp8"].append(name)
-                features["act_bits"].add(8)
-            else:
-                bits = int(act.bit_width().item())
-                features["act_bits"].add(bits)
-                if bits > 8 and not act.is_signed:
-                    features["unsigned_wide_act"].append(name)
+            elif bits > 8 and not act.is_signed:
+                features["unsigned_wide_act"].append(name)
             stats = [m for m in act.modules() if isinstance(m, ParameterFromRuntimeStatsScaling)]
             if stats and all(m.counter == 0 for m in stats):
                 features["uncalibrated"].append(name)
         if weight.is_quant_enabled:
-            if isinstance(weight, WeightFloatQuantProxyFromInjector):
-                features["weight_bits"].add(8)
-                if name not in features["fp8"]:
-                    features["fp8"].append(name)
-            else:
-                features["weight_bits"].add(int(weight.bit_width().item()))
+            features["weight_bits"].add(proxy_bits(weight))
+            if isinstance(weight, WeightFloatQuantProxyFromInjector) and name not in features["fp8"]:
+                features["fp8"].append(name)
     return features
 
 

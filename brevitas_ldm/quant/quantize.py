@@ -151,8 +151,9 @@ def quant_layers(denoiser: nn.Module) -> dict[str, QuantWeightBiasInputOutputLay
             if isinstance(m, (qnn.QuantLinear, qnn.QuantConv2d))}
 
 
-def _proxy_bits(proxy: nn.Module) -> int | None:
-    """Bit width of an enabled Brevitas quant proxy; FP8 proxies report no bit_width and count as 8 bits."""
+def proxy_bits(proxy: nn.Module) -> int | None:
+    """Bit width of an enabled Brevitas quant proxy (None when disabled); FP8 proxies report no bit_width and count
+    as 8 bits. The one reader of a proxy's bits: precisions, footprints and the exporters' feature checks."""
     if not proxy.is_quant_enabled:
         return None
     bit_width = getattr(proxy, "bit_width", None)
@@ -179,8 +180,8 @@ def read_precisions(denoiser: nn.Module) -> PrecisionMap:
     for internal, module in denoiser.named_modules():
         name = to_user.get(internal, internal)
         if isinstance(module, (qnn.QuantLinear, qnn.QuantConv2d)):
-            weight_bits = _proxy_bits(module.weight_quant)
-            act_bits = _proxy_bits(module.input_quant)
+            weight_bits = proxy_bits(module.weight_quant)
+            act_bits = proxy_bits(module.input_quant)
             out[name] = Precision(weight_bits, act_bits, _fp8_format(module))
         elif isinstance(module, (nn.Linear, nn.Conv2d)):
             out[name] = FLOAT
