@@ -97,6 +97,13 @@ class BlockReport:
     def block_names(self) -> list[str]:
         return [b.name for b in self.blocks]
 
+    def check_block_names(self, names) -> None:
+        """Refuse, in one line, plan entries that name no block of this report's model (a typo, another model)."""
+        unknown = [name for name in names if name not in self.block_names]
+        if unknown:
+            raise RecipeError(f"plan names unknown blocks {', '.join(map(repr, unknown))}: the model's blocks are "
+                              f"{', '.join(self.block_names)}")
+
     def block(self, name: str) -> BlockEntry:
         for entry in self.blocks:
             if entry.name == name:

@@ -64,10 +64,7 @@ class Plan:
     # -- checks ----------------------------------------------------------------------------------------------
     def check(self, report: BlockReport, menu: Sequence[str | Precision] | None = None) -> "Plan":
         """Raise RecipeError naming any block the model lacks or any precision outside ``menu``."""
-        unknown = [name for name in self.precisions if name not in report.block_names]
-        if unknown:
-            raise RecipeError(f"plan names unknown blocks {', '.join(map(repr, unknown))}: the model's blocks are "
-                              f"{', '.join(report.block_names)}")
+        report.check_block_names(self.precisions)
         allowed = {parse_precision(p, "menu") for p in (menu if menu is not None else report.menu)}
         allowed.add(self.default)
         precisions = {b: parse_precision(p, f"plan precision of {b!r}") for b, p in self.precisions.items()}

@@ -18,7 +18,6 @@ import math
 from collections.abc import Mapping
 
 from brevitas_ldm.analysis.block_report import BlockReport
-from brevitas_ldm.errors import RecipeError
 from brevitas_ldm.precision import FLOAT, Precision, mean_bits, parse_precision
 from brevitas_ldm.sqnr import noise_ratio_to_db
 
@@ -28,10 +27,7 @@ PrecisionsLike = Mapping[str, str | Precision]
 def _full_assignment(report: BlockReport, precisions: PrecisionsLike,
                      default: str | Precision | None = None) -> dict[str, Precision]:
     """Every block's precision: listed ones as given, the rest at ``default`` (the report's base precision)."""
-    unknown = [name for name in precisions if name not in report.block_names]
-    if unknown:
-        raise RecipeError(f"plan names unknown blocks {', '.join(map(repr, unknown))}: the model's blocks are "
-                          f"{', '.join(report.block_names)}")
+    report.check_block_names(precisions)
     base = parse_precision(default or report.default_precision, "default precision")
     return {name: parse_precision(precisions.get(name, base), f"precision of {name!r}") for name in report.block_names}
 
