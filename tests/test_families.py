@@ -189,7 +189,7 @@ def _small_hybrid_recipe(path):
 
     text = (files("brevitas_ldm.recipes") / "sqnr-hybrid-w8a8.toml").read_text()
     path.write_text(text.replace('name = "sqnr-hybrid-w8a8"', 'name = "tiny-sqnr-hybrid"')
-                    .replace("num_prompts = 8", "num_prompts = 2"))
+                    .replace("num_prompts = 8", "num_prompts = 2").replace("steps = 6", "steps = 2"))
     return path
 
 
