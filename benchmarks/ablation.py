@@ -38,7 +38,8 @@ def ladder(bits: str) -> list[Configuration]:
                                   smoothquant=full.smoothquant)
     sq_all = single.replace(name=f"{base.name}+single-step+sq-all",
                             smoothquant=dataclasses.replace(full.smoothquant, scope="all", alpha_grid=()))
-    plan = single.replace(name=f"{base.name}+single-step+plan", analysis=dataclasses.replace(full.analysis, local=False),
+    plan = single.replace(name=f"{base.name}+single-step+plan",
+                          analysis=dataclasses.replace(full.analysis, local=False),
                           plan=full.plan)
     return [Configuration(f"minmax {bits} (all-step calibration)", base),
             Configuration("+ single-step calibration", single),

@@ -51,7 +51,8 @@ def main() -> None:
         recipe = base.replace(name=f"{base.name} [{label}]",
                               analysis=dataclasses.replace(base.analysis, steps=steps, progressive=progressive))
         rows.append(run_row(bench, Configuration(label, recipe)))
-        write_json(args.out, bench_context(bench, args.seed) | {"command": "python benchmarks/analysis_cost.py " + " ".join(
+        write_json(args.out,
+                   bench_context(bench, args.seed) | {"command": "python benchmarks/analysis_cost.py " + " ".join(
             shlex.quote(a) for a in sys.argv[1:])}, rows)
 
 

@@ -67,7 +67,8 @@ def main(argv=None) -> int:
     print("| product | threads | " + " | ".join(f"{f} / float" for f in FORMS[1:]) + " | kernels |")
     print("|---|---:|" + "---:|" * (len(FORMS) - 1) + "---|")
     for label, (shape_a, shape_b) in SHAPES.items():
-        feeds = {"a": rng.standard_normal(shape_a, dtype=np.float32), "b": rng.standard_normal(shape_b, dtype=np.float32)}
+        feeds = {"a": rng.standard_normal(shape_a, dtype=np.float32),
+                 "b": rng.standard_normal(shape_b, dtype=np.float32)}
         for threads in args.threads:
             median_ms, kernels = {}, []
             for form in FORMS:

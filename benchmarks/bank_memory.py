@@ -82,7 +82,8 @@ def main(argv=None) -> int:
     lines += ["", "The copies share the FP weight tensors (a deep copy whose memo maps every tensor to itself; "
               "Brevitas' quant layers keep the storage of the layers they replace), so a precision costs its "
               "quantizers and its calibration, not a copy of the weights. What remains is the weight cache of the "
-              "configured layers while a configuration runs, and the activations of the run. Before sharing (commit 5e73379, "
+              "configured layers while a configuration runs, and the activations of the run. "
+              "Before sharing (commit 5e73379, "
               "the same rows by a one-off script), the 3-precision row added 11.32 GiB (3.54x the model) on this "
               "machine and the process peaked at 14.98 GiB; with sharing, 1.67 GiB and 5.33 GiB.", ""]
     write_text_atomic(args.out, "\n".join(lines))

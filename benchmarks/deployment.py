@@ -293,7 +293,8 @@ def bench_model(name: str, args, workdir: Path) -> dict[str, Any]:
     from brevitas_ldm.zoo.data import prompt_for
 
     started = time.perf_counter()
-    log = lambda msg: print(f"[{name} +{time.perf_counter() - started:6.0f}s] {msg}", file=sys.stderr, flush=True)
+    def log(msg):
+        return print(f"[{name} +{time.perf_counter() - started:6.0f}s] {msg}", file=sys.stderr, flush=True)
     is_sd = name == SD_MODEL
     pipe, description, steps, n_calib, timing_batch = load_model(name, args)
     fp_denoiser = get_denoiser(pipe).eval()
@@ -386,7 +387,8 @@ def bench_model(name: str, args, workdir: Path) -> dict[str, Any]:
     timing = {}
     for threads in args.threads:
         timing[str(threads)] = interleaved_timing(paths, timing_inputs, threads, rounds, repeats, args.warmup)
-        log(f"timed at {threads} thread(s): " + ", ".join(f"{v['ratio_vs_fp32']:.2f}" for v in timing[str(threads)].values()))
+        ratios = ", ".join(f"{v['ratio_vs_fp32']:.2f}" for v in timing[str(threads)].values())
+        log(f"timed at {threads} thread(s): {ratios}")
     for label in paths:
         rows[label]["latency"] = {t: {k: v for k, v in timing[t][label].items()} for t in timing}
     profiles = {label: op_profile(paths[label], timing_inputs, 1, mdir)
@@ -414,7 +416,8 @@ def model_section(result: dict[str, Any], threads: list[int]) -> list[str]:
     cal = result["calibration"]
     lines = [f"## {result['model']}", "",
              f"{result['description']}; {result['parameters'] / 1e6:.1f} M parameters. Timed at denoiser batch "
-             f"{result['timing_batch']} ({'one prompt with classifier-free guidance' if result['timing_batch'] == 2 else 'one latent'}), "
+             f"{result['timing_batch']} "
+             f"({'one prompt with classifier-free guidance' if result['timing_batch'] == 2 else 'one latent'}), "
              f"{result['rounds']} interleaved rounds x {result['repeats']} timed calls per file, each round after one "
              f"untimed call per file (and {result['warmup']} warm-up calls per file before the first round). "
              f"Calibration (`{cal['recipe']}`, `{cal['mode']}`): {cal['prompts']} prompts, "
@@ -439,7 +442,8 @@ def model_section(result: dict[str, Any], threads: list[int]) -> list[str]:
     else:
         lines.append(f"sqnr-hybrid-w8a8 plan: layer precisions {hybrid['precisions']}.")
     lines += ["", "Per-round latency ratios (project onnx-int8 minmax-w8a8): " + "; ".join(
-        f"{t} thr: " + ", ".join(f"{r:.2f}" for r in result["rows"]["minmax-w8a8 onnx-int8 (project)"]["latency"][str(t)]["round_ratios"])
+        f"{t} thr: " + ", ".join(f"{r:.2f}" for r in
+                                 result["rows"]["minmax-w8a8 onnx-int8 (project)"]["latency"][str(t)]["round_ratios"])
         for t in threads) + ".", "",
         "Profile of one call at 1 thread (share of node time by op type):", ""]
     for label, prof in result["profiles"].items():
@@ -455,15 +459,16 @@ def targets(results: list[dict[str, Any]], threads: list[int]) -> tuple[list[str
                        "onnxruntime quantize_dynamic (uint8 weights)")
     for result in results:
         rows = result["rows"]
-        for label in [l for l in rows if "onnx-int8 (project)" in l] if result["model"] == SD_MODEL else []:
+        for label in [name for name in rows if "onnx-int8 (project)" in name] if result["model"] == SD_MODEL else []:
             for t in threads:
                 ratio = rows[label]["latency"][str(t)]["ratio_vs_fp32"]
                 met = ratio <= 0.55
                 data[f"{result['model']}: {label} latency <= 0.55x @ {t} thr"] = {"ratio": ratio, "met": met}
                 lines.append(f"- {result['model']}, {t} thread(s): {label} at {ratio:.2f}x FP32 -> "
-                             f"{'met' if met else f'missed by {ratio - 0.55:.2f}x ({ratio / 0.55:.2f} times the target)'}.")
+                             + ("met." if met else
+                                f"missed by {ratio - 0.55:.2f}x ({ratio / 0.55:.2f} times the target)."))
         for peer in (static, dynamic):
-            for label in [l for l in rows if "onnx-int8 (project)" in l]:
+            for label in [name for name in rows if "onnx-int8 (project)" in name]:
                 ours, theirs = rows[label], rows[peer]
                 better = ours["sqnr_vs_fp_torch_db"] > theirs["sqnr_vs_fp_torch_db"]
                 speed = {t: ours["latency"][str(t)]["ratio_vs_fp32"] <= theirs["latency"][str(t)]["ratio_vs_fp32"]
@@ -474,7 +479,8 @@ def targets(results: list[dict[str, Any]], threads: list[int]) -> tuple[list[str
                 lines.append(f"- {result['model']}: {label} vs {peer.split(' (')[0]}: SQNR vs FP "
                              f"{ours['sqnr_vs_fp_torch_db']:.1f} vs {theirs['sqnr_vs_fp_torch_db']:.1f} dB, latency "
                              + ", ".join(f"{ours['latency'][str(t)]['ratio_vs_fp32']:.2f}x vs "
-                                         f"{theirs['latency'][str(t)]['ratio_vs_fp32']:.2f}x @ {t} thr" for t in threads)
+                                         f"{theirs['latency'][str(t)]['ratio_vs_fp32']:.2f}x @ {t} thr"
+                                         for t in threads)
                              + f" -> {'met' if met else 'not met'}.")
     return lines, data
 

@@ -216,11 +216,13 @@ def main(argv: list[str] | None = None) -> int:
     if fid_of:
         mean_fid = statistics.mean(fid_of["random"])
         lines += ["", f"* digits-FID: plan {fid_of['plan']:.2f} vs random extra bits {mean_fid:.2f} (mean of "
-                      f"{len(fid_of['random'])}) -> {'plan is lower or equal' if fid_of['plan'] <= mean_fid else 'plan is HIGHER'}; "
+                      f"{len(fid_of['random'])}) -> "
+                      f"{'plan is lower or equal' if fid_of['plan'] <= mean_fid else 'plan is HIGHER'}; "
                       f"uniform {fid_of['uniform']:.2f}; top-{k} most {fid_of['most']:.2f} vs least "
                       f"{fid_of['least']:.2f}; FP {fid_of['FP']:.2f}."]
     lines += ["",
-              f"* Plan vs uniform {default} + {high} at random blocks within the same budget ({budget_w:g} weight bits, "
+              f"* Plan vs uniform {default} + {high} at random blocks within the same budget "
+              f"({budget_w:g} weight bits, "
               f"{budget_a:g} act bits; mean of {len(upgrade_db)} draws): "
               f"{fmt(plan.measured_sqnr_db)} dB vs {fmt(mean_upgrade)} dB -> "
               f"{'plan wins' if plan.measured_sqnr_db > mean_upgrade else 'plan does NOT win'} "

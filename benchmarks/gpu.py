@@ -108,7 +108,8 @@ def unet_inputs(config: dict[str, Any], batch: int, latent: int, device, dtype, 
     import torch
 
     generator = torch.Generator().manual_seed(seed)
-    rand = lambda *shape: torch.randn(*shape, generator=generator).to(device=device, dtype=dtype)
+    def rand(*shape):
+        return torch.randn(*shape, generator=generator).to(device=device, dtype=dtype)
     inputs: dict[str, Any] = {"sample": rand(batch, 4, latent, latent),
                               "timestep": torch.full((batch,), 999, device=device),
                               "encoder_hidden_states": rand(batch, 77, config["cross_attention_dim"])}

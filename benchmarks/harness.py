@@ -157,7 +157,8 @@ def markdown_table(rows: list[dict], baseline_label: str) -> str:
     for row in rows:
         ratio = row["prep_s"] / base["prep_s"] if base and base["prep_s"] and row["label"] != "FP" else None
         lines.append(f"| {row['label']} | {_fmt(row['avg_weight_bits'])} | {_fmt(row['avg_act_bits'])} | "
-                     f"{row['size_bytes'] / 1024:,.0f} | {_fmt(row['output_sqnr_db'])} | {_fmt(row['image_psnr_db'])} | "
+                     f"{row['size_bytes'] / 1024:,.0f} | {_fmt(row['output_sqnr_db'])} | "
+                     f"{_fmt(row['image_psnr_db'])} | "
                      f"{_fmt(row.get('digits_fid'))} | {_fmt(row.get('prompt_accuracy'), 3)} | "
                      f"{_fmt(row['prep_s'], 1) if row['label'] != 'FP' else '–'} | {_fmt(ratio)} |")
     return "\n".join(lines)

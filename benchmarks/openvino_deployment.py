@@ -146,7 +146,8 @@ def bench_model(name: str, args, workdir: Path) -> dict[str, Any]:
     from brevitas_ldm.zoo.data import prompt_for
 
     started = time.perf_counter()
-    log = lambda msg: print(f"[{name} +{time.perf_counter() - started:6.0f}s] {msg}", file=sys.stderr, flush=True)
+    def log(msg):
+        return print(f"[{name} +{time.perf_counter() - started:6.0f}s] {msg}", file=sys.stderr, flush=True)
     is_sd = name == base.SD_MODEL
     pipe, description, steps, n_calib, timing_batch = base.load_model(name, args)
     fp_denoiser = get_denoiser(pipe).eval()

@@ -65,7 +65,8 @@ def run_setup(nproc: int, threads: int, args: argparse.Namespace, workdir: Path)
     block = json.loads((out / "block_report.json").read_text())
     layer = json.loads((out / "layer_report.json").read_text())
     summary = json.loads((out / "analysis.json").read_text())
-    return {"nproc": nproc, "threads_per_rank": threads, "wall_s": wall, "main_peak_rss_bytes": summary["peak_rss_bytes"],
+    return {"nproc": nproc, "threads_per_rank": threads, "wall_s": wall,
+            "main_peak_rss_bytes": summary["peak_rss_bytes"],
             "global_s": block["timing_s"]["total"], "local_s": layer["wall_time_s"],
             "global_calls": block["denoiser_calls"], "local_calls": layer["denoiser_calls"],
             "global_per_rank": block.get("work_per_rank", []), "local_per_rank": layer.get("work_per_rank", []),
@@ -128,7 +129,8 @@ def render(record: dict, out: Path) -> str:
         f"{record['num_prompts']} --steps {record['steps']} --batch-size {record['batch_size']} --local-analysis`, "
         f"under `torchrun --standalone --nproc-per-node N` for N > 1 (gloo). Each run is a fresh process tree; its "
         f"wall time includes start-up and model loading. Per-rank figures come from the reports' `work_per_rank`.", "",
-        "| setup | wall (s) | vs N=1, 1 thread | global analysis (s) | local analysis (s) | reports equal to N=1, 1 thread |",
+        "| setup | wall (s) | vs N=1, 1 thread | global analysis (s) | local analysis (s) | "
+        "reports equal to N=1, 1 thread |",
         "|---|---|---|---|---|---|"]
     for run in runs:
         lines.append(f"| {_label(run)} | {run['wall_s']:.1f} | {base['wall_s'] / run['wall_s']:.2f}x | "
@@ -140,7 +142,8 @@ def render(record: dict, out: Path) -> str:
               ]
     lines += ["", "Work per rank (global analysis: configurations measured, calibration calls, denoiser calls, "
               "seconds; local analysis: sampling steps whose twins it ran; peak RSS of the process):", "",
-              "| setup | rank | configurations | global calls | global (s) | local steps | local (s) | peak RSS (GiB) |",
+              "| setup | rank | configurations | global calls | global (s) | local steps | local (s) | "
+              "peak RSS (GiB) |",
               "|---|---|---|---|---|---|---|---|"]
     for run in runs:
         if not run["global_per_rank"]:

@@ -13,11 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from scale_measure import ALLOCATOR_ENV, Phase, Recorder, gib
 
 FIGURE_NAME = "scale-blocks.png"
-
-
-from scale_measure import ALLOCATOR_ENV, Phase, Recorder, gib
 
 
 def machine_lines(device: torch.device, threads: int, load_start: float) -> list[str]:

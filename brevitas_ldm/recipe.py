@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import tomllib
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from brevitas_ldm.errors import RecipeError
 from brevitas_ldm.limits import MAX_SAMPLES

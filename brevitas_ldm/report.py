@@ -78,9 +78,9 @@ def write_report(path: Path, metrics: dict[str, Any], result: Any, figures: dict
     calls = metrics.get("denoiser_calls", {})
     for phase, seconds in metrics.get("timing_s", {}).items():
         lines.append(f"| {phase} | {seconds:.2f} | {_fmt(calls.get(phase))} |")
+    single_step = recipe.calibration.mode == "single_step"
     lines += ["", f"Calibration: `{recipe.calibration.mode}`"
-              + (" (activation ranges from the maximum-noise step t = T only)" if recipe.calibration.mode == "single_step"
-                 else ""), ""]
+              + (" (activation ranges from the maximum-noise step t = T only)" if single_step else ""), ""]
     if recipe.weights.rounding == "gptq":
         gptq = result.gptq
         lines += [f"Weights rounded by GPTQ (Brevitas' `GPTQ`, Hessians from the float inputs of "
@@ -110,7 +110,8 @@ def write_report(path: Path, metrics: dict[str, Any], result: Any, figures: dict
             if key in figures:
                 lines += [f"![{key}]({figures[key]})", ""]
     if result.smoothing.layers:
-        lines += ["## SmoothQuant", "", "| layer | alpha | relative SQNR before (dB) | after (dB) |", "|---|---|---|---|"]
+        lines += ["## SmoothQuant", "", "| layer | alpha | relative SQNR before (dB) | after (dB) |",
+                  "|---|---|---|---|"]
         for name in result.smoothing.layers:
             lines.append(f"| {name} | {_fmt(result.smoothing.alphas.get(name))} | "
                          f"{_fmt(result.smoothing.sqnr_before_db.get(name))} | "

@@ -25,7 +25,8 @@ def _check_pair(reference: torch.Tensor, test: torch.Tensor) -> None:
                                "calibration data and the quantization ranges")
 
 
-def power_sums(reference: torch.Tensor, test: torch.Tensor, sample_dim: int | None = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def power_sums(reference: torch.Tensor, test: torch.Tensor,
+               sample_dim: int | None = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample (or, with ``sample_dim=None``, total) signal and noise power sums in float64."""
     _check_pair(reference, test)
     ref = reference.detach().double()

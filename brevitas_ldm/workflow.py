@@ -80,7 +80,8 @@ def prepare_job(pipe: Any, recipe: Recipe | str, calibration_prompts: Sequence[s
 def finish_job(state: JobState) -> QuantizationResult:
     """The result, with the two analyses' time and calls summed under ``analysis`` (what the report shows)."""
     result = state.result
-    result.timing_s["analysis"] = result.timing_s.get("global_analysis", 0.0) + result.timing_s.get("local_analysis", 0.0)
+    result.timing_s["analysis"] = (result.timing_s.get("global_analysis", 0.0)
+                                   + result.timing_s.get("local_analysis", 0.0))
     result.denoiser_calls["analysis"] = (result.denoiser_calls.get("global_analysis", 0)
                                          + result.denoiser_calls.get("local_analysis", 0))
     result.precisions = state.layer_precisions

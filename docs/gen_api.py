@@ -10,6 +10,7 @@ import inspect
 import sys
 from pathlib import Path
 
+
 def public_modules() -> list[tuple[str, list[str]]]:
     """(module, names) of the public API, in the order of ``brevitas_ldm._EXPORTS``, then the export helpers."""
     import brevitas_ldm
@@ -32,7 +33,8 @@ def _signature(obj) -> str:
 
 
 def render() -> str:
-    lines = ["# API reference", "", "Generated from the docstrings by `python docs/gen_api.py`; do not edit by hand.", ""]
+    lines = ["# API reference", "",
+             "Generated from the docstrings by `python docs/gen_api.py`; do not edit by hand.", ""]
     for module_name, names in public_modules():
         module = importlib.import_module(module_name)
         lines += [f"## `{module_name}`", "", inspect.cleandoc(module.__doc__ or ""), ""]

@@ -142,7 +142,8 @@ def _fake_module(tmp_path: Path, name: str, source: str) -> dict[str, set[str]]:
 def test_the_checker_sees_upward_sideways_and_unplaced_modules(tmp_path):
     """The rules can fail: a denoiser module importing the workflow (upward), an export module importing the
     evaluation package on the same floor (sideways), and a new top-level module no entry covers."""
-    upward = _fake_module(tmp_path, "brevitas_ldm.denoiser.bad", "from brevitas_ldm.workflow import quantize_pipeline\n")
+    upward = _fake_module(tmp_path, "brevitas_ldm.denoiser.bad",
+                          "from brevitas_ldm.workflow import quantize_pipeline\n")
     assert violations(upward) == ["brevitas_ldm.denoiser.bad (floor 3) imports brevitas_ldm.workflow (floor 10): "
                                   "upward"]
     sideways = _fake_module(tmp_path, "brevitas_ldm.export.bad", "from brevitas_ldm.evaluation.prompts import "

@@ -44,7 +44,8 @@ def _output(value) -> torch.Tensor:
 
 @torch.no_grad()
 def _run(model: nn.Module, args, kwargs, dtype=torch.float32) -> torch.Tensor:
-    cast = (lambda t: t.to(dtype) if t.is_floating_point() else t)
+    def cast(t):
+        return (t.to(dtype) if t.is_floating_point() else t)
     return _output(model(*map_tensors(args, cast), **map_tensors(kwargs, cast)))
 
 

@@ -53,7 +53,8 @@ def _one_line(error) -> str:
 
 
 def _quantized_weights(denoiser) -> dict[str, torch.Tensor]:
-    return {name: layer.quant_weight().value.detach().clone() for name, layer in weight_quantized_layers(denoiser).items()}
+    return {name: layer.quant_weight().value.detach().clone() for name,
+            layer in weight_quantized_layers(denoiser).items()}
 
 
 def _assert_same_model(reloaded, expected_weights, expected_latents) -> None:
@@ -231,7 +232,8 @@ def test_a_float_folder_with_a_brevitas_config_is_refused(sd_dir):
     )
 
     with pytest.raises(ModelError) as error:
-        UNet2DConditionModel.from_pretrained(sd_dir, subfolder="unet", quantization_config=brevitas_ldm.BrevitasConfig())
+        UNet2DConditionModel.from_pretrained(sd_dir, subfolder="unet",
+                                             quantization_config=brevitas_ldm.BrevitasConfig())
     assert "brevitas-ldm quantize" in _one_line(error) and "quantize_pipeline" in str(error.value)
     assert "calibration data" in str(error.value)
     with pytest.raises(ModelError, match="brevitas-ldm quantize"):

@@ -201,7 +201,7 @@ def test_failed_export_leaves_no_partial_file(dit_w8a16, tmp_path, monkeypatch):
     assert target.read_bytes() == b"previous export" and sorted(tmp_path.iterdir()) == [target]
 
     # a failure after the exporter has written the whole temporary file (the final rename fails)
-    import brevitas_ldm.io as io_module        # the atomic rename every result file goes through
+    import brevitas_ldm.io as io_module  # the atomic rename every result file goes through
 
     def failing_replace(src, dst):
         raise OSError("disk full")

@@ -146,7 +146,8 @@ def test_the_workflow_rounds_by_gptq_and_the_checkpoint_keeps_it(sd_dir, tmp_pat
     result.save(tmp_path / "ck")
     reloaded = load_quantized(load_pipeline(str(sd_dir)), tmp_path / "ck")
     assert measure(reloaded, reference).final_db == pytest.approx(measured["gptq"], abs=1e-4)
-    assert torch.equal(get_denoiser(reloaded).conv_in.quant_weight().value, get_denoiser(pipe).conv_in.quant_weight().value)
+    assert torch.equal(get_denoiser(reloaded).conv_in.quant_weight().value,
+                       get_denoiser(pipe).conv_in.quant_weight().value)
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")

@@ -105,7 +105,7 @@ def test_an_untrustworthy_state_file_is_refused_before_the_model_loads(quantized
     for i, content in enumerate([state, _safetensors({}, length=2**40), (quantized_dir / "recipe.toml").read_bytes()]):
         folder = _tampered(quantized_dir, tmp_path / str(i), STATE_FILE, content)
         one_line_error(capsys, ["evaluate", "--model", str(folder), "--out", str(tmp_path / "e")], STATE_FILE,
-               "not a valid safetensors file", "re-run `brevitas-ldm quantize`")
+                       "not a valid safetensors file", "re-run `brevitas-ldm quantize`")
     assert not (tmp_path / "e").exists()
 
 
@@ -120,7 +120,8 @@ def test_a_state_that_does_not_fit_is_refused_before_fp_sampling(quantized_dir, 
     one_line_error(capsys, ["evaluate", "--model", str(folder), "--out", str(tmp_path / "e"), *FAST[:6]], name, "shape")
     # qat starts from the checkpoint after its FP evaluation: the state is rebuilt once on a copy before that
     for start in (["--model", str(folder)], ["--model", str(sd_dir), "--checkpoint", str(folder)]):
-        one_line_error(capsys, ["qat", *start, "--out", str(tmp_path / "t"), *FAST[:6], "--qat-steps", "1"], name, "shape")
+        one_line_error(capsys, ["qat", *start, "--out", str(tmp_path / "t"), *FAST[:6], "--qat-steps", "1"], name,
+                       "shape")
     assert not (tmp_path / "e").exists() and not (tmp_path / "t").exists()
 
 
@@ -131,13 +132,14 @@ def test_a_smoothing_layout_that_does_not_fit_is_refused_before_fp_sampling(quan
     layer.update(num_features=10**12, runtime_shape=[1, 10**12])
     folder = _tampered(quantized_dir, tmp_path, CONFIG, json.dumps(config).encode())
     one_line_error(capsys, ["evaluate", "--model", str(folder), "--out", str(tmp_path / "e"), *FAST[:6]], CONFIG,
-           layer["name"], "1000000000000 features")
+                   layer["name"], "1000000000000 features")
 
 
 def test_text_files_that_are_not_utf8_or_nest_too_deeply(tmp_path, capsys, no_model_loading):
     latin = tmp_path / "latin.toml"
     latin.write_bytes('name = "caf\xe9"\n'.encode("latin-1"))
-    one_line_error(capsys, ["quantize", "--recipe", str(latin), "--dry-run"], "latin.toml", "not UTF-8", "save it as UTF-8")
+    one_line_error(capsys, ["quantize", "--recipe", str(latin), "--dry-run"], "latin.toml", "not UTF-8",
+                   "save it as UTF-8")
     one_line_error(capsys, ["recipes", "show", str(latin)], "latin.toml", "not UTF-8")
     deep = tmp_path / "deep.toml"
     deep.write_text('name = "d"\nx = ' + "[" * 5000 + "]" * 5000 + "\n")
@@ -170,23 +172,25 @@ def test_step_counts_the_scheduler_cannot_sample_fail_before_sampling(sd_dir, tm
     monkeypatch.setattr(evaluate_command, "generate_with_latents", comparison.fp_reference)   # refuses too
     base = ["quantize", "--model", str(sd_dir), "--recipe", "minmax-w8a8", "--out", str(tmp_path / "q"), *FAST]
     one_line_error(capsys, [*base, "--steps", "1001"], "--steps 1001", "1000 training timesteps", "DDIMScheduler",
-           "--steps 1000 or fewer")
-    one_line_error(capsys, [*base, "--calibration-steps", "1001"], "calibration.sampling_steps (--calibration-steps) 1001")
+                   "--steps 1000 or fewer")
+    one_line_error(capsys, [*base, "--calibration-steps", "1001"],
+                   "calibration.sampling_steps (--calibration-steps) 1001")
     one_line_error(capsys, [*base, "--steps", "20000"], "20,000", "more than the 10,000")
     one_line_error(capsys, ["evaluate", "--model", str(sd_dir), "--out", str(tmp_path / "e"), "--steps", "1500"],
-           "--steps 1500")
+                   "--steps 1500")
     analysis = tmp_path / "analysis.toml"
     hybrid = get_recipe("sqnr-hybrid-w8a8")
     analysis.write_text(hybrid.replace(name="long-analysis", analysis=dataclasses.replace(hybrid.analysis,
                                                                                          steps=1001)).to_toml())
     one_line_error(capsys, [*base[:4], str(analysis), *base[5:]], "[analysis] steps 1001")
-    one_line_error(capsys, ["analyze", "--model", str(sd_dir), "--recipe", str(analysis), "--dry-run"], "[analysis] steps 1001")
+    one_line_error(capsys, ["analyze", "--model", str(sd_dir), "--recipe", str(analysis), "--dry-run"],
+                   "[analysis] steps 1001")
     assert list(tmp_path.iterdir()) == [analysis]
 
 
 def test_counts_in_the_billions_are_refused_up_front(tmp_path, capsys, no_model_loading):
     one_line_error(capsys, ["quantize", "--num-samples", "43000000000", "--dry-run"], "--num-samples 43,000,000,000",
-           "more than the 100,000")
+                   "more than the 100,000")
     one_line_error(capsys, ["quantize", "--calibration-prompts", "10000000000", "--dry-run"], "--calibration-prompts")
     one_line_error(capsys, ["analyze", "--num-prompts", "10000000000", "--dry-run"], "--num-prompts")
     recipe = tmp_path / "big.toml"
@@ -195,13 +199,14 @@ def test_counts_in_the_billions_are_refused_up_front(tmp_path, capsys, no_model_
 
 
 def test_flags_and_files_out_of_bounds(tmp_path, capsys, no_model_loading):
-    one_line_error(capsys, ["export", "--model", "tiny-sd-digits", "--min-sqnr-db", "nan", "--out", str(tmp_path / "x")],
-           "--min-sqnr-db nan", "finite")
+    one_line_error(capsys,
+                   ["export", "--model", "tiny-sd-digits", "--min-sqnr-db", "nan", "--out", str(tmp_path / "x")],
+                   "--min-sqnr-db nan", "finite")
     one_line_error(capsys, ["quantize", "--threads", "999", "--dry-run"], "--threads 999", "cores this process may use")
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("digit one\n" + "seven " * 2_000_000 + "\n")
     one_line_error(capsys, ["quantize", "--prompts", str(prompts), "--dry-run"], "line 2 is 12,000,000 characters",
-           "more than the 10,000")
+                   "more than the 10,000")
     prompts.write_text("digit one\n" * 2_000_000)
     one_line_error(capsys, ["quantize", "--prompts", str(prompts), "--dry-run"], "20,000,000 bytes")
     nan_plan = tmp_path / "nan.toml"
@@ -215,8 +220,10 @@ def test_skip_layers_that_name_no_layer(sd_dir, tmp_path, capsys, no_fp_sampling
     recipe = tmp_path / "typo.toml"
     recipe.write_text(get_recipe("minmax-w8a8").to_toml().replace('name = "minmax-w8a8"',
                                                                    'name = "t"\nskip_layers = ["conv_ot"]'))
-    one_line_error(capsys, ["quantize", "--model", str(sd_dir), "--recipe", str(recipe), "--out", str(tmp_path / "q"), *FAST],
-           "skip_layers[0] = 'conv_ot' names no quantizable layer of UNet2DConditionModel", "did you mean conv_out")
+    one_line_error(capsys,
+                   ["quantize", "--model", str(sd_dir), "--recipe", str(recipe), "--out", str(tmp_path / "q"), *FAST],
+                   "skip_layers[0] = 'conv_ot' names no quantizable layer of UNet2DConditionModel",
+                   "did you mean conv_out")
     unet = load_pipeline(sd_dir).unet
     check_skip_layers(unet, ("conv_out", "*.attn2.to_k", "down_blocks.0", "x_embedder", "pos_embed"))
     with pytest.raises(RecipeError, match=r"skip_layers\[1\] = '\*\.attn9\.\*'"):
@@ -226,8 +233,9 @@ def test_skip_layers_that_name_no_layer(sd_dir, tmp_path, capsys, no_fp_sampling
 def test_a_plan_naming_no_block_is_refused_before_fp_evaluation(sd_dir, tmp_path, capsys, no_fp_sampling):
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"precisions": {"down_blocks.9": "w8a8"}}))
-    one_line_error(capsys, ["quantize", "--model", str(sd_dir), "--plan", str(plan), "--out", str(tmp_path / "q"), *FAST],
-           "plan entry 'down_blocks.9' names no block or quantizable layer")
+    one_line_error(capsys,
+                   ["quantize", "--model", str(sd_dir), "--plan", str(plan), "--out", str(tmp_path / "q"), *FAST],
+                   "plan entry 'down_blocks.9' names no block or quantizable layer")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.json"]
 
 
@@ -241,7 +249,7 @@ def test_a_corrupt_training_image_is_named_before_the_model_loads(tmp_path, caps
         (data / f"{name}.txt").write_text("a handwritten digit one")
     (data / "b.png").write_bytes((data / "b.png").read_bytes()[:60])
     one_line_error(capsys, ["qat", "--data", str(data), "--out", str(tmp_path / "o")], "--data: image", "b.png",
-           "cannot be decoded", "replace or remove it")
+                   "cannot be decoded", "replace or remove it")
 
 
 def test_a_dit_without_the_null_class_asks_for_guidance_1(tmp_path, capsys):
@@ -254,6 +262,6 @@ def test_a_dit_without_the_null_class_asks_for_guidance_1(tmp_path, capsys):
     DiTPipeline(transformer=tiny_dit(), vae=_vae(), scheduler=DDIMScheduler()).save_pretrained(folder)
     argv = ["evaluate", "--model", str(folder), "--num-samples", "2", "--steps", "2", "--batch-size", "2"]
     one_line_error(capsys, [*argv, "--out", str(tmp_path / "e")], "DiTPipeline", "class 1000",
-           "embeds only 11 classes", "pass --guidance-scale 1")
+                   "embeds only 11 classes", "pass --guidance-scale 1")
     assert main([*argv, "--guidance-scale", "1", "--out", str(tmp_path / "e")]) == 0
     assert (tmp_path / "e" / "metrics.json").is_file()

@@ -6,9 +6,8 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 from brevitas_ldm.cli import COMMANDS, build_parser
 

@@ -26,7 +26,7 @@ def test_bad_inputs_fail_before_the_model_loads(tmp_path, capsys, no_model_loadi
     budget = tmp_path / "budget.toml"
     budget.write_text('name = "b"\n[plan]\nmethod = "budget"\navg_weight_bits = 2.0\n')
     one_line_error(capsys, [*base, "--recipe", str(budget)], "plan.avg_weight_bits = 2.0 cannot be met", "w4a8",
-           "at least 4")
+                   "at least 4")
     binary = tmp_path / "prompts.bin"
     binary.write_bytes(bytes(range(256)) * 4)
     one_line_error(capsys, [*base, "--prompts", str(binary)], "not UTF-8 text", "--prompts")

@@ -24,7 +24,8 @@ def _inputs(tmp_path: Path) -> dict[str, tuple[list[str], Path]]:
     checkpoint = tmp_path / "ckpt"
     checkpoint.mkdir()
     (checkpoint / "meta.json").write_text(json.dumps({"model": str(model)}))
-    files = {name: tmp_path / name for name in ("plan.json", "recipe.toml", "prompts.txt", "cal.txt", "lora.safetensors")}
+    files = {name: tmp_path / name
+             for name in ("plan.json", "recipe.toml", "prompts.txt", "cal.txt", "lora.safetensors")}
     for path in files.values():
         path.write_text("x\n")
     data = tmp_path / "data"
@@ -57,10 +58,11 @@ def test_an_out_over_into_or_around_any_input_is_refused(tmp_path, capsys, no_mo
             outs["lies inside"] = path / "out"
         for relation, out in outs.items():
             line = one_line_error(capsys, [*argv, "--out", str(out), *flag], f"--out {str(out)!r} {relation}",
-                            f"the {kind} input")
+                                  f"the {kind} input")
             assert "choose --out outside it" in line
             # ... and for --cache-dir alike
-            cache_line = one_line_error(capsys, [*argv, "--cache-dir", str(out), "--out", str(tmp_path.parent / "elsewhere"),
+            cache_line = one_line_error(capsys,
+                                        [*argv, "--cache-dir", str(out), "--out", str(tmp_path.parent / "elsewhere"),
                                            *flag], f"--cache-dir {str(out)!r} {relation}")
             assert kind in cache_line
     assert _snapshot(tmp_path) == before                     # every input as it was, nothing written
@@ -102,20 +104,21 @@ def test_the_embedded_model_is_an_input_too(capsys, no_model_loading):
     before = sorted(p.name for p in weights.iterdir())
     one_line_error(capsys, ["quantize", "--out", str(weights / "q")], "lies inside the --model input")
     one_line_error(capsys, ["evaluate", "--model", "tiny-sd-digits", "--out", str(weights.parent), "--overwrite"],
-             "contains the --model input")
+                   "contains the --model input")
     assert sorted(p.name for p in weights.iterdir()) == before
 
 
 def test_a_cache_dir_inside_out_or_unusable_is_refused(tmp_path, capsys, no_model_loading):
     out = tmp_path / "q"
     one_line_error(capsys, ["quantize", "--out", str(out), "--cache-dir", str(out / "cache")], "--cache-dir",
-             "lies inside the --out folder")
-    one_line_error(capsys, ["quantize", "--out", str(out), "--cache-dir", str(out)], "--cache-dir", "is the --out folder")
+                   "lies inside the --out folder")
+    one_line_error(capsys, ["quantize", "--out", str(out), "--cache-dir", str(out)], "--cache-dir",
+                   "is the --out folder")
     (tmp_path / "file").write_text("x")
     one_line_error(capsys, ["quantize", "--dry-run", "--cache-dir", str(tmp_path / "file")], "--cache-dir", "is a file")
     one_line_error(capsys, ["analyze", "--dry-run", "--cache-dir", str(tmp_path / "file" / "c")], "which is a file")
     one_line_error(capsys, ["quantize", "--dry-run", "--cache-dir", "/proc/brevitas-ldm-test/cache"], "--cache-dir",
-             "cannot be written")
+                   "cannot be written")
     if os.geteuid() != 0:       # root writes through permission bits; /proc covers that case above
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
@@ -125,10 +128,13 @@ def test_a_cache_dir_inside_out_or_unusable_is_refused(tmp_path, capsys, no_mode
 
 
 def test_out_names_the_file_system_cannot_hold_are_refused(tmp_path, capsys, no_model_loading):
-    one_line_error(capsys, ["quantize", "--out", str(tmp_path / ("o" * 300))], "--out", "300 bytes", "more than the 255")
+    one_line_error(capsys, ["quantize", "--out", str(tmp_path / ("o" * 300))], "--out", "300 bytes",
+                   "more than the 255")
     # 240 bytes fit a name, but not with the staging folder's ".partial-XXXXXXXX" beside it
-    one_line_error(capsys, ["quantize", "--out", str(tmp_path / ("o" * 240))], "240 bytes", "staging folder", "at most 237")
-    one_line_error(capsys, ["quantize", "--dry-run", "--cache-dir", str(tmp_path / ("c" * 256))], "--cache-dir", "256 bytes")
+    one_line_error(capsys, ["quantize", "--out", str(tmp_path / ("o" * 240))], "240 bytes", "staging folder",
+                   "at most 237")
+    one_line_error(capsys, ["quantize", "--dry-run", "--cache-dir", str(tmp_path / ("c" * 256))], "--cache-dir",
+                   "256 bytes")
     deep = "/".join(["d" * 200] * 25)
     one_line_error(capsys, ["quantize", "--out", str(tmp_path / deep)], "longer than the 4096 bytes")
     assert list(tmp_path.iterdir()) == []

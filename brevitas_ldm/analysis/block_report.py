@@ -156,7 +156,8 @@ class BlockReport:
     @classmethod
     def load(cls, path: str | Path) -> "BlockReport":
         """Load a report from ``block_report.json`` or the folder holding it."""
-        path, data = read_json_file(path, REPORT_FILE, "block report", "run the global analysis (brevitas-ldm analyze) first",
+        path, data = read_json_file(path, REPORT_FILE, "block report",
+                                    "run the global analysis (brevitas-ldm analyze) first",
                                     "rerun the global analysis")
         if data.get("version") != ANALYSIS_VERSION:
             raise BrevitasLDMError(f"{path} was written by analysis version {data.get('version')}, this is "
@@ -179,7 +180,8 @@ class BlockReport:
             return "inf" if math.isinf(value) else f"{value:.2f}"
 
         for entry in self.blocks:
-            row = [entry.name, entry.kind, f"{entry.param_count:,}", f"{entry.act_elements:,.0f}", str(rank[entry.name])]
+            row = [entry.name, entry.kind, f"{entry.param_count:,}", f"{entry.act_elements:,.0f}",
+                   str(rank[entry.name])]
             row += [fmt(entry.isolated_db.get(p)) for p in analysed]
             row += [fmt(entry.progressive_db.get(default)), fmt(entry.progressive_drop_db.get(default)),
                     fmt(entry.share_db.get(default))]

@@ -172,7 +172,8 @@ class LayerReport:
 
     @classmethod
     def load(cls, path: str | Path) -> "LayerReport":
-        _, data = read_json_file(path, cls.FILENAME, "layer report", "run the local analysis first (brevitas-ldm analyze) or pass the "
+        _, data = read_json_file(path, cls.FILENAME, "layer report",
+                                 "run the local analysis first (brevitas-ldm analyze) or pass the "
                                  "folder holding it", "re-run the local analysis")
         return cls.from_dict(data)
 

@@ -67,7 +67,8 @@ def add_sampling_options(parser: argparse.ArgumentParser, num_samples: int = 100
     parser.add_argument("--num-samples", "--prompt", type=int, default=num_samples,
                         help="samples to generate for evaluation (--prompt: the Brevitas SD example's name)")
     parser.add_argument("--steps", "--inference-steps", type=int, default=20, help="sampling steps (default: 20)")
-    parser.add_argument("--guidance-scale", type=float, default=2.0, help="classifier-free guidance scale (default: 2.0)")
+    parser.add_argument("--guidance-scale", type=float, default=2.0,
+                        help="classifier-free guidance scale (default: 2.0)")
     parser.add_argument("--batch-size", type=int, default=50, help="samples per pipeline call")
     parser.add_argument("--seed", type=int, default=0, help="base seed: sample i uses seed + i")
     parser.add_argument("--prompts", type=Path, default=None,
@@ -105,8 +106,8 @@ def check_evaluator_samples(args: argparse.Namespace) -> None:
     from brevitas_ldm.evaluation.run import has_digits_evaluator
 
     if args.num_samples < 2 and has_digits_evaluator(args.model):
-        raise BrevitasLDMError(f"--num-samples {args.num_samples} is too few for {args.model}'s digits-FID, which needs "
-                               f"at least 2 samples: pass --num-samples 2 or more (100+ for a stable FID)")
+        raise BrevitasLDMError(f"--num-samples {args.num_samples} is too few for {args.model}'s digits-FID, which "
+                               f"needs at least 2 samples: pass --num-samples 2 or more (100+ for a stable FID)")
 
 
 def checked_checkpoint(args: argparse.Namespace) -> dict[str, Any] | None:

@@ -119,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
         if args.float_baseline and args.format == OPENVINO_FORMAT:
             _openvino_float_baseline(summary, float_denoiser, float_inputs, fresh, staging, args.opset)
         elif args.float_baseline and suffix == "onnx":
-            float_path = export_float_onnx(float_denoiser, float_inputs, staging / "denoiser_fp32.onnx", opset=args.opset)
+            float_path = export_float_onnx(float_denoiser, float_inputs, staging / "denoiser_fp32.onnx",
+                                           opset=args.opset)
             summary["fp32"] = {"size_bytes": float_path.stat().st_size}
             if args.format in ONNXRUNTIME_FORMATS:
                 summary["fp32"]["latency"] = onnx_latency(float_path, fresh)

@@ -164,7 +164,8 @@ def _write_job(args: argparse.Namespace, result, evaluation: Evaluation, work, j
         "plan_of_work": {**work.to_dict(), "counted_calls": job.calls,
                          "counted_calls_by_phase": dict(result.counted_calls)},
     }
-    command = "brevitas-ldm " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "brevitas-ldm quantize"
+    command = ("brevitas-ldm " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:]
+               else "brevitas-ldm quantize")
     with atomic_output_dir(args.out, args.overwrite) as staging:
         write_outputs(staging, metrics, result, reference, evaluation.generation, evaluation.eval_set, per_step,
                       command, model_name, lora, self_contained=not args.reference_base)
@@ -209,7 +210,8 @@ def write_outputs(staging: Path, metrics: dict, result, reference, generation, e
     from brevitas_ldm.report import write_report
 
     figures: dict[str, str] = {}
-    folder = result.save(staging / CHECKPOINT_SUBDIR, model=model_name, lora=lora.to_dict() if lora is not None else None,
+    folder = result.save(staging / CHECKPOINT_SUBDIR, model=model_name,
+                         lora=lora.to_dict() if lora is not None else None,
                          self_contained=self_contained)
     metrics["quantized"]["checkpoint_bytes"] = denoiser_file_bytes(folder)
     write_json_atomic(staging / "metrics.json", metrics)

@@ -47,7 +47,8 @@ def denoiser_component(pipe: Any) -> str:
 def num_train_timesteps(pipe: Any) -> int:
     """The scheduler's number of training timesteps (T; t = T - 1 is maximum noise), 1000 when it has none."""
     config = getattr(getattr(pipe, "scheduler", None), "config", None) or {}
-    value = config.get("num_train_timesteps") if hasattr(config, "get") else getattr(config, "num_train_timesteps", None)
+    value = (config.get("num_train_timesteps") if hasattr(config, "get")
+             else getattr(config, "num_train_timesteps", None))
     return int(value) if value is not None else 1000
 
 

@@ -65,7 +65,8 @@ def fp_reference(pipe: Any, eval_set: EvaluationSet, spec: SamplingSpec, with_di
 
 
 def compare_quantized(pipe: Any, eval_set: EvaluationSet, spec: SamplingSpec, reference: Reference,
-                      precisions: dict[str, Precision], with_digits: bool) -> tuple[dict[str, Any], Generation, list[float]]:
+                      precisions: dict[str, Precision],
+                      with_digits: bool) -> tuple[dict[str, Any], Generation, list[float]]:
     """Quantized pipeline on the same evaluation set: output SQNR, image PSNR, per-step SQNR, footprint."""
     start = time.perf_counter()
     ranks = current_ranks()

@@ -18,7 +18,8 @@ from brevitas_ldm.errors import BrevitasLDMError
 
 def feature_statistics(features: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Mean and covariance (float64) of an (N, D) feature matrix."""
-    x = features.detach().cpu().double().numpy() if isinstance(features, torch.Tensor) else np.asarray(features, np.float64)
+    x = (features.detach().cpu().double().numpy() if isinstance(features, torch.Tensor)
+         else np.asarray(features, np.float64))
     if x.ndim != 2 or x.shape[0] < 2:
         raise BrevitasLDMError(f"Frechet distance needs an (N, D) feature matrix with N >= 2, got shape {x.shape}: "
                                f"generate more samples")

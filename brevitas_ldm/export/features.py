@@ -70,7 +70,8 @@ def check_exportable(denoiser: nn.Module, fmt: str, opset: int) -> dict[str, Any
     features = quant_features(denoiser)
     if features["layers"] == 0:
         raise ModelError(f"{type(denoiser).__name__} has no Brevitas quant layers: quantize it with "
-                         f"brevitas_ldm.quant.quantize.quantize_denoiser first, or use export_float_onnx for the FP32 model")
+                         f"brevitas_ldm.quant.quantize.quantize_denoiser first, or use export_float_onnx for the "
+                         f"FP32 model")
     fp8 = features["fp8"]
     if fmt == "openvino" and fp8:
         raise BrevitasLDMError(f"{fp8[0]} uses FP8 quantization, which the openvino export does not write (OpenVINO "

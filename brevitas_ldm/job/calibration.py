@@ -19,9 +19,6 @@ class CalibrationPhase(JobPhase):
     name = "calibration"
     key = "calibration"
 
-    def enabled(self, state: JobState) -> bool:
-        return True
-
     def cost(self, state: JobState) -> Phase:
         n_cal, final = len(state.calibration_prompts), state.final_spec
         return Phase(self.name, calibration_calls(state.recipe, n_cal, final)

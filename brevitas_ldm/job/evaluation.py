@@ -34,17 +34,23 @@ class Evaluation:
     timing_s: dict[str, float] = field(default_factory=dict)
 
 
-class FpEvaluationPhase(JobPhase):
-    name = "FP evaluation"
-    key = "fp_evaluation"
+class _EvaluationPhase(JobPhase):
+    """Sampling the evaluation set once (this rank's share of its batches), FP or fake-quantized."""
+
+    quantized = False
 
     def enabled(self, state: JobState) -> bool:
         return state.evaluation is not None
 
     def cost(self, state: JobState) -> Phase:
         evaluation = state.evaluation
-        return Phase(self.name, rank_sampling_calls(len(evaluation.eval_set), evaluation.spec), False,
+        return Phase(self.name, rank_sampling_calls(len(evaluation.eval_set), evaluation.spec), self.quantized,
                      evaluation.spec.batch_size)
+
+
+class FpEvaluationPhase(_EvaluationPhase):
+    name = "FP evaluation"
+    key = "fp_evaluation"
 
     def run(self, state: JobState) -> None:
         evaluation = state.evaluation
@@ -54,17 +60,10 @@ class FpEvaluationPhase(JobPhase):
         evaluation.timing_s[self.key] = time.perf_counter() - start
 
 
-class QuantizedEvaluationPhase(JobPhase):
+class QuantizedEvaluationPhase(_EvaluationPhase):
     name = "quantized evaluation"
     key = "evaluation"
-
-    def enabled(self, state: JobState) -> bool:
-        return state.evaluation is not None
-
-    def cost(self, state: JobState) -> Phase:
-        evaluation = state.evaluation
-        return Phase(self.name, rank_sampling_calls(len(evaluation.eval_set), evaluation.spec), True,
-                     evaluation.spec.batch_size)
+    quantized = True
 
     def run(self, state: JobState) -> None:
         evaluation = state.evaluation

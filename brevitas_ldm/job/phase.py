@@ -9,18 +9,21 @@ from brevitas_ldm.job.state import JobState
 
 class JobPhase:
     """Subclasses set ``name`` (the plan of work's row), ``key`` (the ``timing_s``/``denoiser_calls`` entry) and
-    implement :meth:`enabled`, :meth:`cost` and :meth:`run`."""
+    implement :meth:`run`; a phase the recipe can switch off overrides :meth:`enabled`, and one that calls the
+    denoiser overrides :meth:`cost`."""
 
     name: str = ""
     key: str = ""
 
     def enabled(self, state: JobState) -> bool:
-        """Whether the recipe (and the job's inputs: a given plan, ``--local``) asks for this phase."""
-        raise NotImplementedError
+        """Whether the recipe (and the job's inputs: a given plan, ``--local``) asks for this phase (default: it
+        always runs)."""
+        return True
 
-    def cost(self, state: JobState) -> Phase:
-        """The denoiser calls the phase will make, from the object that makes them (called before :meth:`run`)."""
-        raise NotImplementedError
+    def cost(self, state: JobState) -> Phase | None:
+        """The denoiser calls the phase will make, from the object that makes them (called before :meth:`run`);
+        None for a phase that makes none (it gets no row in the plan of work)."""
+        return None
 
     def run(self, state: JobState) -> None:
         """Do the work on ``state`` (the pipeline, in place) and record it in ``state.result``."""

@@ -15,12 +15,6 @@ class PlanPhase(JobPhase):
     name = "plan"
     key = "plan"
 
-    def enabled(self, state: JobState) -> bool:
-        return True
-
-    def cost(self, state: JobState) -> None:
-        return None
-
     def run(self, state: JobState) -> None:
         denoiser = get_denoiser(state.pipe)
         if isinstance(state.plan, Plan):

@@ -13,11 +13,5 @@ class QuantizationPhase(JobPhase):
     name = "quantization"
     key = "quantization"
 
-    def enabled(self, state: JobState) -> bool:
-        return True
-
-    def cost(self, state: JobState) -> None:
-        return None
-
     def run(self, state: JobState) -> None:
         quantize_denoiser(get_denoiser(state.pipe), state.recipe, state.layer_precisions)

@@ -147,7 +147,8 @@ def _solve_budget(report: BlockReport, menu: Sequence[Precision], avg_weight_bit
     return {name: menu[int(o)] for name, o in zip(names, choice)}
 
 
-def _menu(report: BlockReport, menu: Sequence[str | Precision] | None, extra: Sequence[Precision] = ()) -> list[Precision]:
+def _menu(report: BlockReport, menu: Sequence[str | Precision] | None,
+          extra: Sequence[Precision] = ()) -> list[Precision]:
     items = [parse_precision(p, "plan.menu") for p in (menu if menu is not None else report.menu)]
     out: list[Precision] = []
     for p in [*items, *extra]:

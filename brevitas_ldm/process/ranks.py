@@ -113,7 +113,8 @@ def join_launched_job(device: str) -> tuple[Ranks, str]:
     missing = [name for name in LAUNCHER_ENV if name not in os.environ]
     if missing:
         raise BrevitasLDMError(f"WORLD_SIZE is set but {missing[0]} is not: launch the job with torchrun "
-                               f"--nproc-per-node N (or accelerate launch), which sets all of {', '.join(LAUNCHER_ENV)}")
+                               f"--nproc-per-node N (or accelerate launch), which sets all of "
+                               f"{', '.join(LAUNCHER_ENV)}")
     if not dist.is_available():
         raise BrevitasLDMError("this torch build has no torch.distributed: run without torchrun")
     local_rank = int(os.environ["LOCAL_RANK"])

@@ -84,7 +84,8 @@ def choose_threads(requested: int | None, cores: int | None = None, load: float 
     siblings = launched_processes_per_machine()
     if siblings > 1:
         # The ranks start together, so each would count the others as load (or not, by a race): share the cores.
-        return ThreadChoice(max(1, cores // siblings), f"auto: {cores} cores shared by {siblings} ranks of this machine")
+        return ThreadChoice(max(1, cores // siblings),
+                            f"auto: {cores} cores shared by {siblings} ranks of this machine")
     load = busy_threads() if load is None else load
     idle = int(cores - load + 0.5)
     threads = max(1, min(cores, idle))

@@ -67,7 +67,8 @@ class ConvGeometry:
         """The geometry of ``conv``, or None when it is not one matrix product of unfolded patches."""
         if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             return None
-        pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+        def pair(v):
+            return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
         return ConvGeometry(pair(conv.kernel_size), pair(conv.stride), pair(conv.padding), pair(conv.dilation))
 
 

@@ -63,7 +63,8 @@ class QATResult:
 
     def save(self, directory: str | Path, model: str | None = None, lora: dict | None = None,
              self_contained: bool = True) -> Path:
-        """The same quantized pipeline folder a PTQ result writes (reload with ``DiffusionPipeline.from_pretrained``)."""
+        """The same quantized pipeline folder a PTQ result writes (reload with
+        ``DiffusionPipeline.from_pretrained``)."""
         return self.quantization.save(directory, model=model, lora=lora, self_contained=self_contained)
 
 
