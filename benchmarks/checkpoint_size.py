@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     pipe.unet.save_pretrained(str(args.out / "float-unet"))
     spec = SamplingSpec(num_inference_steps=1, guidance_scale=2.0, batch_size=1)
     prompts, seeds = ["a handwritten digit seven"], [0]
-    reference = fp_reference(pipe, EvaluationSet(tuple(prompts), tuple(seeds)), spec, with_digits=False)
+    reference = fp_reference(pipe, EvaluationSet(tuple(prompts), tuple(seeds)), spec, None)
     result = brevitas_ldm.quantize_pipeline(pipe, args.recipe, prompts, seeds, spec)
     size = footprint(pipe.unet, result.precisions, reference.weights, reference.activations)
     folder = result.save(args.out / "q")

@@ -53,6 +53,7 @@ from pathlib import Path
 from harness import (
     Configuration,
     bench_context,
+    fid_of,
     markdown_table,
     run_row,
     start_bench,
@@ -277,7 +278,7 @@ def _margin_lines(rows: list[dict], budgets: list[str], columns: tuple[str, ...]
             row = level.get(key)
             if row is None:
                 return "–"
-            fid = f", FID {row['digits_fid']:.2f}" if row.get("digits_fid") is not None else ""
+            fid = f", FID {fid_of(row)[1]:.2f}" if fid_of(row)[1] is not None else ""
             return f"{row['output_sqnr_db']:.2f} dB{fid}"
 
         lines.append(f"| {budget} | {level['rule']['avg_weight_bits']:.2f}/{level['rule']['avg_act_bits']:.2f} | "
@@ -305,8 +306,8 @@ def report(out: Path) -> None:
         for budget in budgets:
             title = f", rows: {row_set.group(1)}" if row_set else ""
             sections += [f"## {budget.upper()} ({context['num_samples']} samples{title})", "",
-                         f"Command: `{context['command']}`. Machine: {context['machine']}. FP digits-FID "
-                         f"{fp.get('digits_fid', float('nan')):.2f}, accuracy {fp.get('prompt_accuracy', 1.0):.3f}.",
+                         f"Command: `{context['command']}`. Machine: {context['machine']}. FP {fid_of(fp)[0]} "
+                         f"{fid_of(fp)[1] or float('nan'):.2f}, accuracy {fp.get('prompt_accuracy', 1.0):.3f}.",
                          "", _budget_table([fp | {"budget": budget}] + rows[1:], budget), ""]
     ordered = [b for b in ("w8a8", "w4a8", "w4a6", "w8a4", "w4a4") if any(r["budget"] == b for _, r in all_rows)]
     measured = [r for _, r in all_rows]

@@ -115,16 +115,15 @@ def main(argv: list[str] | None = None) -> int:
     least_db = measure_plan(pipe, recipe, least.precisions, bank=bank, reference=reference)
 
     # 6. digits-FID of each configuration on an evaluation set (other seeds than the analysis)
-    from brevitas_ldm.evaluation.run import has_digits_evaluator
+    from brevitas_ldm.evaluation.class_evaluator import evaluator_for
 
     fid_of = {}
-    if args.fid_samples and has_digits_evaluator(args.model):
-        from brevitas_ldm.evaluation.digits import DigitsEvaluator
+    evaluator = evaluator_for(args.model) if args.fid_samples else None
+    if evaluator is not None:
         from brevitas_ldm.evaluation.prompts import evaluation_set
         from brevitas_ldm.evaluation.run import generate_with_latents
 
-        evaluator = DigitsEvaluator()
-        eval_set = evaluation_set(args.fid_samples, seed=1000)
+        eval_set = evaluation_set(args.fid_samples, seed=1000, model=args.model)
         eval_spec = SamplingSpec(args.steps, args.guidance_scale, batch_size=100)
 
         def digits_fid(precisions) -> float:
@@ -133,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 with bank.configured(bank.layer_precisions(precisions)):
                     images = generate_with_latents(pipe, eval_set, eval_spec).images
-            return evaluator.digits_fid(images)
+            return evaluator.fid(images)
 
         fid_of["FP"] = digits_fid(None)
         fid_of["uniform"] = digits_fid(uniform)

@@ -25,14 +25,15 @@ import torch.nn as nn
 
 from brevitas_ldm.denoiser.loading import load_pipeline
 from brevitas_ldm.denoiser.sampling import SamplingSpec
+from brevitas_ldm.evaluation.class_evaluator import evaluator_for
 from brevitas_ldm.evaluation.comparison import compare_quantized, fp_reference
 from brevitas_ldm.evaluation.prompts import calibration_set, evaluation_set
-from brevitas_ldm.evaluation.run import has_digits_evaluator
 from brevitas_ldm.io import write_text_atomic
 from brevitas_ldm.quant.footprint import footprint
 from brevitas_ldm.quant.quantize import resolve_precisions
 from brevitas_ldm.recipe import Recipe
 from brevitas_ldm.workflow import quantize_pipeline
+from brevitas_ldm.zoo.catalog import CATALOG
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class Bench:
     fp_denoiser: nn.Module
     eval_set: Any
     spec: SamplingSpec
-    digits: bool
+    evaluator: Any     # the model's ClassEvaluator, or None
     reference: Any
     fp_seconds: float
 
@@ -90,12 +91,12 @@ class Bench:
 def start_bench(model: str, num_samples: int, steps: int, guidance: float, seed: int, batch_size: int = 100) -> Bench:
     pipe = load_pipeline(model)
     fp_denoiser = copy.deepcopy(pipe.unet)
-    eval_set = evaluation_set(num_samples, seed)
+    eval_set = evaluation_set(num_samples, seed, model=model)
     spec = SamplingSpec(steps, guidance, batch_size)
-    digits = has_digits_evaluator(model)
+    evaluator = evaluator_for(model)
     start = time.perf_counter()
-    reference = fp_reference(pipe, eval_set, spec, with_digits=digits)
-    return Bench(model, pipe, fp_denoiser, eval_set, spec, digits, reference, time.perf_counter() - start)
+    reference = fp_reference(pipe, eval_set, spec, evaluator)
+    return Bench(model, pipe, fp_denoiser, eval_set, spec, evaluator, reference, time.perf_counter() - start)
 
 
 def run_row(bench: Bench, config: Configuration, calibration_prompts: int | None = None) -> dict:
@@ -103,7 +104,7 @@ def run_row(bench: Bench, config: Configuration, calibration_prompts: int | None
     pipe = bench.pipe
     pipe.unet = copy.deepcopy(bench.fp_denoiser)
     recipe = config.recipe
-    cal = calibration_set(calibration_prompts or recipe.calibration.num_prompts)
+    cal = calibration_set(calibration_prompts or recipe.calibration.num_prompts, model=bench.model)
     cal_spec = SamplingSpec(bench.spec.num_inference_steps, bench.spec.guidance_scale, recipe.calibration.batch_size)
     print(f"== {config.label} ({recipe.name})", file=sys.stderr, flush=True)
     start = time.perf_counter()
@@ -111,7 +112,7 @@ def run_row(bench: Bench, config: Configuration, calibration_prompts: int | None
                                progress=True)
     prep = time.perf_counter() - start
     metrics, _, per_step = compare_quantized(pipe, bench.eval_set, bench.spec, bench.reference, result.precisions,
-                                             bench.digits)
+                                             bench.evaluator)
     return {"label": config.label, "recipe": recipe.name, **metrics, "prep_s": prep,
             "timing_s": result.timing_s, "denoiser_calls": result.denoiser_calls,
             "per_step_sqnr_db": per_step,
@@ -149,17 +150,26 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def fid_of(row: dict) -> tuple[str, float | None]:
+    """(display name, value) of the row's classifier FID, whichever embedded model it was measured on."""
+    for entry in CATALOG.values():
+        if row.get(entry.fid_key) is not None:
+            return entry.fid_name, row[entry.fid_key]
+    return "digits-FID", None
+
+
 def markdown_table(rows: list[dict], baseline_label: str) -> str:
     base = next((r for r in rows if r["label"] == baseline_label), None)
+    fid_name = next((fid_of(r)[0] for r in rows if fid_of(r)[1] is not None), "digits-FID")
     header = ("| configuration | avg W bits | avg A bits | size (KB) | output SQNR (dB) | image PSNR (dB) | "
-              "digits-FID | prompt acc. | prep time (s) | prep time / baseline |")
+              f"{fid_name} | prompt acc. | prep time (s) | prep time / baseline |")
     lines = [header, "|" + "---|" * 10]
     for row in rows:
         ratio = row["prep_s"] / base["prep_s"] if base and base["prep_s"] and row["label"] != "FP" else None
         lines.append(f"| {row['label']} | {_fmt(row['avg_weight_bits'])} | {_fmt(row['avg_act_bits'])} | "
                      f"{row['size_bytes'] / 1024:,.0f} | {_fmt(row['output_sqnr_db'])} | "
                      f"{_fmt(row['image_psnr_db'])} | "
-                     f"{_fmt(row.get('digits_fid'))} | {_fmt(row.get('prompt_accuracy'), 3)} | "
+                     f"{_fmt(fid_of(row)[1])} | {_fmt(row.get('prompt_accuracy'), 3)} | "
                      f"{_fmt(row['prep_s'], 1) if row['label'] != 'FP' else '–'} | {_fmt(ratio)} |")
     return "\n".join(lines)
 
@@ -176,18 +186,20 @@ def quality_vs_bits_png(rows: list[dict], path: Path, title: str) -> None:
         axes[0].scatter(bits, row["output_sqnr_db"], marker=marker, s=80 if marker == "*" else 30)
         axes[0].annotate(row["label"], (bits, row["output_sqnr_db"]), fontsize=7, xytext=(3, 3),
                          textcoords="offset points")
-        if row.get("digits_fid") is not None:
-            axes[1].scatter(bits, row["digits_fid"], marker=marker, s=80 if marker == "*" else 30)
-            axes[1].annotate(row["label"], (bits, row["digits_fid"]), fontsize=7, xytext=(3, 3),
+        fid_name, fid = fid_of(row)
+        if fid is not None:
+            axes[1].scatter(bits, fid, marker=marker, s=80 if marker == "*" else 30)
+            axes[1].annotate(row["label"], (bits, fid), fontsize=7, xytext=(3, 3),
                              textcoords="offset points")
     fp = rows[0]
-    if fp.get("digits_fid") is not None:
-        axes[1].axhline(fp["digits_fid"], color="grey", linestyle="--", label="FP")
+    fid_name, fp_fid = fid_of(fp)
+    if fp_fid is not None:
+        axes[1].axhline(fp_fid, color="grey", linestyle="--", label="FP")
         axes[1].legend(fontsize=8)
     axes[0].set_xlabel("average weight bits + average activation bits")
     axes[0].set_ylabel("output SQNR vs FP (dB, higher is better)")
     axes[1].set_xlabel("average weight bits + average activation bits")
-    axes[1].set_ylabel("digits-FID (lower is better)")
+    axes[1].set_ylabel(f"{fid_name} (lower is better)")
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.suptitle(title)

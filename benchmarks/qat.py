@@ -29,6 +29,7 @@ from harness import machine, write_page_keeping_notes  # noqa: E402
 
 from brevitas_ldm.denoiser.loading import load_pipeline  # noqa: E402
 from brevitas_ldm.denoiser.sampling import SamplingSpec  # noqa: E402
+from brevitas_ldm.evaluation.class_evaluator import evaluator_for  # noqa: E402
 from brevitas_ldm.evaluation.comparison import compare_quantized, fp_reference  # noqa: E402
 from brevitas_ldm.evaluation.prompts import calibration_set, evaluation_set  # noqa: E402
 from brevitas_ldm.io import write_json_atomic  # noqa: E402
@@ -95,7 +96,7 @@ def run(names: list[str], num_samples: int, steps: int, seed: int, part: str) ->
     fp_denoiser = copy.deepcopy(pipe.unet)
     eval_set = evaluation_set(num_samples, seed)
     spec = SamplingSpec(steps, 2.0, 100)
-    reference = fp_reference(pipe, eval_set, spec, with_digits=True)
+    reference = fp_reference(pipe, eval_set, spec, evaluator_for("tiny-sd-digits"))
     rows = []
     for name in names:
         recipe = recipes[name]

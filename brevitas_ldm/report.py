@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from brevitas_ldm.io import write_text_atomic
+from brevitas_ldm.zoo.catalog import FID_KEYS
 
 
 def _fmt(value: Any) -> str:
@@ -26,7 +27,7 @@ def metrics_table(metrics: dict[str, Any], columns: dict[str, str] | None = None
     columns = columns or {"fp": "FP", "quantized": "quantized"}
     tables = [metrics.get(key, {}) for key in columns]
     rows = ["| metric | " + " | ".join(columns.values()) + " |", "|---" * (len(columns) + 1) + "|"]
-    for key in ("digits_fid", "prompt_accuracy", "output_sqnr_db", "image_psnr_db", "avg_weight_bits",
+    for key in (*FID_KEYS, "prompt_accuracy", "output_sqnr_db", "image_psnr_db", "avg_weight_bits",
                 "avg_act_bits", "size_bytes", "checkpoint_bytes"):
         if any(key in table for table in tables):
             rows.append(f"| {key} | " + " | ".join(_fmt(table.get(key)) for table in tables) + " |")

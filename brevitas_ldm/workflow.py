@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from brevitas_ldm.denoiser.blocks import get_blocks
+from brevitas_ldm.denoiser.loading import pipeline_source
 from brevitas_ldm.denoiser.sampling import SamplingSpec, check_spec, get_denoiser
 from brevitas_ldm.evaluation.prompts import calibration_set
 from brevitas_ldm.job import QUANTIZE_PHASES, JobState, run_phases
@@ -64,7 +65,7 @@ def prepare_job(pipe: Any, recipe: Recipe | str, calibration_prompts: Sequence[s
     recipe = get_recipe(recipe)
     spec = spec or SamplingSpec(batch_size=recipe.calibration.batch_size)
     if calibration_prompts is None:
-        default_set = calibration_set(recipe.calibration.num_prompts)
+        default_set = calibration_set(recipe.calibration.num_prompts, model=pipeline_source(pipe))
         calibration_prompts, calibration_seeds = list(default_set.prompts), list(default_set.seeds)
     elif calibration_seeds is None:
         calibration_seeds = [10_000 + i for i in range(len(calibration_prompts))]
@@ -95,7 +96,8 @@ def quantize_pipeline(pipe: Any, recipe: Recipe | str, calibration_prompts: Sequ
     """Quantize ``pipe``'s denoiser in place following ``recipe``; see the module docstring for the steps.
 
     ``calibration_prompts``/``calibration_seeds`` feed calibration, SmoothQuant statistics and the analyses
-    (default: ``recipe.calibration.num_prompts`` digit prompts with seeds from 10000, disjoint from evaluation's).
+    (default: ``recipe.calibration.num_prompts`` prompts of the pipeline's classes, digits unless it is another
+    embedded model, with seeds from 10000, disjoint from evaluation's).
     ``plan``: a :class:`~brevitas_ldm.planning.plan.Plan`, a plan.json path, or a name -> precision mapping; it replaces
     the global analysis. ``cache_dir`` stores the global analysis so re-planning is fast.
     """

@@ -206,7 +206,7 @@ def test_the_weights_file_is_within_10_percent_of_the_footprint(embedded_model_p
     sizes = {}
     for recipe in ("minmax-w8a8", "minmax-w4a8"):
         pipe = load_pipeline(embedded_model_path)
-        reference = fp_reference(pipe, EvaluationSet(tuple(PROMPTS), tuple(SEEDS)), SPEC, with_digits=False)
+        reference = fp_reference(pipe, EvaluationSet(tuple(PROMPTS), tuple(SEEDS)), SPEC, None)
         result = quantize_pipeline(pipe, recipe, PROMPTS, SEEDS, SPEC)
         result.save(tmp_path / recipe)
         size = footprint(pipe.unet, result.precisions, reference.weights, reference.activations).size_bytes

@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     recipe = get_recipe(args.recipe)
     prompts = read_prompt_file(args.prompts) if args.prompts else None
     pipe, _ = load_model(args)
-    samples = calibration_set(args.num_prompts or recipe.analysis.num_prompts, seed=args.seed, prompts=prompts)
+    samples = calibration_set(args.num_prompts or recipe.analysis.num_prompts, seed=args.seed, prompts=prompts,
+                              model=args.model)
     spec = SamplingSpec(args.steps, args.guidance_scale, args.batch_size)
     check_spec(pipe, spec)          # what would fail part-way fails now, before the analysis
     model_name = model_display_name(args.model)

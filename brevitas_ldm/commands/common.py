@@ -102,12 +102,14 @@ MAX_SEED = 2**63 - 1
 
 
 def check_evaluator_samples(args: argparse.Namespace) -> None:
-    """The digits evaluator's FID needs a feature covariance: at least 2 samples (checked before any work)."""
-    from brevitas_ldm.evaluation.run import has_digits_evaluator
+    """An embedded model's classifier FID needs a feature covariance: at least 2 samples (checked before any
+    work)."""
+    from brevitas_ldm.evaluation.class_evaluator import evaluator_for
 
-    if args.num_samples < 2 and has_digits_evaluator(args.model):
-        raise BrevitasLDMError(f"--num-samples {args.num_samples} is too few for {args.model}'s digits-FID, which "
-                               f"needs at least 2 samples: pass --num-samples 2 or more (100+ for a stable FID)")
+    evaluator = evaluator_for(args.model) if args.num_samples < 2 else None
+    if evaluator is not None:
+        raise BrevitasLDMError(f"--num-samples {args.num_samples} is too few for {args.model}'s {evaluator.fid_name}, "
+                               f"which needs at least 2 samples: pass --num-samples 2 or more (100+ for a stable FID)")
 
 
 def checked_checkpoint(args: argparse.Namespace) -> dict[str, Any] | None:

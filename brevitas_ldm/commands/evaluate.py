@@ -20,17 +20,14 @@ from brevitas_ldm.commands.common import (
 from brevitas_ldm.denoiser.loading import model_display_name
 from brevitas_ldm.denoiser.sampling import SamplingSpec, check_spec
 from brevitas_ldm.evaluation.prompts import evaluation_set, read_prompt_file
-from brevitas_ldm.evaluation.run import (
-    digits_metrics,
-    generate_with_latents,
-    has_digits_evaluator,
-)
+from brevitas_ldm.evaluation.class_evaluator import evaluator_for
+from brevitas_ldm.evaluation.run import class_metrics, generate_with_latents
 from brevitas_ldm.io import atomic_output_dir, write_json_atomic
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("evaluate", help="evaluate the FP pipeline, or a quantized pipeline folder "
-                                   "against its FP base (SQNR, PSNR; digits-FID and prompt accuracy on digits)")
+                                   "against its FP base (SQNR, PSNR; an embedded model's FID and prompt accuracy)")
     add_model_options(parser)
     add_sampling_options(parser, num_samples=500)
     add_output_options(parser)
@@ -44,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     check_evaluator_samples(args)
     prompts = read_prompt_file(args.prompts) if args.prompts else None
     pipe, _ = load_model(args)
-    eval_set = evaluation_set(args.num_samples, args.seed, prompts)
+    eval_set = evaluation_set(args.num_samples, args.seed, prompts, model=args.model)
     spec = SamplingSpec(args.steps, args.guidance_scale, args.batch_size)
     check_spec(pipe, spec)          # a step count or guidance the pipeline cannot sample fails before any sampling
     if meta is not None:
@@ -58,11 +55,9 @@ def run(args: argparse.Namespace) -> int:
         "timing_s": {"sampling": generation.seconds},
         "denoiser_calls": {"evaluation": args.steps * -(-args.num_samples // args.batch_size)},
     }
-    if has_digits_evaluator(args.model):
-        metrics["fp"].update(digits_metrics(generation.images, eval_set))
-        from brevitas_ldm.evaluation.digits import DigitsEvaluator
-
-        evaluator = DigitsEvaluator()
+    evaluator = evaluator_for(args.model)
+    if evaluator is not None:
+        metrics["fp"].update(class_metrics(generation.images, eval_set, evaluator))
         metrics["reference"] = {**evaluator.baselines(), "classifier_heldout_accuracy": evaluator.heldout_accuracy()}
     metrics["timing_s"]["evaluation"] = time.perf_counter() - start
     with atomic_output_dir(args.out, args.overwrite) as staging:
@@ -70,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         grid_by_label(generation.images, eval_set.labels, staging / "samples.png",
                       title=f"{metrics['model']} FP, {args.steps} steps, guidance {args.guidance_scale}")
     fp = metrics["fp"]
-    summary = ", ".join(f"{k} {v:.4g}" for k, v in fp.items()) or "no digits evaluator for this model"
+    summary = ", ".join(f"{k} {v:.4g}" for k, v in fp.items()) or "no class evaluator for this model"
     print(f"wrote {args.out}/metrics.json ({summary})")
     return 0
 
@@ -83,17 +78,17 @@ def _evaluate_checkpoint(args: argparse.Namespace, meta: dict, pipe, eval_set, s
     from brevitas_ldm.evaluation.comparison import compare_quantized, fp_reference
     from brevitas_ldm.quant.quantize import read_precisions
 
-    digits = has_digits_evaluator(args.model)
+    evaluator = evaluator_for(args.model)
     start = time.perf_counter()
     # The checkpoint is applied first, to the pipeline's denoiser, and the FP reference samples an untouched copy:
     # a state that does not fit the model is refused before the FP sampling, not after it.
     fp_denoiser = copy.deepcopy(get_denoiser(pipe))
     load_quantized(pipe, args.checkpoint, meta)
     with pipeline_denoiser(pipe, fp_denoiser):
-        reference = fp_reference(pipe, eval_set, spec, with_digits=digits)
+        reference = fp_reference(pipe, eval_set, spec, evaluator)
     del fp_denoiser
     quantized, generation, per_step = compare_quantized(pipe, eval_set, spec, reference,
-                                                        read_precisions(get_denoiser(pipe)), with_digits=digits)
+                                                        read_precisions(get_denoiser(pipe)), evaluator)
     metrics = {"model": model_display_name(args.model), "recipe": read_checkpoint_recipe(args.checkpoint).name,
                "checkpoint": str(args.checkpoint), "seed": args.seed, "num_samples": args.num_samples,
                "steps": args.steps, "guidance_scale": args.guidance_scale, "fp": reference.metrics,

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from brevitas_ldm.export.exporters import check_weight_storage
     from brevitas_ldm.export.openvino_ir import OPENVINO_FORMAT
-    from brevitas_ldm.zoo.data import prompt_for
+    from brevitas_ldm.zoo.catalog import default_prompt_for
 
     if not math.isfinite(args.min_sqnr_db):
         raise BrevitasLDMError(f"--min-sqnr-db {args.min_sqnr_db} must be a finite number of dB (default 30): the "
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         raise BrevitasLDMError(f"--emulate-cpu runs the file in onnxruntime or OpenVINO, which cannot run "
                                f"{args.format}: use --format openvino, onnx-int8 or onnx-qcdq")
     pipe, _ = load_model(args)
-    float_inputs = capture_inputs(pipe, prompt_for(3), seed=1) if args.float_baseline else None
+    float_inputs = capture_inputs(pipe, default_prompt_for(args.model, 3), seed=1) if args.float_baseline else None
     float_denoiser = None
     if args.float_baseline:
         import copy
@@ -91,8 +91,8 @@ def run(args: argparse.Namespace) -> int:
         float_denoiser = copy.deepcopy(get_denoiser(pipe))
     load_quantized(pipe, args.checkpoint, meta)
     denoiser = get_denoiser(pipe)
-    example = capture_inputs(pipe, prompt_for(7), seed=0)
-    fresh = capture_inputs(pipe, prompt_for(2), seed=12345)
+    example = capture_inputs(pipe, default_prompt_for(args.model, 7), seed=0)
+    fresh = capture_inputs(pipe, default_prompt_for(args.model, 2), seed=12345)
     suffix = {"torch-qcdq": "pt", OPENVINO_FORMAT: "xml"}.get(args.format, "onnx")
     summary: dict = {"format": args.format, "checkpoint": str(args.checkpoint), "cpu": cpu_info().to_dict()}
     with atomic_output_dir(args.out, args.overwrite) as staging:

@@ -25,12 +25,8 @@ from brevitas_ldm.denoiser.loading import model_display_name
 from brevitas_ldm.denoiser.sampling import SamplingSpec, check_spec
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.evaluation.comparison import compare_quantized, fp_reference
-from brevitas_ldm.evaluation.prompts import (
-    calibration_set,
-    evaluation_set,
-    read_prompt_file,
-)
-from brevitas_ldm.evaluation.run import has_digits_evaluator
+from brevitas_ldm.evaluation.class_evaluator import evaluator_for
+from brevitas_ldm.evaluation.prompts import calibration_set, evaluation_set, read_prompt_file
 from brevitas_ldm.io import atomic_output_dir, write_json_atomic
 from brevitas_ldm.planning.plan import read_plan
 from brevitas_ldm.report import write_qat_report
@@ -84,8 +80,8 @@ def run(args: argparse.Namespace) -> int:
     pipe, lora = load_model(args)
     if args.data is not None:
         check_data_pipeline(pipe)
-    digits = has_digits_evaluator(args.model)
-    eval_set = evaluation_set(args.num_samples, args.seed, prompts)
+    evaluator = evaluator_for(args.model)
+    eval_set = evaluation_set(args.num_samples, args.seed, prompts, model=args.model)
     spec = SamplingSpec(args.steps, args.guidance_scale, args.batch_size)
     train_spec = SamplingSpec(args.steps, args.guidance_scale, recipe.qat.batch_size)
     check_spec(pipe, spec)          # what would fail part-way fails now, before the FP evaluation
@@ -93,20 +89,20 @@ def run(args: argparse.Namespace) -> int:
         check_job(pipe, recipe, train_spec, plan)
     else:                           # a state that does not fit its config fails now, not after the FP evaluation
         check_checkpoint_fits(pipe, args.checkpoint, meta)
-    reference = fp_reference(pipe, eval_set, spec, with_digits=digits)
+    reference = fp_reference(pipe, eval_set, spec, evaluator)
     data = record_image_folder(pipe, args.data, train_spec, args.seed, progress=True) if args.data else None
-    cal = calibration_set(recipe.calibration.num_prompts, prompts=prompts)
+    cal = calibration_set(recipe.calibration.num_prompts, prompts=prompts, model=args.model)
     before: dict = {}
 
     def evaluate_start(start_result) -> None:
         before["metrics"], before["generation"], before["per_step"] = compare_quantized(
-            pipe, eval_set, spec, reference, start_result.precisions, with_digits=digits)
+            pipe, eval_set, spec, reference, start_result.precisions, evaluator)
 
     result = qat(pipe, recipe, plan=plan, checkpoint=args.checkpoint, data=data, calibration_prompts=list(cal.prompts),
                  calibration_seeds=list(cal.seeds), spec=train_spec, seed=args.seed, progress=True,
                  cache_dir=args.cache_dir, trajectory_prompts=prompts, before_training=evaluate_start)
     quantized, generation, per_step = compare_quantized(pipe, eval_set, spec, reference, result.quantization.precisions,
-                                                        with_digits=digits)
+                                                        evaluator)
     model_name = model_display_name(args.model)
     metrics = {
         "model": model_name, "recipe": result.recipe.name, "seed": args.seed, "num_samples": args.num_samples,
@@ -127,8 +123,8 @@ def run(args: argparse.Namespace) -> int:
         _write_outputs(staging, metrics, result, reference, before["generation"], generation, eval_set, command,
                        model_name, lora)
     ptq, q = metrics["ptq"], metrics["quantized"]
-    extra = (f", digits-FID {ptq['digits_fid']:.2f} -> {q['digits_fid']:.2f}, prompt accuracy "
-             f"{ptq['prompt_accuracy']:.3f} -> {q['prompt_accuracy']:.3f}") if digits else ""
+    extra = (f", {evaluator.fid_name} {ptq[evaluator.fid_key]:.2f} -> {q[evaluator.fid_key]:.2f}, prompt accuracy "
+             f"{ptq['prompt_accuracy']:.3f} -> {q['prompt_accuracy']:.3f}") if evaluator is not None else ""
     print(f"wrote {args.out}: output SQNR {ptq['output_sqnr_db']:.2f} dB (PTQ) -> {q['output_sqnr_db']:.2f} dB (QAT, "
           f"{len(result.log.losses)} steps){extra}, avg bits W{q['avg_weight_bits']:.2f}/A{q['avg_act_bits']:.2f}")
     return 0

@@ -30,12 +30,8 @@ from brevitas_ldm.denoiser.loading import model_display_name
 from brevitas_ldm.denoiser.lora import FusedLora
 from brevitas_ldm.denoiser.sampling import SamplingSpec, check_spec, get_denoiser
 from brevitas_ldm.errors import BrevitasLDMError
-from brevitas_ldm.evaluation.prompts import (
-    calibration_set,
-    evaluation_set,
-    read_prompt_file,
-)
-from brevitas_ldm.evaluation.run import has_digits_evaluator
+from brevitas_ldm.evaluation.class_evaluator import evaluator_for
+from brevitas_ldm.evaluation.prompts import calibration_set, evaluation_set, read_prompt_file
 from brevitas_ldm.io import atomic_output_dir, write_json_atomic
 from brevitas_ldm.job import EVALUATED_PHASES, price_phases, run_phases
 from brevitas_ldm.job.evaluation import Evaluation
@@ -98,15 +94,16 @@ def run(args: argparse.Namespace) -> int:
                            if args.calibration_prompt_path else prompts)
     plan = read_plan(args.plan) if args.plan is not None else None    # a bad plan file fails before any work
     pipe, lora = load_model(args)
-    eval_set = evaluation_set(args.num_samples, args.seed, prompts)
+    eval_set = evaluation_set(args.num_samples, args.seed, prompts, model=args.model)
     spec = SamplingSpec(args.steps, args.guidance_scale, args.batch_size)
-    cal = calibration_set(args.calibration_prompts or recipe.calibration.num_prompts, prompts=calibration_prompts)
+    cal = calibration_set(args.calibration_prompts or recipe.calibration.num_prompts, prompts=calibration_prompts,
+                          model=args.model)
     cal_spec = SamplingSpec(args.steps, args.guidance_scale, recipe.calibration.batch_size)
     check_spec(pipe, spec)          # what would fail part-way fails now, before the FP evaluation
     # the job's checks (check_job) run here too, before the plan of work and the FP evaluation
     state = prepare_job(pipe, recipe, cal.prompts, cal.seeds, cal_spec, plan=plan, progress=True,
                         cache_dir=args.cache_dir, evaluation=Evaluation(eval_set, spec,
-                                                                        has_digits_evaluator(args.model)))
+                                                                        evaluator_for(args.model)))
     work = estimate(pipe, recipe, price_phases(EVALUATED_PHASES, state), cal.prompts, cal.seeds, cal_spec,
                     state.notes)
     print("\n".join(work.lines()), flush=True)
@@ -139,7 +136,7 @@ def _write_job(args: argparse.Namespace, result, evaluation: Evaluation, work, j
                lora: FusedLora | None) -> str:
     """metrics.json, the report, the figures and the quantized pipeline folder of a finished job (main rank)."""
     model_name = model_display_name(args.model)
-    digits = evaluation.with_digits
+    evaluator = evaluation.evaluator
     reference, quantized, per_step = evaluation.reference, evaluation.quantized, evaluation.per_step_sqnr_db
     if not current_ranks().is_main:
         return ""       # this rank sampled its share; the main rank scores, reports and writes
@@ -170,7 +167,8 @@ def _write_job(args: argparse.Namespace, result, evaluation: Evaluation, work, j
         write_outputs(staging, metrics, result, reference, evaluation.generation, evaluation.eval_set, per_step,
                       command, model_name, lora, self_contained=not args.reference_base)
     q = metrics["quantized"]
-    extra = f", prompt accuracy {q['prompt_accuracy']:.3f}, digits-FID {q['digits_fid']:.2f}" if digits else ""
+    extra = (f", prompt accuracy {q['prompt_accuracy']:.3f}, {evaluator.fid_name} {q[evaluator.fid_key]:.2f}"
+             if evaluator is not None else "")
     return (f"wrote {args.out}: output SQNR {q['output_sqnr_db']:.2f} dB, image PSNR {q['image_psnr_db']:.2f} dB, "
             f"avg bits W{q['avg_weight_bits']:.2f}/A{q['avg_act_bits']:.2f}{extra}\n"
             + folder_summary(args.out, model_name, q))

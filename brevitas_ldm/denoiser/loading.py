@@ -22,7 +22,7 @@ def resolve_model_path(model: str | Path) -> Path:
         path = EMBEDDED_MODELS[text]
         if not (path / "model_index.json").is_file():
             raise ModelError(f"the embedded model {text!r} is not in this installation ({path}): train it with "
-                             f"`python -m brevitas_ldm.zoo.train` or reinstall brevitas-ldm")
+                             f"`python -m brevitas_ldm.zoo.train --model {text}` or reinstall brevitas-ldm")
         return path
     path = Path(text).expanduser()
     if not path.exists():

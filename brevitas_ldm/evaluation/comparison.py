@@ -24,7 +24,8 @@ from brevitas_ldm.denoiser.trajectory import fp_reference as record_trajectory
 from brevitas_ldm.errors import ModelError
 from brevitas_ldm.evaluation.compare import psnr_db
 from brevitas_ldm.evaluation.prompts import EvaluationSet
-from brevitas_ldm.evaluation.run import Generation, decode_latents, digits_metrics
+from brevitas_ldm.evaluation.class_evaluator import ClassEvaluator
+from brevitas_ldm.evaluation.run import Generation, class_metrics, decode_latents
 from brevitas_ldm.precision import Precision
 from brevitas_ldm.process.ranks import current_ranks
 from brevitas_ldm.quant.footprint import Footprint, footprint, weight_elements
@@ -47,8 +48,10 @@ class Reference:
         return self.trajectory.act_elements
 
 
-def fp_reference(pipe: Any, eval_set: EvaluationSet, spec: SamplingSpec, with_digits: bool) -> Reference:
-    """Run the FP pipeline on the evaluation set and measure what the quantized run is compared against."""
+def fp_reference(pipe: Any, eval_set: EvaluationSet, spec: SamplingSpec,
+                 evaluator: ClassEvaluator | None) -> Reference:
+    """Run the FP pipeline on the evaluation set and measure what the quantized run is compared against
+    (``evaluator``: the model's class metrics, or None for a model without them)."""
     start = time.perf_counter()
     ranks = current_ranks()
     trajectory = record_trajectory(pipe, list(eval_set.prompts), list(eval_set.seeds), spec,
@@ -59,14 +62,14 @@ def fp_reference(pipe: Any, eval_set: EvaluationSet, spec: SamplingSpec, with_di
     images = decode_latents(pipe, trajectory.latents) if ranks.is_main else torch.empty(0)
     generation = Generation(images=images, latents=trajectory.latents, seconds=time.perf_counter() - start)
     reference = Reference(generation, trajectory, weight_elements(get_denoiser(pipe)))
-    if with_digits and ranks.is_main:
-        reference.metrics.update(digits_metrics(generation.images, eval_set))
+    if evaluator is not None and ranks.is_main:
+        reference.metrics.update(class_metrics(generation.images, eval_set, evaluator))
     return reference
 
 
 def compare_quantized(pipe: Any, eval_set: EvaluationSet, spec: SamplingSpec, reference: Reference,
                       precisions: dict[str, Precision],
-                      with_digits: bool) -> tuple[dict[str, Any], Generation, list[float]]:
+                      evaluator: ClassEvaluator | None) -> tuple[dict[str, Any], Generation, list[float]]:
     """Quantized pipeline on the same evaluation set: output SQNR, image PSNR, per-step SQNR, footprint."""
     start = time.perf_counter()
     ranks = current_ranks()
@@ -79,8 +82,8 @@ def compare_quantized(pipe: Any, eval_set: EvaluationSet, spec: SamplingSpec, re
     generation = Generation(images=images, latents=measurement.latents, seconds=time.perf_counter() - start)
     size: Footprint = footprint(get_denoiser(pipe), precisions, reference.weights, reference.activations)
     metrics: dict[str, Any] = {}
-    if with_digits:
-        metrics.update(digits_metrics(generation.images, eval_set))
+    if evaluator is not None:
+        metrics.update(class_metrics(generation.images, eval_set, evaluator))
     metrics.update({
         "output_sqnr_db": sqnr_db(reference.generation.latents, generation.latents),
         "image_psnr_db": psnr_db(reference.generation.images, generation.images),

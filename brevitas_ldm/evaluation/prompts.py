@@ -1,28 +1,33 @@
 """The evaluation set: which prompt and which seed each sample gets.
 
 Every configuration of a comparison sees exactly the same (prompt, seed) pairs, so differences are caused by
-quantization alone. The default set cycles through the ten digits with the model's canonical phrasing.
+quantization alone. The default set cycles through the model's ten classes with its canonical phrasing (the
+digits for models outside the catalog).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.limits import MAX_PROMPT_CHARS, MAX_PROMPT_FILE_BYTES
-from brevitas_ldm.zoo.data import label_from_prompt, prompt_for
+from brevitas_ldm.zoo.catalog import CATALOG, embedded_model
+from brevitas_ldm.zoo.data import label_from_prompt
 
 
 @dataclass(frozen=True)
 class EvaluationSet:
     prompts: tuple[str, ...]
     seeds: tuple[int, ...]
+    #: Reads the class a prompt asks for (the model's own class names; digits by default).
+    label_reader: Callable[[str], int | None] = field(default=label_from_prompt, compare=False, repr=False)
 
     @property
     def labels(self) -> list[int | None]:
-        """The digit each prompt asks for (None when it names none)."""
-        return [label_from_prompt(p) for p in self.prompts]
+        """The class each prompt asks for (None when it names none)."""
+        return [self.label_reader(p) for p in self.prompts]
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -54,15 +59,20 @@ def read_prompt_file(path: Path, flag: str = "--prompts") -> list[str]:
     return prompts
 
 
-def evaluation_set(num_samples: int, seed: int = 0, prompts: list[str] | None = None) -> EvaluationSet:
-    """``num_samples`` samples: prompts cycled from ``prompts`` (default: the ten digits), seeds ``seed + i``."""
+def evaluation_set(num_samples: int, seed: int = 0, prompts: list[str] | None = None,
+                   model: str | Path | None = None) -> EvaluationSet:
+    """``num_samples`` samples: prompts cycled from ``prompts`` (default: the ten classes of ``model``, the digits
+    for a model outside the catalog), seeds ``seed + i``."""
     if num_samples < 1:
         raise BrevitasLDMError(f"--num-samples {num_samples} must be at least 1")
-    base = prompts or [prompt_for(d) for d in range(10)]
+    entry = embedded_model(model) or CATALOG["tiny-sd-digits"]
+    base = prompts or entry.prompts()
     chosen = tuple(base[i % len(base)] for i in range(num_samples))
-    return EvaluationSet(prompts=chosen, seeds=tuple(seed + i for i in range(num_samples)))
+    return EvaluationSet(prompts=chosen, seeds=tuple(seed + i for i in range(num_samples)),
+                         label_reader=entry.label_from_prompt)
 
 
-def calibration_set(num_prompts: int, seed: int = 10_000, prompts: list[str] | None = None) -> EvaluationSet:
+def calibration_set(num_prompts: int, seed: int = 10_000, prompts: list[str] | None = None,
+                    model: str | Path | None = None) -> EvaluationSet:
     """Calibration/analysis samples: the same prompt cycle, seeds disjoint from evaluation's (offset 10000)."""
-    return evaluation_set(num_prompts, seed=seed, prompts=prompts)
+    return evaluation_set(num_prompts, seed=seed, prompts=prompts, model=model)

@@ -1,4 +1,4 @@
-"""Evaluate a pipeline: generate the evaluation set once and score it (digits metrics where available)."""
+"""Evaluate a pipeline: generate the evaluation set once and score it (class metrics where the model has them)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ from typing import Any
 import torch
 
 from brevitas_ldm.denoiser.sampling import SamplingSpec, autoencoder, generate
-from brevitas_ldm.evaluation.digits import DigitsEvaluator
+from brevitas_ldm.evaluation.class_evaluator import ClassEvaluator, evaluator_for
 from brevitas_ldm.evaluation.prompts import EvaluationSet
-from brevitas_ldm.zoo import EMBEDDED_MODELS
 
 
 @dataclass
@@ -48,14 +47,17 @@ def decode_latents(pipe: Any, latents: torch.Tensor, batch_size: int = 256) -> t
     return torch.cat(out)
 
 
-def digits_metrics(images: torch.Tensor, eval_set: EvaluationSet) -> dict[str, float]:
+def class_metrics(images: torch.Tensor, eval_set: EvaluationSet, evaluator: ClassEvaluator) -> dict[str, float]:
+    """``evaluator``'s FID (under its own key, e.g. ``digits_fid``) and prompt accuracy of ``images``."""
+    return evaluator.metrics(images, eval_set.labels)
 
-    evaluator = DigitsEvaluator()
-    return {"digits_fid": evaluator.digits_fid(images),
-            "prompt_accuracy": evaluator.prompt_accuracy(images, eval_set.labels)}
+
+def digits_metrics(images: torch.Tensor, eval_set: EvaluationSet) -> dict[str, float]:
+    """digits-FID and prompt accuracy (tiny-sd-digits' evaluator)."""
+    return class_metrics(images, eval_set, evaluator_for("tiny-sd-digits"))
 
 
 def has_digits_evaluator(model: str | Path) -> bool:
-    """Digits metrics apply to the embedded digits model only (other models draw other things)."""
-
-    return str(model) in EMBEDDED_MODELS and DigitsEvaluator.available()
+    """Whether ``model`` is an embedded model with an installed classifier (digits or fashion); see
+    :func:`~brevitas_ldm.evaluation.class_evaluator.evaluator_for` for the evaluator itself."""
+    return evaluator_for(model) is not None

@@ -22,11 +22,12 @@ from brevitas_ldm.job.state import JobState
 
 @dataclass
 class Evaluation:
-    """What the evaluation phases take (``eval_set``, ``spec``, ``with_digits``) and what they measure."""
+    """What the evaluation phases take (``eval_set``, ``spec``, the embedded model's class ``evaluator`` or None)
+    and what they measure."""
 
     eval_set: EvaluationSet
     spec: SamplingSpec
-    with_digits: bool
+    evaluator: Any
     reference: Reference | None = None
     quantized: dict[str, Any] = field(default_factory=dict)
     generation: Generation | None = None
@@ -55,8 +56,7 @@ class FpEvaluationPhase(_EvaluationPhase):
     def run(self, state: JobState) -> None:
         evaluation = state.evaluation
         start = time.perf_counter()
-        evaluation.reference = fp_reference(state.pipe, evaluation.eval_set, evaluation.spec,
-                                            with_digits=evaluation.with_digits)
+        evaluation.reference = fp_reference(state.pipe, evaluation.eval_set, evaluation.spec, evaluation.evaluator)
         evaluation.timing_s[self.key] = time.perf_counter() - start
 
 
@@ -70,5 +70,5 @@ class QuantizedEvaluationPhase(_EvaluationPhase):
         start = time.perf_counter()
         evaluation.quantized, evaluation.generation, evaluation.per_step_sqnr_db = compare_quantized(
             state.pipe, evaluation.eval_set, evaluation.spec, evaluation.reference, state.result.precisions,
-            with_digits=evaluation.with_digits)
+            evaluation.evaluator)
         evaluation.timing_s[self.key] = time.perf_counter() - start

@@ -22,6 +22,7 @@ from brevitas_ldm.checkpoint.folder import (
     read_checkpoint_meta,
     read_checkpoint_recipe,
 )
+from brevitas_ldm.denoiser.loading import pipeline_source
 from brevitas_ldm.denoiser.sampling import SamplingSpec, get_denoiser
 from brevitas_ldm.errors import BrevitasLDMError, RecipeError
 from brevitas_ldm.evaluation.prompts import calibration_set
@@ -122,7 +123,7 @@ def qat(pipe: Any, recipe: Recipe | str, plan: PlanLike | None = None, checkpoin
     calls: dict[str, int] = {}
     start = time.perf_counter()
     if data is None:
-        trajectories = calibration_set(settings.num_prompts,
+        trajectories = calibration_set(settings.num_prompts, model=pipeline_source(pipe),
                                        prompts=list(trajectory_prompts) if trajectory_prompts else None)
         data = record_trajectories(pipe, trajectories.prompts, trajectories.seeds, spec, progress=progress)
     timing["recording"] = time.perf_counter() - start

@@ -1,6 +1,7 @@
-"""The digits classifier that judges generated images (digits-FID features and prompt accuracy).
+"""The classifier that judges an embedded model's images (its FID features and prompt accuracy).
 
-Trained on the same train split as tiny-sd-digits and checked on the held-out split, it plays the role Inception
+One architecture for both embedded models (``digits-classifier``, ``fashion-classifier``). Trained on the same
+train split as its model and checked on the held-out split, it plays the role Inception
 plays for FID on natural images: its penultimate features define the space in which generated and real digits
 are compared, and its predictions say whether an image shows the digit its prompt asked for.
 """

@@ -8,6 +8,8 @@ right. The files have CLIP's exact format, so ``CLIPTokenizer.from_pretrained`` 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from brevitas_ldm.zoo.data import DIGIT_NAMES, PROMPT_TEMPLATES
@@ -31,23 +33,28 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, (chr(c) for c in chars)))
 
 
-def prompt_words() -> list[str]:
-    """Every word the training prompts use, in a fixed order."""
+def digit_prompts() -> list[str]:
+    """tiny-sd-digits' training prompts, template-major (the order its shipped vocabulary was built in)."""
+    return [template.format(name=name) for template in PROMPT_TEMPLATES for name in DIGIT_NAMES]
+
+
+def prompt_words(prompts: Sequence[str] | None = None) -> list[str]:
+    """Every word ``prompts`` (default: the digit prompts) use, in a fixed order, split the way CLIP's
+    pre-tokenizer splits them (letters, single digits, punctuation runs: "t-shirt" is "t", "-", "shirt")."""
     words: list[str] = []
-    for template in PROMPT_TEMPLATES:
-        for name in DIGIT_NAMES:
-            for word in template.format(name=name).lower().split():
-                if word not in words:
-                    words.append(word)
+    for prompt in digit_prompts() if prompts is None else prompts:
+        for word in re.findall(r"[a-z]+|[0-9]|[^\sa-z0-9]+", prompt.lower()):
+            if word not in words:
+                words.append(word)
     return words
 
 
-def build_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
-    """The vocabulary (token -> id) and the ordered merge rules."""
+def build_vocab_and_merges(prompts: Sequence[str] | None = None) -> tuple[dict[str, int], list[str]]:
+    """The vocabulary (token -> id) and the ordered merge rules for the words of ``prompts``."""
     symbols = list(_bytes_to_unicode().values())
     vocab_tokens: list[str] = symbols + [s + "</w>" for s in symbols]
     merges: list[str] = []
-    for word in prompt_words():
+    for word in prompt_words(prompts):
         pieces = list(word[:-1]) + [word[-1] + "</w>"]
         left = pieces[0]
         for right in pieces[1:]:
@@ -62,10 +69,11 @@ def build_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
     return {token: i for i, token in enumerate(vocab_tokens)}, merges
 
 
-def write_tokenizer_files(directory: Path) -> int:
-    """Write vocab.json, merges.txt and the tokenizer configs; return the vocabulary size."""
+def write_tokenizer_files(directory: Path, prompts: Sequence[str] | None = None) -> int:
+    """Write vocab.json, merges.txt and the tokenizer configs for ``prompts`` (default: the digit prompts);
+    return the vocabulary size."""
     directory.mkdir(parents=True, exist_ok=True)
-    vocab, merges = build_vocab_and_merges()
+    vocab, merges = build_vocab_and_merges(prompts)
     (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     config = {
