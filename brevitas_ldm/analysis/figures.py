@@ -50,14 +50,16 @@ def sample_grid(images_by_row: Sequence[torch.Tensor], row_labels: Sequence[str]
 
 
 def grid_by_label(images: torch.Tensor, labels: Sequence[int | None], path: Path, title: str = "",
-                  columns: int = 10) -> None:
-    """Sample grid with one row per digit (or one row of everything when labels are unknown)."""
+                  columns: int = 10, class_names: Sequence[str] | None = None) -> None:
+    """Sample grid with one row per class, named by ``class_names`` ("digit N" without them), or one row of
+    everything when labels are unknown."""
     known = sorted({label for label in labels if label is not None})
     if not known:
         sample_grid([images[:columns]], ["samples"], path, title, columns)
         return
     rows = [images[[i for i, label in enumerate(labels) if label == digit]] for digit in known]
-    sample_grid(rows, [f"digit {d}" for d in known], path, title, columns)
+    names = [class_names[d] if class_names is not None else f"digit {d}" for d in known]
+    sample_grid(rows, names, path, title, columns)
 
 
 def comparison_grid(images_by_config: dict[str, torch.Tensor], path: Path, title: str = "", columns: int = 10) -> None:

@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     with atomic_output_dir(args.out, args.overwrite) as staging:
         write_json_atomic(staging / "metrics.json", metrics)
         grid_by_label(generation.images, eval_set.labels, staging / "samples.png",
+                      class_names=evaluator.entry.class_names if evaluator is not None else None,
                       title=f"{metrics['model']} FP, {args.steps} steps, guidance {args.guidance_scale}")
     fp = metrics["fp"]
     summary = ", ".join(f"{k} {v:.4g}" for k, v in fp.items()) or "no class evaluator for this model"
