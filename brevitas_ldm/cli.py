@@ -32,7 +32,7 @@ from brevitas_ldm.process.interruption import EXIT_CODES, Terminated, interrupti
 COMMANDS = {
     "recipes": "list recipes, or `recipes show NAME` to print one as TOML",
     "evaluate": "evaluate the FP pipeline, or a quantized pipeline folder against its FP base (SQNR, PSNR; "
-                "digits-FID and prompt accuracy on digits)",
+                "an embedded model's FID and prompt accuracy)",
     "analyze": "global (block) and local (layer) SQNR analyses and the plan",
     "quantize": "the main job: analyse, plan, smooth, calibrate, quantize, evaluate against FP, write report + "
                 "checkpoint",

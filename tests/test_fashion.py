@@ -32,7 +32,6 @@ FASHION = "tiny-sd-fashion"
 
 def test_fashion_model_is_a_bigger_sd_pipeline_stored_in_half_precision_that_loads_as_float32():
     from diffusers import StableDiffusionPipeline
-
     from safetensors.torch import load_file
 
     path = resolve_model_path(FASHION)

@@ -19,8 +19,8 @@ from brevitas_ldm.commands.common import (
 )
 from brevitas_ldm.denoiser.loading import model_display_name
 from brevitas_ldm.denoiser.sampling import SamplingSpec, check_spec
-from brevitas_ldm.evaluation.prompts import evaluation_set, read_prompt_file
 from brevitas_ldm.evaluation.class_evaluator import evaluator_for
+from brevitas_ldm.evaluation.prompts import evaluation_set, read_prompt_file
 from brevitas_ldm.evaluation.run import class_metrics, generate_with_latents
 from brevitas_ldm.io import atomic_output_dir, write_json_atomic
 

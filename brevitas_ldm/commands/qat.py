@@ -24,8 +24,8 @@ from brevitas_ldm.commands.quantize import write_plan_files
 from brevitas_ldm.denoiser.loading import model_display_name
 from brevitas_ldm.denoiser.sampling import SamplingSpec, check_spec
 from brevitas_ldm.errors import BrevitasLDMError
-from brevitas_ldm.evaluation.comparison import compare_quantized, fp_reference
 from brevitas_ldm.evaluation.class_evaluator import evaluator_for
+from brevitas_ldm.evaluation.comparison import compare_quantized, fp_reference
 from brevitas_ldm.evaluation.prompts import calibration_set, evaluation_set, read_prompt_file
 from brevitas_ldm.io import atomic_output_dir, write_json_atomic
 from brevitas_ldm.planning.plan import read_plan

@@ -22,9 +22,9 @@ from brevitas_ldm.denoiser.sampling import SamplingSpec, get_denoiser
 from brevitas_ldm.denoiser.trajectory import FPReference, measure
 from brevitas_ldm.denoiser.trajectory import fp_reference as record_trajectory
 from brevitas_ldm.errors import ModelError
+from brevitas_ldm.evaluation.class_evaluator import ClassEvaluator
 from brevitas_ldm.evaluation.compare import psnr_db
 from brevitas_ldm.evaluation.prompts import EvaluationSet
-from brevitas_ldm.evaluation.class_evaluator import ClassEvaluator
 from brevitas_ldm.evaluation.run import Generation, class_metrics, decode_latents
 from brevitas_ldm.precision import Precision
 from brevitas_ldm.process.ranks import current_ranks
