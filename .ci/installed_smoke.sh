@@ -34,6 +34,9 @@ brevitas-ldm recipes show minmax-w8a8 > /dev/null
 brevitas-ldm quantize --model tiny-sd-digits --recipe minmax-w8a8 --out q --num-samples 2 --steps 2 --batch-size 2 \
     --calibration-prompts 2
 brevitas-ldm export --model q --format onnx-qcdq --out onnx
+# the second embedded model, its classifier and FID reference ship in the wheel too
+brevitas-ldm evaluate --model tiny-sd-fashion --out fashion --num-samples 2 --steps 2 --batch-size 2
+python -c "import json; m = json.load(open('fashion/metrics.json')); assert 'fashion_fid' in m['fp'], m['fp']"
 python - <<'PY'
 import json
 
