@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                 prefix += f" (rank {ranks.rank} of {ranks.world_size})"
             with _claimed_output(args, ranks), _quiet(not ranks.is_main):
                 code = args.run(args)
+                sys.stdout.flush()      # a closed pipe is met here, inside the handler below, not at exit
         except BrokenPipeError:
             # the reader went away (``brevitas-ldm recipes | head``): nothing is wrong, and nothing more can be said
             devnull = os.open(os.devnull, os.O_WRONLY)

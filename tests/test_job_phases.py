@@ -50,7 +50,7 @@ CASES = {
 def test_the_priced_calls_are_the_calls_made(case):
     recipe = _recipe(**CASES[case])
     pipe = tiny_sd_pipeline()
-    evaluation = Evaluation(evaluation_set(2, seed=0), SamplingSpec(num_inference_steps=3, batch_size=2), False)
+    evaluation = Evaluation(evaluation_set(2, seed=0), SamplingSpec(num_inference_steps=3, batch_size=2), None)
     state = prepare_job(pipe, recipe, PROMPTS, SEEDS, SPEC, evaluation=evaluation)
     priced = price_phases(EVALUATED_PHASES, state)
     run_phases(EVALUATED_PHASES, state)
