@@ -43,8 +43,9 @@ def label_from_prompt(prompt: str) -> int | None:
 
 
 @dataclass(frozen=True)
-class DigitsSplit:
-    """Images in [-1, 1], shape (N, 1, 32, 32), and integer labels."""
+class ImageSplit:
+    """An embedded model's training data: images in [-1, 1], shape (N, 1, 32, 32), and integer labels (digits
+    upsampled from 8x8, Fashion-MNIST padded from 28x28)."""
 
     train_images: torch.Tensor
     train_labels: torch.Tensor
@@ -59,7 +60,7 @@ def upsample_digits(images_8x8: np.ndarray) -> torch.Tensor:
     return (x.clamp(0.0, 1.0) * 2.0 - 1.0).contiguous()
 
 
-def load_split() -> DigitsSplit:
+def load_split() -> ImageSplit:
     """The fixed stratified train / held-out split of ``sklearn.datasets.load_digits``."""
     from sklearn.datasets import load_digits
 
@@ -73,7 +74,7 @@ def load_split() -> DigitsSplit:
         heldout_mask[idx[: int(round(len(idx) * HELD_OUT_FRACTION))]] = True
     images = upsample_digits(digits.images)
     labels_t = torch.from_numpy(labels)
-    return DigitsSplit(
+    return ImageSplit(
         train_images=images[~heldout_mask],
         train_labels=labels_t[~heldout_mask],
         heldout_images=images[heldout_mask],

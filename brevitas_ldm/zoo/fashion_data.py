@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gzip
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from brevitas_ldm.errors import BrevitasLDMError
+from brevitas_ldm.zoo.data import ImageSplit
 
 DEFAULT_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -69,16 +69,6 @@ def fashion_label_from_prompt(prompt: str) -> int | None:
     return None
 
 
-@dataclass(frozen=True)
-class FashionSplit:
-    """Images in [-1, 1], shape (N, 1, 32, 32) (28x28 padded with background), and integer labels."""
-
-    train_images: torch.Tensor
-    train_labels: torch.Tensor
-    heldout_images: torch.Tensor
-    heldout_labels: torch.Tensor
-
-
 def _read_idx(path: Path) -> np.ndarray:
     with gzip.open(path, "rb") as handle:
         data = handle.read()
@@ -99,7 +89,7 @@ def pad_images(images_28: np.ndarray) -> torch.Tensor:
     return (x * 2.0 - 1.0).contiguous()
 
 
-def load_fashion(data_dir: Path = DEFAULT_DATA_DIR) -> FashionSplit:
+def load_fashion(data_dir: Path = DEFAULT_DATA_DIR) -> ImageSplit:
     """The official split: the 60,000 training images train, the 10,000 test images are held out."""
     data_dir = Path(data_dir)
     missing = [name for pair in _FILES.values() for name in pair if not (data_dir / name).is_file()]
@@ -110,7 +100,7 @@ def load_fashion(data_dir: Path = DEFAULT_DATA_DIR) -> FashionSplit:
     for split, (images, labels) in _FILES.items():
         parts[split] = (pad_images(_read_idx(data_dir / images)),
                         torch.from_numpy(_read_idx(data_dir / labels).astype(np.int64)))
-    return FashionSplit(train_images=parts["train"][0], train_labels=parts["train"][1],
+    return ImageSplit(train_images=parts["train"][0], train_labels=parts["train"][1],
                         heldout_images=parts["test"][0], heldout_labels=parts["test"][1])
 
 

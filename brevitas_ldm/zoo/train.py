@@ -44,6 +44,17 @@ from brevitas_ldm.zoo.tokenizer import digit_prompts, write_tokenizer_files
 DEFAULT_OUT = Path(__file__).resolve().parent / "weights"
 
 
+def _replace_from(staging: Path, out: Path, names) -> None:
+    """Move each of ``names`` from ``staging`` into ``out``, replacing what a previous training run left there."""
+    for name in names:
+        destination = out / name
+        if destination.is_dir():
+            shutil.rmtree(destination)
+        elif destination.exists():
+            destination.unlink()
+        (staging / name).rename(destination)
+
+
 def _cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
@@ -256,13 +267,7 @@ def _replace_classifier(out: Path, staging: Path, target: TrainingTarget, log: d
     full["args"]["classifier_steps"] = log["args"]["classifier_steps"]
     full.setdefault("wall_time_s", {})["classifier"] = seconds
     (staging / target.log_name).write_text(json.dumps(full, indent=1))
-    for name in (target.classifier_dir, target.log_name):
-        destination = out / name
-        if destination.is_dir():
-            shutil.rmtree(destination)
-        elif destination.exists():
-            destination.unlink()
-        (staging / name).rename(destination)
+    _replace_from(staging, out, (target.classifier_dir, target.log_name))
     print(f"wrote {out / target.classifier_dir} in {seconds:.0f} s")
 
 
@@ -351,13 +356,7 @@ def main(argv: list[str] | None = None) -> None:
                                  for name, module in (("vae", vae), ("text_encoder", text_encoder), ("unet", unet))}
         (staging / target.log_name).write_text(json.dumps(log, indent=1))
         written = [target.pipeline_dir, target.log_name] + ([] if args.skip_classifier else [target.classifier_dir])
-        for name in written:
-            destination = args.out / name
-            if destination.is_dir():
-                shutil.rmtree(destination)
-            elif destination.exists():
-                destination.unlink()
-            (staging / name).rename(destination)
+        _replace_from(staging, args.out, written)
         print(f"wrote {args.out / target.pipeline_dir} in {t3 - t0:.0f} s")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
