@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `{command}`",
         "",
         f"Model `{model_id}`, recipe `{recipe.name}` (base {default}, high precision {high}, menu "
-        f"{', '.join(report.menu)}, calibration `{recipe.calibration.mode}`, timestep-only layers "
+        f"{', '.join(map(str, report.menu))}, calibration `{recipe.calibration.mode}`, timestep-only layers "
         f"`{recipe.calibration.timestep_layers}`), {args.num_prompts} prompts, "
         f"DDIM with {recipe.analysis.steps or args.steps}-step analysis runs (every SQNR below is measured on "
         f"them) and {args.steps}-step digits-FID samples, guidance {args.guidance_scale}, "

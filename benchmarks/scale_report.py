@@ -102,7 +102,7 @@ def global_analysis_memory(rec: Recorder, info: dict, cuda: bool) -> list[str]:
 
 def kind_summary(report) -> dict[str, dict[str, float]]:
     """Per block kind: block count, parameters, mean/min isolated SQNR and summed progressive share (dB)."""
-    default = report.default_precision
+    default = report.default_precision.name
     out: dict[str, dict[str, float]] = {}
     for entry in report.blocks:
         row = out.setdefault(entry.kind, {"blocks": 0, "params": 0, "isolated": [], "share": 0.0})
@@ -124,7 +124,7 @@ def save_blocks_figure(report, path: Path) -> None:
     """Isolated and progressive output SQNR per block (execution order), parameters as bars on a second axis."""
     from brevitas_ldm.analysis.figures import plt, save_figure
 
-    default = report.default_precision
+    default = report.default_precision.name
     names = report.block_names
     x = list(range(len(names)))
     fig, ax = plt.subplots(figsize=(max(7.0, 0.65 * len(names)), 4.2))
@@ -317,7 +317,7 @@ def write_report(args, argv, device, rec: Recorder, info: dict[str, Any], block_
         calls, timing = block_report.denoiser_calls, block_report.timing_s
         g = rec.get("global analysis")
         total_calls = calls["total"]
-        default = block_report.default_precision
+        default = block_report.default_precision.name
         lines += [
             f"Menu restricted to the base precision ({default}): {len(block_report.blocks)} isolated + "
             f"{len(block_report.blocks) - 1} progressive configurations, each a full {args.steps}-step sampling "

@@ -38,6 +38,9 @@ _EXPORTS = {
     "register_recipe": "brevitas_ldm.recipe",
     "Precision": "brevitas_ldm.precision",
     "parse_precision": "brevitas_ldm.precision",
+    "CALIBRATION_MODES": "brevitas_ldm.registry",
+    "PLAN_METHODS": "brevitas_ldm.registry",
+    "EXPORT_FORMATS": "brevitas_ldm.registry",
     "SQNRMeter": "brevitas_ldm.sqnr",
     "sqnr_db": "brevitas_ldm.sqnr",
     "Ranks": "brevitas_ldm.process.ranks",
@@ -104,6 +107,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time names load on 
     from brevitas_ldm.quant.quantize import quantize_denoiser, read_precisions  # noqa: F401
     from brevitas_ldm.quant.smoothquant import SmoothingResult, SmoothQuantStep  # noqa: F401
     from brevitas_ldm.recipe import Recipe, get_recipe, list_recipes, register_recipe  # noqa: F401
+    from brevitas_ldm.registry import CALIBRATION_MODES, EXPORT_FORMATS, PLAN_METHODS  # noqa: F401
     from brevitas_ldm.runtimes import deploy  # noqa: F401
     from brevitas_ldm.runtimes.torch_runtime import Deployment  # noqa: F401
     from brevitas_ldm.sqnr import SQNRMeter, sqnr_db  # noqa: F401

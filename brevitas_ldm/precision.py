@@ -94,6 +94,17 @@ def parse_precision(text: str | Precision, key: str = "precision") -> Precision:
     return Precision(bits[0], bits[1] if len(bits) > 1 else None)
 
 
+def menu_of(items: Iterable[str | Precision], key: str = "menu") -> list[Precision]:
+    """``items`` parsed, each precision once, in first-seen order: the one way a menu is formed (the analysis
+    measures it, the planners choose from it)."""
+    menu: list[Precision] = []
+    for item in items:
+        precision = parse_precision(item, key)
+        if precision not in menu:
+            menu.append(precision)
+    return menu
+
+
 def mean_bits(weight_counts: Iterable[tuple[float, Precision]],
               act_counts: Iterable[tuple[float, Precision]]) -> tuple[float, float]:
     """(average weight bits, average activation bits): each precision's bits weighted by its count (parameters

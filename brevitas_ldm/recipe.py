@@ -23,16 +23,15 @@ from typing import Any
 from brevitas_ldm.errors import RecipeError
 from brevitas_ldm.limits import MAX_SAMPLES
 from brevitas_ldm.precision import FLOAT, Precision, check_bits, parse_precision
+from brevitas_ldm.registry import CALIBRATION_MODES, PLAN_METHODS
 
 FORMATS = ("int", "e4m3", "e5m2")
 GRANULARITIES = ("per_channel", "per_tensor")
 WEIGHT_SCALE_METHODS = ("minmax", "mse")
 ROUNDINGS = ("nearest", "gptq")
 ACT_SCALE_METHODS = ("minmax", "percentile", "mse")
-CALIBRATION_MODES = ("all_steps", "uniform_steps", "single_step")
 TIMESTEP_LAYER_CALIBRATIONS = ("calibration_steps", "every_step")
 SMOOTHQUANT_SCOPES = ("all", "sensitive")
-PLAN_METHODS = ("uniform", "threshold", "top_k", "budget")
 PLAN_GRANULARITIES = ("block", "layer")
 QAT_LEARNABLE = ("weights", "biases", "act_scales")
 QAT_TIMESTEP_SAMPLINGS = ("uniform", "high_noise")
@@ -130,12 +129,9 @@ class Calibration:
     timestep_layers: str = "calibration_steps"
 
     def validate(self) -> None:
-        _check_choice(self.mode, CALIBRATION_MODES, "calibration.mode")
+        _check_type(self.mode, str, "calibration.mode", "the name of a calibration mode")
         _check_choice(self.timestep_layers, TIMESTEP_LAYER_CALIBRATIONS, "calibration.timestep_layers")
-        if self.timestep_layers == "every_step" and self.mode != "single_step":
-            raise RecipeError(f"calibration.timestep_layers = \"every_step\" needs calibration.mode = "
-                              f"\"single_step\" (mode {self.mode!r} already chooses the steps every layer sees): "
-                              f"set calibration.timestep_layers = \"calibration_steps\"")
+        CALIBRATION_MODES.get(self.mode).validate(self)
         _check_type(self.bias_correction, bool, "calibration.bias_correction", "true or false")
         value = _check_type(self.sampling_steps, int, "calibration.sampling_steps", "a non-negative integer")
         if value < 0:
@@ -251,7 +247,8 @@ class PlanRule:
                                                for i, item in enumerate(self.menu)))
 
     def validate(self) -> None:
-        _check_choice(self.method, PLAN_METHODS, "plan.method")
+        _check_type(self.method, str, "plan.method", "the name of a plan method")
+        method = PLAN_METHODS.get(self.method)
         _check_choice(self.granularity, PLAN_GRANULARITIES, "plan.granularity")
         if not self.menu:
             raise RecipeError("plan.menu is empty: list at least one precision, e.g. [\"w8a8\", \"w8a16\"]")
@@ -265,8 +262,6 @@ class PlanRule:
             budget = _check_type(getattr(self, key), (int, float), f"plan.{key}", "a number of bits")
             if budget != 0 and not 2 <= budget <= 32:
                 raise RecipeError(f"plan.{key} = {budget} must be 0 (no budget) or between 2 and 32")
-        if self.method == "budget" and not (self.avg_weight_bits or self.avg_act_bits):
-            raise RecipeError("plan.method = \"budget\" needs plan.avg_weight_bits and/or plan.avg_act_bits")
         # A budget below the menu's cheapest entry can never be met: refuse it before hours of analysis.
         for key, bits_of in (("avg_weight_bits", Precision.effective_weight_bits),
                              ("avg_act_bits", Precision.effective_act_bits)):
@@ -276,6 +271,7 @@ class PlanRule:
                 raise RecipeError(f"plan.{key} = {budget} cannot be met: the cheapest plan.menu entry ({cheapest}) "
                                   f"has {bits_of(cheapest)} bits; raise plan.{key} to at least {bits_of(cheapest)} "
                                   f"or add a lower-bit entry to plan.menu")
+        method.validate(self)
 
 
 
@@ -404,8 +400,7 @@ class Recipe:
         for type_name, precision in self.type_precisions:
             _check_choice(type_name, ("Linear", "Conv2d"), "type_precisions key")
             parse_precision(precision, f"type_precisions.{type_name}")
-        needs_global = self.plan.method != "uniform"
-        if needs_global and not self.analysis.global_:
+        if PLAN_METHODS.get(self.plan.method).needs_global_analysis and not self.analysis.global_:
             raise RecipeError(f"plan.method = {self.plan.method!r} needs the global analysis: set "
                               f"analysis.global = true or plan.method = \"uniform\"")
         if self.smoothquant.enabled and self.smoothquant.scope == "sensitive" and not self.analysis.local:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from brevitas_ldm.io import write_text_atomic
+from brevitas_ldm.registry import CALIBRATION_MODES
 from brevitas_ldm.zoo.catalog import FID_KEYS
 
 
@@ -79,9 +80,8 @@ def write_report(path: Path, metrics: dict[str, Any], result: Any, figures: dict
     calls = metrics.get("denoiser_calls", {})
     for phase, seconds in metrics.get("timing_s", {}).items():
         lines.append(f"| {phase} | {seconds:.2f} | {_fmt(calls.get(phase))} |")
-    single_step = recipe.calibration.mode == "single_step"
-    lines += ["", f"Calibration: `{recipe.calibration.mode}`"
-              + (" (activation ranges from the maximum-noise step t = T only)" if single_step else ""), ""]
+    mode = CALIBRATION_MODES.get(recipe.calibration.mode)
+    lines += ["", f"Calibration: `{mode.name}`{mode.report_note}", ""]
     if recipe.weights.rounding == "gptq":
         gptq = result.gptq
         lines += [f"Weights rounded by GPTQ (Brevitas' `GPTQ`, Hessians from the float inputs of "

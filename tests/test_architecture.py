@@ -20,6 +20,7 @@ FLOORS = {
     "brevitas_ldm.errors": 0,
     "brevitas_ldm.precision": 1, "brevitas_ldm.limits": 1, "brevitas_ldm.sqnr": 1, "brevitas_ldm.compat": 1,
     "brevitas_ldm.zoo": 1,
+    "brevitas_ldm.registry": 1,     # the method families by name; their built-ins are found as plugins, not imported
     "brevitas_ldm.process": 1,      # infrastructure, not the method: ranks, threads, signals, the job's progress
     "brevitas_ldm.recipe": 2, "brevitas_ldm.recipes": 2, "brevitas_ldm.io": 2,
     # the method, bottom up

@@ -170,7 +170,7 @@ def test_qonnx_keeps_exact_bit_widths(dit_w8a16, tmp_path):
 def test_bad_format_and_bad_state_errors(tmp_path):
     model = quantized(tiny_dit(), calibrate=False)
     inputs = denoiser_inputs(model, batch=2)
-    with pytest.raises(BrevitasLDMError, match="unknown export format 'tflite'.*onnx-qcdq"):
+    with pytest.raises(BrevitasLDMError, match="fmt = 'tflite' is not allowed: choose one of .*onnx-qcdq"):
         export_denoiser(model, inputs, tmp_path / "x", fmt="tflite")
     with pytest.raises(CalibrationError, match="never calibrated"):
         export_denoiser(model, inputs, tmp_path / "x.onnx")

@@ -74,7 +74,7 @@ def test_the_hybrid_fp8_recipe_runs_the_main_job_and_its_plan_uses_e4m3(tmp_path
     recipe = recipe.replace(analysis=dataclasses.replace(recipe.analysis, num_prompts=2, steps=3))
     pipe = tiny_sd_pipeline()
     result = quantize_pipeline(pipe, recipe, *CALIBRATION, spec=SPEC)
-    assert "e4m3" in result.block_report.precisions
+    assert E4M3 in result.block_report.precisions
     chosen = set(map(str, result.precisions.values()))
     assert result.plan.avg_weight_bits <= 8.0 + 1e-9 and result.plan.avg_act_bits <= 9.0 + 1e-9
     hybrid_db = sqnr_db(fp, _evaluate(pipe))

@@ -22,6 +22,7 @@ from brevitas_ldm.denoiser.sampling import (
 from brevitas_ldm.denoiser.trajectory import fp_reference, measure
 from brevitas_ldm.errors import BrevitasLDMError, RecipeError
 from brevitas_ldm.planning.validation import measure_plan
+from brevitas_ldm.precision import Precision
 from brevitas_ldm.quant.calibration import single_step_calibration
 from brevitas_ldm.quant.precision_bank import PrecisionBank
 from brevitas_ldm.quant.quantize import quantize_denoiser
@@ -146,7 +147,7 @@ def test_report_round_trip_markdown_and_figures(analysed, tmp_path):
 
 def test_added_noise_shares_show_every_blocks_contribution(analysed, tmp_path):
     _, report, _ = analysed
-    shares = report.added_noise_shares("w8a8")
+    shares = report.added_noise_shares(Precision(8, 8))
     assert list(shares) == report.block_names
     assert sum(shares.values()) == pytest.approx(1.0, abs=1e-9)       # the increments add up to the full noise
     first = report.block_names[0]
@@ -156,7 +157,7 @@ def test_added_noise_shares_show_every_blocks_contribution(analysed, tmp_path):
     # A later block whose total SQNR barely moves still shows the noise power it adds.
     later = report.block_names[1:]
     assert any(abs(report.block(n).progressive_drop_db["w8a8"]) < 1.0 and shares[n] > 0.01 for n in later)
-    assert report.added_noise_shares("w4a8") == {}                    # no progressive sweep at that precision
+    assert report.added_noise_shares(Precision(4, 8)) == {}                    # no progressive sweep at that precision
     report.save(tmp_path)
     assert (tmp_path / "global_added_noise.png").stat().st_size > 1000
 

@@ -124,11 +124,11 @@ def test_precision_plan_weight_only_and_float_layers(analysis):
     """A weight-only layer has no activation noise (total == weight-only); a float layer is not reported."""
     report, _ = analysis
     conv_in = report["conv_in"]
-    assert conv_in.precision == "w8" and math.isinf(conv_in.act_sqnr_db) and conv_in.activation_share == 0.0
+    assert conv_in.precision.name == "w8" and math.isinf(conv_in.act_sqnr_db) and conv_in.activation_share == 0.0
     assert conv_in.sqnr_db == pytest.approx(conv_in.weight_sqnr_db, abs=1e-9)
     with pytest.raises(KeyError):
         report["conv_out"]
-    assert {e.precision for e in report.modules} == {"w8a8", "w8"}
+    assert {e.precision.name for e in report.modules} == {"w8a8", "w8"}
     assert "conv_in" not in select_for_smoothing(report, max_modules=100, min_activation_share=0.0)
 
 

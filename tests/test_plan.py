@@ -32,6 +32,7 @@ from brevitas_ldm.sqnr import noise_ratio_to_db
 from brevitas_ldm.zoo.tiny import tiny_sd_pipeline, tiny_sd_unet
 
 MENU = ["float", "w8a16", "w8a8", "w4a8"]
+W8A8, W8A16 = parse_precision("w8a8"), parse_precision("w8a16")
 
 
 def synthetic_report(num_blocks: int = 4, seed: int = 0, names: list[str] | None = None) -> BlockReport:
@@ -58,7 +59,7 @@ def brute_force(report: BlockReport, menu, avg_weight_bits, avg_act_bits):
         w, a = average_bits(report, precisions)
         if (avg_weight_bits and w > avg_weight_bits + 1e-9) or (avg_act_bits and a > avg_act_bits + 1e-9):
             continue
-        noise = sum(report.block(n).noise_ratio(p) for n, p in precisions.items())
+        noise = sum(report.block(n).noise_ratio(parse_precision(p)) for n, p in precisions.items())
         if noise < best_noise - 1e-15:
             best, best_noise = precisions, noise
     return best, best_noise
@@ -141,14 +142,14 @@ def test_choose_plan_dispatches_on_method():
     assert {str(p) for p in uniform.precisions.values()} == {"w8a8"} and uniform.method == "uniform"
 
     top = choose_plan(report, PlanRule(method="top_k", top_k=2, high_precision="w8a16"), "w8a8")
-    gains = {n: report.block(n).noise_ratio("w8a8") - report.block(n).noise_ratio("w8a16") for n in report.block_names}
+    gains = {n: report.block(n).noise_ratio(W8A8) - report.block(n).noise_ratio(W8A16) for n in report.block_names}
     assert {n for n, p in top.precisions.items() if str(p) == "w8a16"} == set(sorted(gains, key=gains.get)[-2:])
     least = top_k_plan(report, 2, "w8a16", "w8a8", least=True)
     assert least.predicted_sqnr_db < top.predicted_sqnr_db
 
-    total = sum(report.block(n).noise_ratio("w8a8") for n in report.block_names)
-    worst = max(report.block_names, key=lambda n: report.block(n).noise_ratio("w8a8"))
-    share = -10 * math.log10(1 - report.block(worst).noise_ratio("w8a8") / total)
+    total = sum(report.block(n).noise_ratio(W8A8) for n in report.block_names)
+    worst = max(report.block_names, key=lambda n: report.block(n).noise_ratio(W8A8))
+    share = -10 * math.log10(1 - report.block(worst).noise_ratio(W8A8) / total)
     threshold = choose_plan(report, PlanRule(method="threshold", threshold_db=share - 1e-6,
                                              high_precision="float"), "w8a8")
     assert threshold.precisions[worst] == FLOAT

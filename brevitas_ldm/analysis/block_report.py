@@ -19,7 +19,7 @@ from brevitas_ldm.io import (
     read_json_file,
     write_bytes_atomic,
 )
-from brevitas_ldm.precision import Precision, parse_precision
+from brevitas_ldm.precision import FLOAT, Precision, parse_precision
 from brevitas_ldm.sqnr import db_to_noise_ratio
 
 REPORT_FILE = "block_report.json"
@@ -55,9 +55,8 @@ class BlockEntry:
     progressive_drop_db: dict[str, float] = field(default_factory=dict)
     share_db: dict[str, float] = field(default_factory=dict)
 
-    def noise_ratio(self, precision: Precision | str) -> float:
+    def noise_ratio(self, precision: Precision) -> float:
         """Isolated output noise-to-signal ratio at ``precision`` (0 for float)."""
-        precision = parse_precision(precision)
         if precision.is_float:
             return 0.0
         if precision.name not in self.isolated_db:
@@ -72,10 +71,12 @@ class BlockReport:
 
     model: str
     recipe: str
-    default_precision: str
-    high_precision: str
-    precisions: list[str]
-    progressive_precisions: list[str]
+    default_precision: Precision
+    high_precision: Precision
+    #: The precisions the isolated sweep measured (each block's ``isolated_db`` is keyed by their names).
+    precisions: list[Precision]
+    #: The precisions the progressive sweep measured (``progressive_db`` keys).
+    progressive_precisions: list[Precision]
     num_prompts: int
     seeds: list[int]
     steps: int
@@ -91,6 +92,14 @@ class BlockReport:
     work_per_rank: list[dict[str, Any]] = field(default_factory=list)
     cache_key: str = ""
     from_cache: bool = False
+
+    def __post_init__(self) -> None:
+        # Text enters here (a loaded file, or a caller's "w8a8"); the report holds typed precisions from then on.
+        self.default_precision = parse_precision(self.default_precision, "block report default_precision")
+        self.high_precision = parse_precision(self.high_precision, "block report high_precision")
+        self.precisions = [parse_precision(p, "block report precisions") for p in self.precisions]
+        self.progressive_precisions = [parse_precision(p, "block report progressive_precisions")
+                                       for p in self.progressive_precisions]
 
     # -- queries ---------------------------------------------------------------------------------------------
     @property
@@ -111,19 +120,27 @@ class BlockReport:
         raise RecipeError(f"unknown block {name!r}: the report has {', '.join(self.block_names)}")
 
     @property
-    def menu(self) -> list[str]:
+    def menu(self) -> list[Precision]:
         """Every precision a plan may use with this report: float plus the analysed ones."""
-        return ["float", *[p for p in self.precisions if p != "float"]]
+        return [FLOAT, *[p for p in self.precisions if not p.is_float]]
 
-    def ranking(self, precision: str | None = None) -> list[str]:
+    def measured(self, precision: Precision) -> bool:
+        """Whether the isolated sweep measured ``precision`` (float needs no measurement)."""
+        return precision.is_float or precision in self.precisions
+
+    def ranking(self, precision: Precision | None = None) -> list[str]:
         """Block names, most sensitive first (lowest isolated SQNR at ``precision``, default: the recipe's)."""
-        name = parse_precision(precision or self.default_precision).name
+        name = (precision or self.default_precision).name
         return sorted(self.block_names, key=lambda b: self.block(b).isolated_db.get(name, math.inf))
 
     # -- persistence -----------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data.pop("from_cache")
+        for key in ("default_precision", "high_precision"):
+            data[key] = getattr(self, key).name
+        for key in ("precisions", "progressive_precisions"):
+            data[key] = [p.name for p in getattr(self, key)]
         if not data["work_per_rank"]:
             data.pop("work_per_rank")     # a single process' report stays what it always was
         data["version"] = ANALYSIS_VERSION
@@ -139,7 +156,7 @@ class BlockReport:
             for key in ("isolated_db", "isolated_steps_db", "progressive_db", "progressive_steps_db",
                         "progressive_drop_db", "share_db"):
                 raw[key] = decode_json_floats(raw.get(key, {}))
-            blocks.append(BlockEntry(**raw))
+            blocks.append(dataclass_from_dict(BlockEntry, raw, "block report entry"))
         data["full_db"] = decode_json_floats(data.get("full_db", {}))
         data["full_steps_db"] = decode_json_floats(data.get("full_steps_db", {}))
         return dataclass_from_dict(cls, {**data, "blocks": blocks}, "block report")
@@ -167,9 +184,9 @@ class BlockReport:
     # -- presentation ----------------------------------------------------------------------------------------
     def to_markdown(self) -> str:
         """One row per block in execution order: size, isolated SQNR per precision, progressive SQNR and drop."""
-        default = self.default_precision
+        default = self.default_precision.name
         rank = {name: i + 1 for i, name in enumerate(self.ranking())}
-        analysed = [p for p in self.precisions if p != "float"]
+        analysed = [p.name for p in self.precisions if not p.is_float]
         header = ["block", "kind", "params", "act elems", "rank"] + [f"isolated {p} (dB)" for p in analysed]
         header += [f"progressive {default} (dB)", "drop (dB)", "share (dB)"]
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -191,7 +208,7 @@ class BlockReport:
             lines.append(f"Fully quantized at {default}: {fmt(self.full_db[default])} dB output SQNR.")
         return "\n".join(lines)
 
-    def added_noise_shares(self, precision: str) -> dict[str, float]:
+    def added_noise_shares(self, precision: Precision) -> dict[str, float]:
         """Per block, the noise power it adds to the final latents in the progressive sweep, as a fraction of the
         fully quantized model's: (N_k - N_{k-1}) / N_full with N = 10^(-SQNR/10) (the signal power cancels).
 
@@ -199,7 +216,7 @@ class BlockReport:
         in a tiny-sd-digits report), yet later blocks still add noise; in noise power each block's contribution stays
         visible and the fractions sum to 1. Empty when the sweep did not run at ``precision``."""
         names = self.block_names
-        values = [self.block(n).progressive_db.get(precision) for n in names]
+        values = [self.block(n).progressive_db.get(precision.name) for n in names]
         if not names or any(v is None or not math.isfinite(v) for v in values):
             return {}
         noise = [db_to_noise_ratio(v) for v in values]
@@ -227,12 +244,12 @@ class BlockReport:
         fig, ax = plt.subplots(figsize=(_width(len(names)), 4.0))
         x = list(range(len(names)))
         for precision in self.progressive_precisions:
-            values = [self.block(n).progressive_db.get(precision, math.nan) for n in names]
+            values = [self.block(n).progressive_db.get(precision.name, math.nan) for n in names]
             ax.plot(x, values, marker="o", label=f"progressive {precision}")
         for precision in self.precisions:
-            if precision == "float":
+            if precision.is_float:
                 continue
-            values = [self.block(n).isolated_db.get(precision, math.nan) for n in names]
+            values = [self.block(n).isolated_db.get(precision.name, math.nan) for n in names]
             ax.plot(x, values, linestyle=":", marker=".", label=f"isolated {precision}")
         ax.set_xticks(x, names, rotation=60, ha="right", fontsize=_tick_size(len(names)))
         ax.set_ylabel("output SQNR (dB)")
@@ -257,7 +274,7 @@ class BlockReport:
             save(fig, ADDED_NOISE_PNG)
 
         precision = self.default_precision
-        rows = [self.block(n).isolated_steps_db.get(precision) for n in names]
+        rows = [self.block(n).isolated_steps_db.get(precision.name) for n in names]
         if all(rows):
             fig, ax = plt.subplots(figsize=(max(6.0, 0.3 * len(rows[0])), min(30.0, max(3.0, 0.35 * len(names)))))
             finite = [v for row in rows for v in row if math.isfinite(v)]

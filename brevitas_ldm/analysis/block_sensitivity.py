@@ -59,7 +59,7 @@ from brevitas_ldm.denoiser.sampling import (
 )
 from brevitas_ldm.denoiser.trajectory import FPReference, fp_reference, measure
 from brevitas_ldm.errors import BrevitasLDMError
-from brevitas_ldm.precision import Precision, parse_precision
+from brevitas_ldm.precision import Precision, menu_of, parse_precision
 from brevitas_ldm.process.ranks import (
     SINGLE,
     Ranks,
@@ -132,12 +132,7 @@ class BlockSensitivity:
         self.spec = spec
         if menu is None:
             menu = [*recipe.plan.menu, recipe.default_precision, recipe.plan.high_precision]
-        names: list[str] = []
-        for item in menu:
-            name = parse_precision(item, "menu").name
-            if name not in names:
-                names.append(name)
-        self.menu = [parse_precision(n) for n in names]
+        self.menu = menu_of(menu)
         if progressive is None:
             # A progressive sweep over 100+ single layers would cost a run per prefix and show nothing the
             # isolated layers do not: the layer analysis is isolated only.
@@ -323,10 +318,10 @@ class BlockSensitivity:
 
         report = BlockReport(
             model=model_id if model_id is not None else str(getattr(pipe, "name_or_path", "") or ""),
-            recipe=self.recipe.name, default_precision=self.recipe.default_precision.name,
-            high_precision=parse_precision(self.recipe.plan.high_precision).name,
-            precisions=[p.name for p in (self.menu if self.isolated else [])],
-            progressive_precisions=[p.name for p in self.progressive if not p.is_float],
+            recipe=self.recipe.name, default_precision=self.recipe.default_precision,
+            high_precision=self.recipe.plan.high_precision,
+            precisions=list(self.menu if self.isolated else []),
+            progressive_precisions=[p for p in self.progressive if not p.is_float],
             num_prompts=len(self.prompts), seeds=self.seeds, steps=self.spec.num_inference_steps,
             guidance_scale=self.spec.guidance_scale, blocks=entries, skipped_param_count=skipped_params,
             skipped_act_elements=skipped_acts)

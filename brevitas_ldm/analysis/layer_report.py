@@ -20,6 +20,7 @@ from brevitas_ldm.io import (
     read_json_file,
     write_json_atomic,
 )
+from brevitas_ldm.precision import Precision, parse_precision
 from brevitas_ldm.sqnr import db_to_noise_ratio
 
 VARIANTS = ("total", "weight", "act")
@@ -36,7 +37,7 @@ class LayerEntry:
     block: str
     category: str
     layer_type: str
-    precision: str
+    precision: Precision
     sqnr_db: float
     weight_sqnr_db: float
     act_sqnr_db: float
@@ -65,6 +66,7 @@ class LayerEntry:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data["precision"] = self.precision.name
         data["activation_share"] = self.activation_share
         data["step_range_db"] = self.step_range_db
         return encode_json_floats(data)
@@ -76,6 +78,8 @@ class LayerEntry:
             values[key] = decode_json_float(values.get(key))
         for key in ("step_sqnr_db", "step_weight_sqnr_db", "step_act_sqnr_db"):
             values[key] = [decode_json_float(v) for v in values.get(key, [])]
+        if "precision" in values:       # text enters here: typed from now on
+            values["precision"] = parse_precision(values["precision"], "layer report entry precision")
         return dataclass_from_dict(cls, values, "layer report entry", derived=("activation_share", "step_range_db"))
 
 
@@ -85,7 +89,7 @@ class LayerReport:
 
     modules: list[LayerEntry]
     recipe: str = ""
-    default_precision: str = ""
+    default_precision: Precision | None = None
     calibration_mode: str = ""
     timesteps: list[float] = field(default_factory=list)
     num_samples: int = 0
@@ -135,7 +139,8 @@ class LayerReport:
     # -- serialisation --------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         summary = encode_json_floats(self.category_summary())
-        return {"recipe": self.recipe, "default_precision": self.default_precision,
+        return {"recipe": self.recipe,
+                "default_precision": self.default_precision.name if self.default_precision else "",
                 "calibration_mode": self.calibration_mode, "timesteps": self.timesteps,
                 "num_samples": self.num_samples, "denoiser_calls": self.denoiser_calls,
                 "time_sensitive_db": self.time_sensitive_db, "wall_time_s": self.wall_time_s,
@@ -144,18 +149,15 @@ class LayerReport:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "LayerReport":
-        try:
-            modules = [LayerEntry.from_dict(m) for m in data["modules"]]
-        except (KeyError, TypeError) as exc:
-            raise BrevitasLDMError(f"not a layer report ({exc}): pass a layer_report.json written by "
-                                   f"LayerReport.save") from None
-        return cls(modules=modules, recipe=data.get("recipe", ""),
-                   default_precision=data.get("default_precision", ""),
-                   calibration_mode=data.get("calibration_mode", ""), timesteps=list(data.get("timesteps", [])),
-                   num_samples=int(data.get("num_samples", 0)), denoiser_calls=dict(data.get("denoiser_calls", {})),
-                   time_sensitive_db=float(data.get("time_sensitive_db", DEFAULT_TIME_SENSITIVE_DB)),
-                   wall_time_s=float(data.get("wall_time_s", 0.0)),
-                   work_per_rank=list(data.get("work_per_rank", [])))
+        if not isinstance(data, Mapping) or not isinstance(data.get("modules"), list):
+            raise BrevitasLDMError("not a layer report (no \"modules\" list): pass a layer_report.json written by "
+                                   "LayerReport.save")
+        values = dict(data)
+        values["modules"] = [LayerEntry.from_dict(m) for m in data["modules"]]
+        default = values.get("default_precision")
+        values["default_precision"] = parse_precision(default, "layer report default_precision") if default else None
+        # the project's one unknown-key policy; the category summary is recomputed from the entries
+        return dataclass_from_dict(cls, values, "layer report", derived=("category_summary",))
 
     def save(self, directory: str | Path, top: int = 30, curves: int = 6) -> Path:
         """Write ``layer_report.json``, ``layer_sqnr.png`` (the ``top`` worst layers, coloured by noise cause)

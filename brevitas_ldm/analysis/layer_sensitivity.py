@@ -160,12 +160,12 @@ def analyze_layers(denoiser: nn.Module, recipe: Recipe, run_fn: RunFn, calibrati
                         for s in steps] for v in VARIANTS}
         entry = LayerEntry(
             name=name, block=blocks.get(name, "other"), category=layer_category(name),
-            layer_type=type(layer).__name__, precision=plan[name].name, sqnr_db=total.pooled_db,
+            layer_type=type(layer).__name__, precision=plan[name], sqnr_db=total.pooled_db,
             weight_sqnr_db=weight.pooled_db, act_sqnr_db=act.pooled_db, step_sqnr_db=per_step["total"],
             step_weight_sqnr_db=per_step["weight"], step_act_sqnr_db=per_step["act"])
         entry.time_sensitive = entry.step_range_db > time_sensitive_db
         entries.append(entry)
-    return LayerReport(modules=entries, recipe=recipe.name, default_precision=recipe.default_precision.name,
+    return LayerReport(modules=entries, recipe=recipe.name, default_precision=recipe.default_precision,
                         calibration_mode=recipe.calibration.mode, timesteps=[timesteps[s] for s in steps],
                         num_samples=num_samples,
                         denoiser_calls={"calibration": calibration_calls, "analysis": calls},

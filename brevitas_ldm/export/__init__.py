@@ -1,6 +1,7 @@
 """Deployment path: export a quantized denoiser through Brevitas and check the file in onnxruntime.
 
-Five formats, all written by Brevitas' own export managers:
+Five formats, all written by Brevitas' own export managers, registered by name in :data:`EXPORT_FORMATS` (one module
+per format in :mod:`.formats`; a new format is one new module there, or ``EXPORT_FORMATS.register`` from yours):
 
 * ``onnx-qcdq`` (:func:`brevitas.export.export_onnx_qcdq`): ONNX where every quantized layer input is
   ``QuantizeLinear -> (Clip) -> DequantizeLinear`` and every quantized weight an integer initializer followed by
@@ -26,17 +27,13 @@ figure comes from) and :mod:`.emulation` (running on an emulated CPU kind).
 from brevitas_ldm.export.cpu import CpuInfo, cpu_info
 from brevitas_ldm.export.emulation import emulator_available, run_onnx_emulated
 from brevitas_ldm.export.exporters import export_denoiser, export_float_onnx
-from brevitas_ldm.export.features import (
-    EXPORT_FORMATS,
-    ONNXRUNTIME_FORMATS,
-    quant_features,
-)
+from brevitas_ldm.export.features import quant_features
 from brevitas_ldm.export.inspection import onnx_quant_summary, overflowing_int8_weights
 from brevitas_ldm.export.integer_kernels import (
     INTEGER_KERNELS,
     lower_to_integer_kernels,
 )
-from brevitas_ldm.export.openvino_ir import OPENVINO_FORMAT, onnx_to_openvino_ir
+from brevitas_ldm.export.openvino_ir import onnx_to_openvino_ir
 from brevitas_ldm.export.openvino_runtime import (
     openvino_kernel_counts,
     openvino_latency,
@@ -59,9 +56,10 @@ from brevitas_ldm.export.wrapper import (
     export_signature,
 )
 from brevitas_ldm.export.x86_storage import WEIGHT_STORAGES, store_for_x86
+from brevitas_ldm.registry import EXPORT_FORMATS
 
 __all__ = ["CpuInfo", "DenoiserForExport", "EXPORT_FORMATS", "ExportMismatchError", "INTEGER_KERNELS", "MS_DOMAIN",
-           "ONNXRUNTIME_FORMATS", "OPENVINO_FORMAT", "OUTPUT_NAME", "WEIGHT_STORAGES", "call_inputs",
+           "OUTPUT_NAME", "WEIGHT_STORAGES", "call_inputs",
            "capture_denoiser_calls", "check_agreement", "cpu_info", "emulator_available", "export_denoiser",
            "export_float_onnx", "export_signature", "integer_kernel_counts", "lower_to_integer_kernels",
            "onnx_latency", "onnx_quant_summary", "onnx_to_openvino_ir", "openvino_kernel_counts", "openvino_latency",

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,13 +28,11 @@ from brevitas_ldm.errors import BrevitasLDMError, ModelError
 from brevitas_ldm.export.features import (
     MAX_OPSET,
     MIN_OPSET,
-    ONNXRUNTIME_FORMATS,
     check_exportable,
     layer_proxies,
 )
 from brevitas_ldm.export.integer_kernels import lower_to_integer_kernels
 from brevitas_ldm.export.onnx_symbolics import missing_symbolics
-from brevitas_ldm.export.openvino_ir import OPENVINO_FORMAT, onnx_to_openvino_ir
 from brevitas_ldm.export.session import OUTPUT_NAME
 from brevitas_ldm.export.static_shape_ifs import fold_static_shape_ifs
 from brevitas_ldm.export.wide_qcdq import (
@@ -43,8 +40,9 @@ from brevitas_ldm.export.wide_qcdq import (
     move_wide_qdq_to_ms_domain,
 )
 from brevitas_ldm.export.wrapper import DenoiserForExport, export_signature
-from brevitas_ldm.export.x86_storage import WEIGHT_STORAGES, store_for_x86
+from brevitas_ldm.export.x86_storage import store_for_x86
 from brevitas_ldm.io import atomic_file_path
+from brevitas_ldm.registry import EXPORT_FORMATS
 
 
 def _atomic_path(path: Path):
@@ -64,19 +62,17 @@ def _clean_export_state(model: nn.Module):
         reset_export_state(model)
 
 
-def _onnx_kwargs(names: tuple[str, ...], tensors: tuple[torch.Tensor, ...], opset: int) -> dict[str, Any]:
+def onnx_kwargs(names: tuple[str, ...], tensors: tuple[torch.Tensor, ...], opset: int) -> dict[str, Any]:
     dynamic = {name: {0: "batch"} for name, t in zip(names, tensors) if t.dim() > 0}
     dynamic[OUTPUT_NAME] = {0: "batch"}
     return {"opset_version": opset, "dynamo": False, "input_names": list(names), "output_names": [OUTPUT_NAME],
             "dynamic_axes": dynamic}
 
 
-def _exporter_error(fmt: str, exc: Exception) -> BrevitasLDMError:
-    alternative = {"onnx-qcdq": "fmt='qonnx' (exact bit widths, not runnable in onnxruntime)",
-                   "onnx-int8": "fmt='onnx-qcdq'", OPENVINO_FORMAT: "fmt='onnx-qcdq'",
-                   "torch-qcdq": "fmt='onnx-qcdq'", "qonnx": "fmt='onnx-qcdq'"}[fmt]
+def _exporter_error(export_format, exc: Exception) -> BrevitasLDMError:
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return BrevitasLDMError(f"Brevitas {fmt} export failed ({type(exc).__name__}: {first}): try {alternative}")
+    return BrevitasLDMError(f"Brevitas {export_format.name} export failed ({type(exc).__name__}: {first}): try "
+                            f"{export_format.alternative}")
 
 
 @contextmanager
@@ -104,21 +100,20 @@ def _prepared_export(denoiser: nn.Module, example_inputs: Mapping[str, torch.Ten
 
 
 def check_weight_storage(fmt: str, weight_storage: str) -> None:
-    """Refuse a weight storage the format cannot use (the command line calls it before loading the model)."""
-    if weight_storage not in WEIGHT_STORAGES:
-        raise BrevitasLDMError(f"unknown weight_storage {weight_storage!r}: use one of {', '.join(WEIGHT_STORAGES)}")
-    if fmt == "onnx-int8" and weight_storage != "portable":
-        raise BrevitasLDMError("onnx-int8 needs weight_storage='portable' (--weight-storage portable; onnxruntime's "
-                               "integer conv kernel is fast only on uint8 weights): drop it or export onnx-qcdq")
+    """Refuse an unknown format, or a weight storage the format cannot use (the command line calls it before
+    loading the model)."""
+    EXPORT_FORMATS.get(str(fmt).lower(), "fmt").check_weight_storage(weight_storage)
 
 
 def export_denoiser(denoiser: nn.Module, example_inputs: Mapping[str, torch.Tensor], path: str | Path,
                     fmt: str = "onnx-qcdq", opset: int = 17, weight_storage: str = "portable") -> Path:
-    """Export a quantized, calibrated denoiser to ``path`` in format ``fmt``; returns the path.
+    """Export a quantized, calibrated denoiser to ``path`` in the registered format ``fmt``; returns the path.
 
     ``example_inputs`` are the denoiser's keyword tensors for one call (their values only shape the trace; the
     batch dimension stays dynamic). The exported model takes the same names as positional inputs, in the order
     sample/hidden_states, timestep, then the conditioning, and returns the denoiser's output tensor.
+
+    Formats (:data:`~brevitas_ldm.registry.EXPORT_FORMATS`, one module each in :mod:`brevitas_ldm.export.formats`):
 
     * ``onnx-qcdq``: int8/uint8 Q/DQ for tensors of 8 bits or fewer, nothing for float layers; 16-bit
       activations get int16 Q/DQ in onnxruntime's ``com.microsoft`` domain (standard ONNX int16 Q/DQ needs
@@ -140,42 +135,33 @@ def export_denoiser(denoiser: nn.Module, example_inputs: Mapping[str, torch.Tens
 
     Formats a model cannot use raise :class:`BrevitasLDMError` naming the format to use instead.
     """
-    fmt = str(fmt).lower()
-    check_weight_storage(fmt, weight_storage)
-    features = check_exportable(denoiser, fmt, opset)
-    if fmt == OPENVINO_FORMAT:
-        with tempfile.TemporaryDirectory(prefix="brevitas-ldm-openvino-") as tmp:
-            qcdq = export_denoiser(denoiser, example_inputs, Path(tmp) / "qcdq.onnx", fmt="onnx-qcdq", opset=opset,
-                                   weight_storage="int8")
-            return onnx_to_openvino_ir(qcdq, path)
+    export_format = EXPORT_FORMATS.get(str(fmt).lower(), "fmt")
+    export_format.check_weight_storage(weight_storage)
+    features = check_exportable(denoiser, export_format.name, opset)
+    return export_format.write(denoiser, example_inputs, Path(path), opset, weight_storage, features)
+
+
+def brevitas_export(export_format, denoiser: nn.Module, example_inputs: Mapping[str, torch.Tensor],
+                    path: str | Path, write_file) -> Path:
+    """Run ``write_file(wrapper, names, tensors, tmp_path)`` (a Brevitas export manager call) the way every format
+    needs it: the denoiser in eval mode and run once on the example inputs first, the file written to a temporary
+    path renamed at the end, Brevitas' export state cleaned even on failure, and an exporter crash turned into a
+    one-line error naming ``export_format.alternative``."""
     with _prepared_export(denoiser, example_inputs, path) as (wrapper, names, tensors, tmp), \
             _clean_export_state(denoiser), missing_symbolics():
         try:
-            if fmt in ONNXRUNTIME_FORMATS:
-                _export_onnx_qcdq(wrapper, names, tensors, tmp, opset, wide=max(features["act_bits"], default=0) > 8,
-                                  fp8=bool(features["fp8"]))
-                _rewrite_for_onnxruntime(tmp, integer_kernels=fmt == "onnx-int8",
-                                         portable=weight_storage == "portable")
-            elif fmt == "torch-qcdq":
-                from brevitas.export import export_torch_qcdq
-
-                export_torch_qcdq(wrapper, tensors, export_path=str(tmp))
-            else:
-                from brevitas.export import export_qonnx
-
-                export_qonnx(wrapper, tensors, export_path=str(tmp), keep_initializers_as_inputs=False,
-                             **_onnx_kwargs(names, tensors, opset))
+            write_file(wrapper, names, tensors, tmp)
         except BrevitasLDMError:
             raise
         except (RuntimeError, AssertionError, NotImplementedError, ValueError, TypeError) as exc:
-            raise _exporter_error(fmt, exc) from exc
+            raise _exporter_error(export_format, exc) from exc
     return Path(path)
 
 
-def _export_onnx_qcdq(wrapper: nn.Module, names, tensors, tmp: Path, opset: int, wide: bool, fp8: bool) -> None:
+def export_onnx_qcdq_file(wrapper: nn.Module, names, tensors, tmp: Path, opset: int, wide: bool, fp8: bool) -> None:
     import onnx
 
-    kwargs = dict(_onnx_kwargs(names, tensors, opset), keep_initializers_as_inputs=False)
+    kwargs = dict(onnx_kwargs(names, tensors, opset), keep_initializers_as_inputs=False)
     if fp8:
         # Brevitas exports FP8 weights only as float tensors followed by FP8 QuantizeLinear/DequantizeLinear.
         kwargs["export_weight_q_node"] = True
@@ -190,7 +176,7 @@ def _export_onnx_qcdq(wrapper: nn.Module, names, tensors, tmp: Path, opset: int,
     onnx.save(model, str(tmp))
 
 
-def _rewrite_for_onnxruntime(path: Path, integer_kernels: bool, portable: bool) -> None:
+def rewrite_for_onnxruntime(path: Path, integer_kernels: bool, portable: bool) -> None:
     """The project's graph passes on a freshly exported QCDQ file (in place, before the atomic rename)."""
     import onnx
 
@@ -219,7 +205,7 @@ def export_float_onnx(denoiser: nn.Module, example_inputs: Mapping[str, torch.Te
         raise ModelError(f"{type(denoiser).__name__} holds Brevitas quant layers: export_float_onnx needs the float "
                          f"denoiser (export it before quantize_denoiser); use export_denoiser for the quantized one")
     with _prepared_export(denoiser, example_inputs, path) as (wrapper, names, tensors, tmp), missing_symbolics():
-        torch.onnx.export(wrapper, tensors, str(tmp), **_onnx_kwargs(names, tensors, opset))
+        torch.onnx.export(wrapper, tensors, str(tmp), **onnx_kwargs(names, tensors, opset))
         import onnx
 
         model = onnx.load(str(tmp))

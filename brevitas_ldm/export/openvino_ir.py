@@ -49,9 +49,6 @@ from brevitas_ldm.export.onnx_graph import OnnxGraph
 from brevitas_ldm.export.x86_storage import int8_weight_is_safe
 from brevitas_ldm.io import give_user_mode
 
-#: The export format name (:data:`~brevitas_ldm.export.features.EXPORT_FORMATS`).
-OPENVINO_FORMAT = "openvino"
-
 
 def fold_weight_clips(model: onnx.ModelProto) -> int:
     """Replace every ``constant -> Clip -> DequantizeLinear`` by the clipped constant; returns how many were folded.

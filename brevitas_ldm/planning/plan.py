@@ -62,13 +62,11 @@ class Plan:
         self.default = parse_precision(self.default, "plan default")
 
     # -- checks ----------------------------------------------------------------------------------------------
-    def check(self, report: BlockReport, menu: Sequence[str | Precision] | None = None) -> "Plan":
+    def check(self, report: BlockReport, menu: Sequence[Precision] | None = None) -> "Plan":
         """Raise RecipeError naming any block the model lacks or any precision outside ``menu``."""
         report.check_block_names(self.precisions)
-        allowed = {parse_precision(p, "menu") for p in (menu if menu is not None else report.menu)}
-        allowed.add(self.default)
-        precisions = {b: parse_precision(p, f"plan precision of {b!r}") for b, p in self.precisions.items()}
-        outside = sorted({f"{b}={p}" for b, p in precisions.items() if p not in allowed})
+        allowed = {*(menu if menu is not None else report.menu), self.default}
+        outside = sorted({f"{b}={p}" for b, p in self.precisions.items() if p not in allowed})
         if outside:
             raise RecipeError(f"plan uses precisions outside the menu ({', '.join(outside)}): choose from "
                               f"{', '.join(sorted(map(str, allowed)))} or add them to plan.menu and rerun the "
@@ -151,16 +149,17 @@ def _decode_evidence(evidence: Mapping[str, Any]) -> dict[str, Any]:
 
 def _evidence(report: BlockReport, name: str, reason: str) -> dict[str, Any]:
     entry = report.block(name)
-    default = report.default_precision
+    default = report.default_precision.name
     return {"isolated_db": dict(entry.isolated_db), "progressive_db": entry.progressive_db.get(default),
             "progressive_drop_db": entry.progressive_drop_db.get(default), "share_db": entry.share_db.get(default),
             "param_count": entry.param_count, "act_elements": entry.act_elements, "reason": reason}
 
 
-def read_plan(path: str | Path, report: BlockReport | None = None, menu: Sequence[str] | None = None) -> Plan:
+def read_plan(path: str | Path, report: BlockReport | None = None,
+              menu: Sequence[str | Precision] | None = None) -> Plan:
     """Load a (possibly hand-edited) plan; with a report, check it and refresh its predictions."""
     plan = Plan.load(path)
     if report is not None:
-        plan.check(report, menu)
+        plan.check(report, None if menu is None else [parse_precision(p, "menu") for p in menu])
         plan.refresh(report)
     return plan

@@ -4,11 +4,12 @@ Every planner ranks configurations with the noise-additivity model of :mod:`.pre
 predicted noise is a sum over blocks, so the budget planner's exact optimum is a small integer program, solved with
 ``scipy.optimize.milp`` (HiGHS).
 
-Planners (``recipe.plan.method``): ``uniform`` (every block at the recipe's base precision), ``threshold``
-(blocks whose progressive ``share_db`` exceeds ``threshold_db`` go to ``high_precision``), ``top_k`` (the ``k``
-blocks whose move to ``high_precision`` removes the most predicted noise), ``budget`` (maximise predicted SQNR
-under average weight/activation-bit budgets, weighted by parameter count and activation elements). Each returns a
-:class:`~brevitas_ldm.planning.plan.Plan`.
+Planners (``recipe.plan.method``, registered by name in :data:`~brevitas_ldm.registry.PLAN_METHODS`, one module
+per method in :mod:`brevitas_ldm.planning.plan_methods`): ``uniform`` (every block at the recipe's base
+precision), ``threshold`` (blocks whose progressive ``share_db`` exceeds ``threshold_db`` go to
+``high_precision``), ``top_k`` (the ``k`` blocks whose move to ``high_precision`` removes the most predicted
+noise), ``budget`` (maximise predicted SQNR under average weight/activation-bit budgets, weighted by parameter count
+and activation elements). Each returns a :class:`~brevitas_ldm.planning.plan.Plan`.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from brevitas_ldm.planning.prediction import (
     predict_noise_ratio,
     predict_sqnr_db,
 )
-from brevitas_ldm.precision import FLOAT_BITS, Precision, parse_precision
+from brevitas_ldm.precision import FLOAT_BITS, Precision, menu_of, parse_precision
 from brevitas_ldm.recipe import PlanRule
+from brevitas_ldm.registry import PLAN_METHODS
 from brevitas_ldm.sqnr import noise_ratio_to_db
 
 
@@ -46,11 +48,11 @@ def _make_plan(report: BlockReport, assignment: Mapping[str, Precision], method:
 # Planners
 # ---------------------------------------------------------------------------------------------------------------
 def _check_measured(report: BlockReport, precisions: Sequence[Precision], what: str) -> None:
-    missing = [p.name for p in precisions if not p.is_float and p.name not in report.precisions]
+    missing = [p.name for p in precisions if not report.measured(p)]
     if missing:
         raise RecipeError(f"{what} uses {', '.join(missing)}, which the global analysis did not measure "
-                          f"(it has {', '.join(report.precisions) or 'none'}): add them to plan.menu and rerun "
-                          f"the analysis")
+                          f"(it has {', '.join(map(str, report.precisions)) or 'none'}): add them to plan.menu and "
+                          f"rerun the analysis")
 
 
 def upgrade_gain(report: BlockReport, name: str, default: Precision, high: Precision) -> float:
@@ -85,7 +87,7 @@ def top_k_plan(report: BlockReport, k: int, high: str | Precision, default: str 
 
 def _gain_db(report: BlockReport, name: str, default: Precision, high: Precision) -> float:
     """dB of output SQNR the uniform-``default`` model is predicted to gain when ``name`` moves to ``high``."""
-    total = predict_noise_ratio(report, {}, default.name)
+    total = predict_noise_ratio(report, {}, default)
     after = total - upgrade_gain(report, name, default, high)
     return noise_ratio_to_db(after) - noise_ratio_to_db(total)
 
@@ -95,7 +97,7 @@ def block_share_db(report: BlockReport, name: str, default: Precision) -> float:
     entry = report.block(name)
     if default.name in entry.share_db:
         return entry.share_db[default.name]
-    total = predict_noise_ratio(report, {}, default.name)
+    total = predict_noise_ratio(report, {}, default)
     rest = total - entry.noise_ratio(default)
     return math.inf if rest <= 0 < total else noise_ratio_to_db(rest) - noise_ratio_to_db(total)
 
@@ -149,11 +151,7 @@ def _solve_budget(report: BlockReport, menu: Sequence[Precision], avg_weight_bit
 
 def _menu(report: BlockReport, menu: Sequence[str | Precision] | None,
           extra: Sequence[Precision] = ()) -> list[Precision]:
-    items = [parse_precision(p, "plan.menu") for p in (menu if menu is not None else report.menu)]
-    out: list[Precision] = []
-    for p in [*items, *extra]:
-        if p not in out:
-            out.append(p)
+    out = menu_of([*(menu if menu is not None else report.menu), *extra], "plan.menu")
     _check_measured(report, out, "plan.menu")
     return out
 
@@ -252,20 +250,9 @@ def random_upgrade_plans(report: BlockReport, count: int, avg_weight_bits: float
 
 
 def choose_plan(report: BlockReport, rule: PlanRule, default: str | Precision | None = None) -> Plan:
-    """The plan ``rule`` (``recipe.plan``) picks from ``report``; ``default`` is ``recipe.default_precision``."""
+    """The plan ``rule`` (``recipe.plan``) picks from ``report`` through its registered method
+    (:data:`~brevitas_ldm.registry.PLAN_METHODS`); ``default`` is ``recipe.default_precision``."""
     default = parse_precision(default or report.default_precision, "default precision")
-    high = rule.high_precision
-    menu = _menu(report, rule.menu, extra=[default, high] if rule.method != "budget" else [])
-    if rule.method == "uniform":
-        plan = uniform_plan(report, default)
-    elif rule.method == "threshold":
-        plan = threshold_plan(report, float(rule.threshold_db), high, default)
-    elif rule.method == "top_k":
-        if rule.top_k > len(report.block_names):
-            raise RecipeError(f"plan.top_k = {rule.top_k} exceeds the model's {len(report.block_names)} blocks")
-        plan = top_k_plan(report, rule.top_k, high, default)
-    elif rule.method == "budget":
-        plan = budget_plan(report, rule.avg_weight_bits, rule.avg_act_bits, menu, default)
-    else:  # PlanRule.validate() makes this unreachable
-        raise RecipeError(f"plan.method = {rule.method!r} is not a planner: use uniform, threshold, top_k or budget")
-    return plan.check(report, [*menu, default])
+    method = PLAN_METHODS.get(rule.method)
+    menu = _menu(report, rule.menu, extra=[default, rule.high_precision] if method.adds_rule_precisions else [])
+    return method.choose(report, rule, default, menu).check(report, [*menu, default])

@@ -21,7 +21,6 @@ Sampling runs are told apart by the timestep: it decreases within a run and jump
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -42,10 +41,10 @@ from brevitas_ldm.denoiser.sampling import (
     map_tensors,
     max_noise_timestep,
     replace_argument,
-    sampling_calls,
     timestep_like,
 )
 from brevitas_ldm.errors import CalibrationError
+from brevitas_ldm.registry import CALIBRATION_MODES
 
 
 class _StepCalibration:
@@ -296,39 +295,29 @@ def check_activation_scales(model: nn.Module) -> None:
 
 def recipe_calibration(denoiser: nn.Module, recipe, num_inference_steps: int,
                        max_noise: int | None = 999, bias_correction: bool = False) -> _StepCalibration:
-    """The calibration context a recipe asks for (``[calibration] mode``), for ``denoiser``.
+    """The calibration context a recipe asks for (``[calibration] mode``, a registered
+    :class:`~brevitas_ldm.quant.calibration_modes.base.CalibrationMode`), for ``denoiser``.
 
     ``max_noise`` is the timestep of maximum noise the single-step mode evaluates at, or None to keep the first
     step's own (flow matching); :func:`~brevitas_ldm.denoiser.sampling.max_noise_timestep` gives it for a pipeline.
     ``bias_correction``: the same choice of calls, under Brevitas' bias correction instead of calibration.
     """
-    mode = recipe.calibration.mode
-    if mode == "single_step":
-        return single_step_calibration(denoiser, timestep=max_noise, keep_first_timestep=max_noise is None,
-                                       bias_correction=bias_correction,
-                                       timestep_layers=recipe.calibration.timestep_layers)
-    if mode == "uniform_steps":
-        return multi_step_calibration(denoiser, steps=recipe.calibration.num_steps,
-                                      num_inference_steps=num_inference_steps, bias_correction=bias_correction)
-    return multi_step_calibration(denoiser, bias_correction=bias_correction)
+    mode = CALIBRATION_MODES.get(recipe.calibration.mode)
+    return mode.context(denoiser, recipe, num_inference_steps, max_noise, bias_correction)
 
 
 def calibration_calls(recipe, num_samples: int, spec) -> int:
-    """Denoiser calls a recipe's calibration makes on ``num_samples`` samples drawn with ``spec``: one per batch in
-    single-step mode (every later step is skipped) plus its one-row sweep calls (:func:`timestep_sweep_calls`),
-    every step otherwise."""
-    if recipe.calibration.mode == "single_step":
-        return math.ceil(num_samples / spec.batch_size) + timestep_sweep_calls(recipe, spec)
-    return sampling_calls(num_samples, spec)
+    """Denoiser calls a recipe's calibration makes on ``num_samples`` samples drawn with ``spec``: the mode's own
+    (one per batch in single-step mode, every step otherwise) plus its one-row sweep calls
+    (:func:`timestep_sweep_calls`)."""
+    mode = CALIBRATION_MODES.get(recipe.calibration.mode)
+    return mode.calls(recipe, num_samples, spec) + mode.sweep_calls(recipe, spec)
 
 
 def timestep_sweep_calls(recipe, spec) -> int:
     """One-row denoiser calls a recipe's single-step calibration adds for its timestep-only layers (``[calibration]
     timestep_layers = "every_step"``): one per later step of the first calibration run."""
-    calibration = recipe.calibration
-    if calibration.mode == "single_step" and calibration.timestep_layers == "every_step":
-        return spec.num_inference_steps - 1
-    return 0
+    return CALIBRATION_MODES.get(recipe.calibration.mode).sweep_calls(recipe, spec)
 
 
 def bias_correction_calls(recipe, num_samples: int, spec) -> int:
