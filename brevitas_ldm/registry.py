@@ -1,12 +1,14 @@
-"""Method families as registries: calibration modes, planners and export formats, each registered by name.
+"""Method families as registries: calibration modes, planners, export formats and deployment runtimes, each
+registered by name.
 
 A method is an object with a ``name`` (what a recipe key or a command-line option says) and the family's methods
 (:class:`~brevitas_ldm.quant.calibration_modes.base.CalibrationMode`,
 :class:`~brevitas_ldm.planning.plan_methods.base.PlanMethod`,
-:class:`~brevitas_ldm.export.formats.base.ExportFormat`). The built-in methods are the modules of one package per
-family, one file per method, each calling ``REGISTRY.register(...)`` when it is imported; the registry imports them
-the first time it is asked for a name, so adding a built-in touches no other file. A user (or a test) registers
-their own method the same way, from their own module, and every recipe, command and report then takes it.
+:class:`~brevitas_ldm.export.formats.base.ExportFormat`; a deployment runtime is its transform class). The
+built-in methods are the modules of one package per family, one file per method, each calling
+``REGISTRY.register(...)`` when it is imported; the registry imports them the first time it is asked for a name,
+so adding a built-in touches no other file. A user (or a test) registers their own method the same way, from their
+own module, and every recipe, command and report then takes it.
 
 This module sits on the core floor (recipes validate their keys against it) and imports nothing of the method
 itself: the built-in packages are found by name, the way plugins are, and their modules keep their heavy imports
@@ -100,3 +102,5 @@ PLAN_METHODS: MethodRegistry = MethodRegistry("plan method", "plan.method", "bre
                                               RecipeError)
 EXPORT_FORMATS: MethodRegistry = MethodRegistry("export format", "--format", "brevitas_ldm.export.formats",
                                                 BrevitasLDMError)
+#: Deployment runtimes: transform classes (``Runtime(**options).apply(denoiser)`` -> layer name -> kernel kind).
+RUNTIMES: MethodRegistry = MethodRegistry("runtime", "runtime", "brevitas_ldm.runtimes", BrevitasLDMError)

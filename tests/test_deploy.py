@@ -214,7 +214,7 @@ def test_fp8_without_scaled_mm_runs_the_same_codes_as_a_float_product():
 def test_deploy_refuses_a_model_without_quant_layers_and_an_unknown_runtime():
     with pytest.raises(BrevitasLDMError, match="no Brevitas quant layers: quantize and calibrate it first"):
         deploy(tiny_sd_unet())
-    with pytest.raises(BrevitasLDMError, match="unknown runtime 'tensorrt': choose one of torch"):
+    with pytest.raises(BrevitasLDMError, match="runtime = 'tensorrt' is not allowed: choose one of torch"):
         deploy(tiny_sd_unet(), runtime="tensorrt")
 
 

@@ -1,5 +1,6 @@
-"""A new calibration mode, plan method and export format, each registered from this test module (no library file
-edited), run through a recipe, the command line and the report: the method families are registries."""
+"""A new calibration mode, plan method, export format and deployment runtime, each registered from this test module
+(no library file edited), run through a recipe, the command line and the report: the method families are
+registries."""
 
 import json
 
@@ -16,7 +17,8 @@ from brevitas_ldm.precision import Precision
 from brevitas_ldm.quant.calibration import multi_step_calibration
 from brevitas_ldm.quant.calibration_modes.base import CalibrationMode
 from brevitas_ldm.recipe import Recipe
-from brevitas_ldm.registry import CALIBRATION_MODES, EXPORT_FORMATS, PLAN_METHODS
+from brevitas_ldm.registry import CALIBRATION_MODES, EXPORT_FORMATS, PLAN_METHODS, RUNTIMES
+from brevitas_ldm.runtimes.torch_runtime import TorchRuntime
 
 
 class NoisierHalf(CalibrationMode):
@@ -63,9 +65,19 @@ class PlainQcdq(OnnxruntimeFormat):
         return brevitas_export(self, denoiser, example_inputs, path, write_file)
 
 
+class TorchWithoutInt8Pack(TorchRuntime):
+    """The torch runtime without ``torch._weight_int8pack_mm`` (a runtime is its transform class)."""
+
+    name = "test-torch-no-int8pack"
+
+    def __init__(self, **options):
+        super().__init__(**{**options, "int8pack": False})
+
+
 @pytest.fixture(scope="module")
 def registered():
-    methods = [(CALIBRATION_MODES, NoisierHalf()), (PLAN_METHODS, LeastSensitive()), (EXPORT_FORMATS, PlainQcdq())]
+    methods = [(CALIBRATION_MODES, NoisierHalf()), (PLAN_METHODS, LeastSensitive()), (EXPORT_FORMATS, PlainQcdq()),
+               (RUNTIMES, TorchWithoutInt8Pack)]
     for registry, method in methods:
         registry.register(method)
     yield
@@ -135,6 +147,11 @@ def test_registered_methods_run_through_the_main_job_and_the_export(registered, 
     assert summary["format"] == "test-plain-qcdq" and (export_out / "denoiser.onnx").is_file()
     assert summary["verification"]["sqnr_db"] >= 20.0 and summary["weight_storage"] == "portable"
     assert sum(summary["kernels"]["float"].values()) + sum(summary["kernels"]["integer"].values()) > 0
+    deployed = tmp_path / "deployed"
+    assert main(["deploy", "--model", str(sd_dir), "--checkpoint", str(out / "checkpoint"), "--runtime",
+                 "test-torch-no-int8pack", "--min-sqnr-db", "20", "--rounds", "1", "--out", str(deployed)]) == 0
+    deployment = json.loads((deployed / "deploy.json").read_text())
+    assert deployment["sqnr_vs_fake_quant_db"] >= 20.0 and sum(deployment["kernels"].values()) > 0
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit:     # argparse's own refusal lists the registered formats
         main(["export", "--model", str(sd_dir), "--checkpoint", str(out / "checkpoint"), "--format", "tflite",

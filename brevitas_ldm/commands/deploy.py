@@ -31,7 +31,7 @@ def add_parser(subparsers) -> None:
                                                   "runtime) and check it against the fake-quantized model")
     add_model_options(parser)
     add_checkpoint_option(parser, " to deploy")
-    parser.add_argument("--runtime", choices=sorted(RUNTIMES), default="torch", help="deployment runtime")
+    parser.add_argument("--runtime", choices=RUNTIMES.names(), default="torch", help="deployment runtime")
     parser.add_argument("--compile", action="store_true", help="also time the runtime under torch.compile")
     parser.add_argument("--min-sqnr-db", type=float, default=30.0,
                         help="refuse the runtime if it agrees with the fake-quantized model below this (default 30)")

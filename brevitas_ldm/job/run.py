@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 from brevitas_ldm.cost import Phase
 from brevitas_ldm.denoiser.sampling import get_denoiser
@@ -20,11 +21,15 @@ def price_phases(phases: Sequence[JobPhase], state: JobState) -> list[Phase]:
 
 def run_phases(phases: Sequence[JobPhase], state: JobState) -> JobState:
     """Run each enabled phase in order, counting the denoiser calls it executes into ``state.result.counted_calls``
-    (by its plan-of-work name, so the two can be compared row by row)."""
-    for phase in phases:
-        if not phase.enabled(state):
-            continue
-        with JobProgress(type(get_denoiser(state.pipe)), 0, desc=phase.name, enabled=False) as counter:
+    (by its plan-of-work name, so the two can be compared row by row). The count is read from the job's progress
+    bar when one is open (the commands open it), else from one silent counter over the whole list."""
+    denoiser_class = type(get_denoiser(state.pipe))
+    outer = JobProgress.active(denoiser_class)
+    with nullcontext(outer) if outer is not None else JobProgress(denoiser_class, 0, enabled=False) as counter:
+        for phase in phases:
+            if not phase.enabled(state):
+                continue
+            before = counter.calls
             phase.run(state)
-        state.result.counted_calls[phase.name] = counter.calls
+            state.result.counted_calls[phase.name] = counter.calls - before
     return state

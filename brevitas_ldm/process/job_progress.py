@@ -24,7 +24,16 @@ from brevitas_ldm.process.interruption import raise_if_interrupted
 
 
 class JobProgress:
-    """``with JobProgress(type(denoiser), total_calls): ...`` shows ``job: n/total calls [elapsed<ETA]``."""
+    """``with JobProgress(type(denoiser), total_calls): ...`` shows ``job: n/total calls [elapsed<ETA]``.
+
+    :meth:`active` is the innermost open one for a denoiser class, so code that only needs the count (the job's
+    per-phase tally) reads it instead of adding a second global hook to every module call."""
+
+    _open: list["JobProgress"] = []
+
+    @classmethod
+    def active(cls, denoiser_class: type[nn.Module]) -> "JobProgress | None":
+        return next((item for item in reversed(cls._open) if item.denoiser_class is denoiser_class), None)
 
     def __init__(self, denoiser_class: type[nn.Module], total_calls: int, desc: str = "whole job",
                  enabled: bool = True) -> None:
@@ -61,9 +70,11 @@ class JobProgress:
                          dynamic_ncols=True)
         self._handle = register_module_forward_pre_hook(self._count)
         self._end_handle = register_module_forward_hook(self._end)
+        JobProgress._open.append(self)
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        JobProgress._open.remove(self)
         self._handle.remove()
         self._end_handle.remove()
         if self._bar is not None:

@@ -22,6 +22,7 @@ from torch import nn
 from brevitas_ldm.compat import EqualizedModule
 from brevitas_ldm.denoiser.names import user_facing_names
 from brevitas_ldm.errors import ModelError
+from brevitas_ldm.registry import RUNTIMES
 from brevitas_ldm.runtimes.codes import Fp8Codes, IntCodes, static_codes, weight_codes
 from brevitas_ldm.runtimes.kernels import (
     ConvGeometry,
@@ -149,3 +150,6 @@ class TorchRuntime:
             replacement.train(False)
             denoiser.set_submodule(internal, replacement)
         return kinds
+
+
+RUNTIMES.register(TorchRuntime)
