@@ -15,9 +15,11 @@ from brevitas_ldm.cli import main
 from brevitas_ldm.denoiser.loading import load_pipeline
 from brevitas_ldm.denoiser.sampling import SamplingSpec, generate, get_denoiser
 from brevitas_ldm.errors import BrevitasLDMError, RecipeError
+from brevitas_ldm.job import price_phases, run_phases
 from brevitas_ldm.recipe import Recipe, get_recipe
 from brevitas_ldm.sqnr import sqnr_db
-from brevitas_ldm.training.qat import qat
+from brevitas_ldm.training.qat import prepare_qat, qat, qat_result
+from brevitas_ldm.training.qat_phases import qat_phases
 
 SPEC = SamplingSpec(num_inference_steps=4, guidance_scale=2.0, batch_size=2)
 EVAL_PROMPTS = ["a handwritten digit one", "a handwritten digit seven", "a handwritten digit three",
@@ -93,6 +95,25 @@ def test_every_learnable_choice_lowers_the_distillation_loss_and_freezes_the_res
         delta = next(after[k] - start["state"][k] for k in sorted(changed) if k.endswith(".weight")
                      and after[k].dim() == 2)
         assert torch.linalg.matrix_rank(delta).item() <= 2      # a rank-2 adapter, merged into the weight
+
+
+def test_the_qat_job_is_one_phase_list_whose_price_is_what_it_runs(sd_dir):
+    """Recording, the quantize job's phases and training run through run_phases; each priced row's calls are the
+    calls counted while that phase ran (training: its steps plus the loss before and after on the recorded calls)."""
+    recipe = small("qat-w4a8", steps=6)
+    state = prepare_qat(load_pipeline(sd_dir), recipe, spec=SPEC)
+    phases = qat_phases(state)
+    enabled = [phase.name for phase in phases if phase.enabled(state)]
+    assert enabled[0] == "recording" and enabled[-1] == "training" and "calibration" in enabled
+    priced = price_phases(phases, state)
+    result = qat_result(run_phases(phases, state))
+    counted = result.quantization.counted_calls
+    assert {row.name for row in priced} >= {"recording", "calibration", "training"}
+    for row in priced:
+        assert counted[row.name] == row.calls, (row, counted)
+    # 4 trajectories of 2 samples, 4 steps each: 8 recorded calls, the loss on each of them before and after
+    assert counted["recording"] == len(result.data) == 8 and counted["training"] == 6 + 2 * 8
+    assert result.log.denoiser_calls == 6 and result.denoiser_calls["training"] == 6
 
 
 def test_the_same_call_twice_gives_the_same_model(sd_dir):
@@ -226,7 +247,8 @@ def test_qat_command_refuses_data_for_a_flow_matching_pipeline(tmp_path, capsys)
     assert "--data needs a DDPM-family scheduler" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("where", ["brevitas_ldm.training.qat.distil", "brevitas_ldm.commands.qat.write_qat_report"])
+@pytest.mark.parametrize("where", ["brevitas_ldm.training.qat_phases.distil",
+                                   "brevitas_ldm.commands.qat.write_qat_report"])
 def test_an_interrupted_qat_run_leaves_nothing_behind(sd_dir, tmp_path, monkeypatch, where):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt        # Ctrl-C while training, or while the folder is being written

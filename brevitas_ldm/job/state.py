@@ -48,6 +48,8 @@ class JobState:
     layer_precisions: dict[str, Precision] = field(default_factory=dict)
     #: The command's evaluation (FP reference and quantized comparison), when the job includes it.
     evaluation: Any = None
+    #: The QAT phases' own inputs and outputs (:class:`~brevitas_ldm.training.qat_phases.QATWork`), in a QAT job.
+    qat: Any = None
     notes: list[str] = field(default_factory=list)
 
     def _analysis_samples(self) -> tuple[list, list[int]]:

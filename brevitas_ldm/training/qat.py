@@ -11,33 +11,20 @@ saves, reloads (bit-identically) and exports through the same paths.
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from brevitas_ldm.checkpoint.folder import (
-    load_quantized,
-    read_checkpoint_meta,
-    read_checkpoint_recipe,
-)
-from brevitas_ldm.denoiser.loading import pipeline_source
 from brevitas_ldm.denoiser.sampling import SamplingSpec, get_denoiser
 from brevitas_ldm.errors import BrevitasLDMError, RecipeError
-from brevitas_ldm.evaluation.prompts import calibration_set
-from brevitas_ldm.planning.plan import PLAN_FILE, read_plan
-from brevitas_ldm.quant.quantize import quant_layers, read_precisions
+from brevitas_ldm.job import JobState, run_phases
+from brevitas_ldm.quant.quantize import quant_layers
 from brevitas_ldm.recipe import Recipe, get_recipe
-from brevitas_ldm.training.adapters import merge_adapters
-from brevitas_ldm.training.distillation import (
-    TrainingLog,
-    distil,
-    mean_distillation_loss,
-    select_trainable,
-)
-from brevitas_ldm.training.distillation_set import DistillationSet, record_trajectories
-from brevitas_ldm.workflow import PlanLike, QuantizationResult, quantize_pipeline
+from brevitas_ldm.training.distillation import TrainingLog
+from brevitas_ldm.training.distillation_set import DistillationSet
+from brevitas_ldm.training.qat_phases import QATWork, qat_phases
+from brevitas_ldm.workflow import PlanLike, QuantizationResult, finish_job, prepare_job
 
 
 @dataclass
@@ -81,19 +68,6 @@ def qat_recipe(recipe: Recipe | str, steps: int | None = None) -> Recipe:
     return recipe
 
 
-def checkpoint_start(pipe: Any, checkpoint: str | Path, recipe: Recipe) -> QuantizationResult:
-    """The PTQ result saved at ``checkpoint``, applied to ``pipe``, with ``recipe``'s ``[qat]`` section: the quant
-    layers, precisions and calibrated scales are the checkpoint's, what to train is the QAT recipe's."""
-    meta = read_checkpoint_meta(checkpoint)
-    saved = read_checkpoint_recipe(checkpoint, meta)
-    load_quantized(pipe, checkpoint, meta)
-    combined = dataclasses.replace(saved, name=f"{saved.name}+{recipe.name}" if saved.name != recipe.name else
-                                   saved.name, qat=recipe.qat)
-    plan = read_plan(Path(checkpoint) / PLAN_FILE) if (Path(checkpoint) / PLAN_FILE).is_file() else None
-    return QuantizationResult(pipeline=pipe, recipe=combined, precisions=read_precisions(get_denoiser(pipe)),
-                              plan=plan)
-
-
 def qat(pipe: Any, recipe: Recipe | str, plan: PlanLike | None = None, checkpoint: str | Path | None = None,
         data: DistillationSet | None = None, calibration_prompts: Sequence[str] | None = None,
         calibration_seeds: Sequence[int] | None = None, spec: SamplingSpec | None = None, seed: int = 0,
@@ -101,7 +75,22 @@ def qat(pipe: Any, recipe: Recipe | str, plan: PlanLike | None = None, checkpoin
         trajectory_prompts: Sequence[str] | None = None,
         before_training: Callable[[QuantizationResult], None] | None = None) -> QATResult:
     """Quantize ``pipe``'s float denoiser in place with ``recipe`` (PTQ, or the PTQ ``checkpoint``), then fine-tune
-    it by distillation from the float denoiser following ``recipe.qat``.
+    it by distillation from the float denoiser following ``recipe.qat``: :func:`prepare_qat`, then the
+    :func:`~brevitas_ldm.training.qat_phases.qat_phases` (see :func:`prepare_qat` for the arguments)."""
+    state = prepare_qat(pipe, recipe, plan, checkpoint, data, calibration_prompts, calibration_seeds, spec, seed,
+                        steps, progress, cache_dir, trajectory_prompts, before_training)
+    return qat_result(run_phases(qat_phases(state), state))
+
+
+def prepare_qat(pipe: Any, recipe: Recipe | str, plan: PlanLike | None = None,
+                checkpoint: str | Path | None = None, data: DistillationSet | None = None,
+                calibration_prompts: Sequence[str] | None = None, calibration_seeds: Sequence[int] | None = None,
+                spec: SamplingSpec | None = None, seed: int = 0, steps: int | None = None, progress: bool = False,
+                cache_dir: str | Path | None = None, trajectory_prompts: Sequence[str] | None = None,
+                before_training: Callable[[QuantizationResult], None] | None = None) -> JobState:
+    """The checked state a QAT job's phases run on (and are priced on, ``price_phases(qat_phases(state), state)``):
+    ``pipe``'s float denoiser is quantized with ``recipe`` (PTQ, or the PTQ ``checkpoint``), then fine-tuned by
+    distillation from the float denoiser following ``recipe.qat``.
 
     ``data``: the distillation set (default: the float trajectories of ``recipe.qat.num_prompts`` samples cycling
     through ``trajectory_prompts``, or the model's own prompts, with calibration seeds; recorded here before
@@ -117,38 +106,21 @@ def qat(pipe: Any, recipe: Recipe | str, plan: PlanLike | None = None, checkpoin
                                "again, and pass the PTQ result as checkpoint= instead of quantizing it yourself")
     if plan is not None and checkpoint is not None:
         raise BrevitasLDMError("pass a plan or a checkpoint, not both: a checkpoint already carries its plan")
-    settings = recipe.qat
-    spec = spec or SamplingSpec(batch_size=settings.batch_size)
-    timing: dict[str, float] = {}
-    calls: dict[str, int] = {}
-    start = time.perf_counter()
-    if data is None:
-        trajectories = calibration_set(settings.num_prompts, model=pipeline_source(pipe),
-                                       prompts=list(trajectory_prompts) if trajectory_prompts else None)
-        data = record_trajectories(pipe, trajectories.prompts, trajectories.seeds, spec, progress=progress)
-    timing["recording"] = time.perf_counter() - start
-    calls["recording"] = len(data)
+    spec = spec or SamplingSpec(batch_size=recipe.qat.batch_size)
+    work = QATWork(spec=spec, seed=seed, data=data, checkpoint=checkpoint, trajectory_prompts=trajectory_prompts,
+                   before_training=before_training)
+    return prepare_job(pipe, recipe, calibration_prompts, calibration_seeds,
+                       dataclasses.replace(spec, batch_size=recipe.calibration.batch_size), plan=plan,
+                       progress=progress, cache_dir=cache_dir, qat=work)
 
-    if checkpoint is not None:
-        start_result = checkpoint_start(pipe, checkpoint, recipe)
-    else:
-        start_result = quantize_pipeline(pipe, recipe, calibration_prompts, calibration_seeds,
-                                         dataclasses.replace(spec, batch_size=recipe.calibration.batch_size),
-                                         plan=plan, progress=progress, cache_dir=cache_dir)
-    timing.update(start_result.timing_s)
-    calls.update(start_result.denoiser_calls)
-    if before_training is not None:
-        before_training(start_result)
 
-    every = max(1, len(data) // 64)        # the loss before/after is measured on up to 64 recorded calls
-    loss_before = mean_distillation_loss(denoiser, data, every)
-    trainable = select_trainable(denoiser, settings, seed)
-    log = distil(denoiser, data, settings, trainable, seed, progress=progress)
-    merged = merge_adapters(denoiser)
-    denoiser.eval()
-    loss_after = mean_distillation_loss(denoiser, data, every)
-    timing["training"] = log.wall_time_s
-    calls["training"] = log.denoiser_calls
-    return QATResult(quantization=start_result, log=log, data=data, trained_parameters=trainable.count(),
-                     merged_adapters=merged, loss_before=loss_before, loss_after=loss_after, timing_s=timing,
-                     denoiser_calls=calls)
+def qat_result(state: JobState) -> QATResult:
+    """What a finished QAT job hands back: the PTQ start (now trained, in place), the log, what each phase cost."""
+    work = state.qat
+    start_result = finish_job(state) if work.checkpoint is None else state.result
+    timing = {"recording": work.timing_s.get("recording", 0.0), **start_result.timing_s,
+              "training": work.timing_s["training"]}
+    calls = {"recording": len(work.data), **start_result.denoiser_calls, "training": work.denoiser_calls["training"]}
+    return QATResult(quantization=start_result, log=work.log, data=work.data,
+                     trained_parameters=work.trainable.count(), merged_adapters=work.merged_adapters,
+                     loss_before=work.loss_before, loss_after=work.loss_after, timing_s=timing, denoiser_calls=calls)
