@@ -22,7 +22,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -416,10 +416,17 @@ def dataclass_from_dict(cls: type[T], data: Mapping[str, Any], what: str, derive
     recomputed on load) are dropped, any other unknown key is an error that names it."""
     if not isinstance(data, Mapping):
         raise error(f"{what} is a {type(data).__name__}, not a JSON object: pass the file brevitas-ldm wrote")
-    known = {f.name for f in dataclasses.fields(cls)}
     values = {key: value for key, value in data.items() if key not in derived}
-    unknown = sorted(set(values) - known)
+    check_known_keys(values, {f.name for f in dataclasses.fields(cls)}, what, error)
+    return cls(**values)
+
+
+def check_known_keys(data: Mapping[str, Any], known: Iterable[str], what: str,
+                     error: type[Exception] = BrevitasLDMError) -> None:
+    """The project's one unknown-key policy for the files it reads back: a key it does not know is an error that
+    names it (a misspelt or foreign key silently ignored would describe another model than the one loaded)."""
+    known = set(known)
+    unknown = sorted(set(data) - known)
     if unknown:
         raise error(f"{what} has unknown keys {', '.join(unknown)}; known keys: {', '.join(sorted(known))}: it was "
                     f"written by another version or edited by hand; rewrite it")
-    return cls(**values)

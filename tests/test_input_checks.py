@@ -265,3 +265,31 @@ def test_a_dit_without_the_null_class_asks_for_guidance_1(tmp_path, capsys):
                    "embeds only 11 classes", "pass --guidance-scale 1")
     assert main([*argv, "--guidance-scale", "1", "--out", str(tmp_path / "e")]) == 0
     assert (tmp_path / "e" / "metrics.json").is_file()
+
+
+def test_a_folder_with_unknown_keys_in_meta_json_is_refused_before_loading(quantized_dir, tmp_path, capsys,
+                                                                          no_model_loading):
+    """The one unknown-key policy of the files the project reads back reaches the checkpoint's meta.json."""
+    folder = tmp_path / "meta"
+    shutil.copytree(quantized_dir, folder)
+    meta = json.loads((folder / META_FILE).read_text())
+    (folder / META_FILE).write_text(json.dumps({**meta, "calibratoin": "single_step"}))
+    one_line_error(capsys, ["evaluate", "--model", str(folder), "--out", str(tmp_path / "e")], "meta.json",
+                   "unknown keys calibratoin")
+    assert not (tmp_path / "e").exists()
+
+
+def test_a_quantization_config_with_unknown_keys_is_refused_naming_them(quantized_dir, tmp_path, capsys):
+    """... and its quantization_config, through the command line and through diffusers' own from_pretrained."""
+    from diffusers import DiffusionPipeline
+
+    import brevitas_ldm  # noqa: F401  (registers the "brevitas" backend with diffusers)
+
+    config = json.loads((quantized_dir / CONFIG).read_text())
+    config["quantization_config"]["bits"] = 4
+    folder = _tampered(quantized_dir, tmp_path / "config", CONFIG, json.dumps(config).encode())
+    one_line_error(capsys, ["evaluate", "--model", str(folder), "--out", str(tmp_path / "e")], "quantization_config",
+                   "unknown keys bits")
+    with pytest.raises(BrevitasLDMError, match="quantization_config has unknown keys bits"):
+        DiffusionPipeline.from_pretrained(str(folder))
+    assert not (tmp_path / "e").exists()

@@ -37,6 +37,7 @@ from diffusers.quantizers.quantization_config import QuantizationConfigMixin
 
 from brevitas_ldm.checkpoint.folder import (
     CONFIG_FILE,
+    CONFIG_KEYS,
     FORMAT_VERSION,
     HASH_METADATA_KEY,
     QUANT_METHOD,
@@ -47,6 +48,7 @@ from brevitas_ldm.checkpoint.folder import (
     tensors_sha256,
 )
 from brevitas_ldm.errors import ModelError
+from brevitas_ldm.io import check_known_keys
 from brevitas_ldm.quant.integer_codes import (
     CODES_KEY,
     integer_state_dict,
@@ -62,8 +64,7 @@ class BrevitasQuantizationMethod(str, Enum):
 
 
 #: The fields of a brevitas ``quantization_config`` (see :func:`brevitas_ldm.checkpoint.quantization_config`).
-CONFIG_FIELDS = ("format_version", "brevitas_ldm_version", "recipe", "precisions", "smoothing", "plan", "codes",
-                 "dtype")
+CONFIG_FIELDS = tuple(key for key in CONFIG_KEYS if key != "quant_method")
 
 
 class BrevitasConfig(QuantizationConfigMixin):
@@ -74,6 +75,9 @@ class BrevitasConfig(QuantizationConfigMixin):
                  smoothing: dict | None = None, plan: dict | None = None, codes: dict | None = None,
                  format_version: int = FORMAT_VERSION, brevitas_ldm_version: str | None = None,
                  dtype: str | None = None, **unused: Any) -> None:
+        # diffusers hands the whole stored dict over, quant_method included; anything else is not this format
+        check_known_keys({key: None for key in unused if key != "quant_method"}, (), "brevitas quantization_config",
+                         ModelError)
         self.quant_method = BrevitasQuantizationMethod.BREVITAS
         self.format_version = format_version
         self.brevitas_ldm_version = brevitas_ldm_version

@@ -54,6 +54,7 @@ from brevitas_ldm.denoiser.sampling import (
 from brevitas_ldm.denoiser.sampling import get_denoiser
 from brevitas_ldm.errors import BrevitasLDMError, ModelError
 from brevitas_ldm.io import (
+    check_known_keys,
     check_safetensors_file,
     file_sha256,
     give_user_mode,
@@ -230,6 +231,14 @@ def denoiser_file_bytes(directory: Path) -> int:
     return (Path(directory) / hashed_files(str(meta.get("denoiser_component", "unet")))[1]).stat().st_size
 
 
+#: The keys :func:`save_checkpoint` writes into ``meta.json`` and a ``quantization_config``; reading either refuses
+#: any other (:func:`~brevitas_ldm.io.check_known_keys`).
+META_KEYS = ("format", "format_version", "brevitas_ldm_version", "model", "self_contained", "denoiser_component",
+             "denoiser_class", "recipe", "lora", "dtype", "files")
+CONFIG_KEYS = ("quant_method", "format_version", "brevitas_ldm_version", "recipe", "precisions", "smoothing", "plan",
+               "codes", "dtype")
+
+
 def read_checkpoint_meta(directory: Path) -> dict[str, Any]:
     """``meta.json`` of a quantized pipeline folder, checked: this format version, the denoiser's files present
     and unchanged (one :class:`ModelError` naming the file otherwise)."""
@@ -249,6 +258,7 @@ def read_checkpoint_meta(directory: Path) -> dict[str, Any]:
         raise ModelError(f"the checkpoint at {directory} has format version {version} (brevitas-ldm "
                          f"{meta.get('brevitas_ldm_version', '0.1 or older')}); this brevitas-ldm reads version "
                          f"{FORMAT_VERSION}: re-run `brevitas-ldm quantize` with this version")
+    check_known_keys(meta, META_KEYS, str(directory / META_FILE), ModelError)
     hashes = meta.get("files")
     expected = hashed_files(str(meta.get("denoiser_component", "unet")))
     if not isinstance(hashes, dict) or set(hashes) != set(expected):
@@ -276,6 +286,7 @@ def read_quantization_config(path: Path) -> dict[str, Any]:
         raise ModelError(f"{path} has no brevitas quantization_config: pass a folder written by `brevitas-ldm "
                          f"quantize` or QuantizationResult.save")
     check_format_version(config, path)
+    check_known_keys(config, CONFIG_KEYS, f"{path} quantization_config", ModelError)
     return config
 
 
