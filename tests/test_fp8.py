@@ -66,6 +66,7 @@ def _evaluate(pipe) -> torch.Tensor:
     return generate(pipe, EVALUATION[0], EVALUATION[1], SPEC)
 
 
+@pytest.mark.slow  # the main job end to end
 def test_the_hybrid_fp8_recipe_runs_the_main_job_and_its_plan_uses_e4m3(tmp_path):
     fp = _evaluate(tiny_sd_pipeline())
     recipe = get_recipe("sqnr-hybrid-fp8")

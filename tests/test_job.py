@@ -169,6 +169,7 @@ def test_export_command_writes_a_verified_onnx_file(sd_dir, quantized_run, tmp_p
                     str(tmp_path / "x")], "not a brevitas-ldm checkpoint")
 
 
+@pytest.mark.slow  # the export command end to end in OpenVINO
 def test_export_command_writes_verified_openvino_ir(sd_dir, quantized_run, tmp_path, capsys):
     from brevitas_ldm.export import cpu_info
 

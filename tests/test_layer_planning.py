@@ -141,6 +141,7 @@ def test_bad_values_are_refused_with_the_key_named(section, key, value):
         Recipe.from_dict({"name": "bad", section: {key: value}})
 
 
+@pytest.mark.slow  # a per-layer analysis end to end
 @pytest.mark.parametrize("name", ["sqnr-hybrid-w4a6"])
 def test_low_bit_recipes_plan_per_layer_to_their_budget(pipe, name):
     import copy

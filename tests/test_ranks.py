@@ -151,12 +151,14 @@ def analyses(sd_dir, tmp_path_factory, plain_recipe):
     return root, split
 
 
+@pytest.mark.slow  # end to end on two processes
 def test_two_ranks_give_the_single_process_reports(analyses):
     root, _ = analyses
     for name in ("block_report.json", "layer_report.json", "plan.json"):
         assert _measured(root / "split" / name) == _measured(root / "single" / name), name
 
 
+@pytest.mark.slow  # end to end on two processes
 def test_the_work_is_split_and_balanced(analyses, sd_dir):
     root, _ = analyses
     block = json.loads((root / "split" / "block_report.json").read_text())
@@ -181,6 +183,7 @@ def test_the_work_is_split_and_balanced(analyses, sd_dir):
     assert [w["steps"] for w in layers] == [[0, 2], [1]]
 
 
+@pytest.mark.slow  # end to end on two processes
 def test_only_the_main_rank_writes_and_speaks(analyses):
     root, split = analyses
     assert sorted(p.name for p in root.iterdir()) == ["cache", "single", "split"]
@@ -189,6 +192,7 @@ def test_only_the_main_rank_writes_and_speaks(analyses):
     assert split.stdout.count("plan of work") == 1
 
 
+@pytest.mark.slow  # end to end on two processes
 def test_a_cached_analysis_is_read_by_the_main_rank_and_shared(analyses, sd_dir, plain_recipe):
     root, _ = analyses
     again = _torchrun(["analyze", "--model", str(sd_dir), *ANALYSIS, "--recipe", plain_recipe, "--out", "again",
@@ -199,6 +203,7 @@ def test_a_cached_analysis_is_read_by_the_main_rank_and_shared(analyses, sd_dir,
     assert _measured(root / "again" / "plan.json") == _measured(root / "split" / "plan.json")
 
 
+@pytest.mark.slow  # end to end on two processes
 def test_quantize_on_two_ranks_gives_the_single_process_model_and_metrics(sd_dir, tmp_path):
     args = ["quantize", "--model", str(sd_dir), "--num-samples", "4", "--steps", "3", "--batch-size", "2",
             "--calibration-prompts", "4", "--calibration-batch-size", "2"]
@@ -222,6 +227,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow  # end to end on two processes
 @pytest.mark.parametrize("victim", [1, 0])
 def test_a_dead_rank_ends_the_job_on_every_rank_with_one_line_and_no_output(sd_dir, tmp_path, victim):
     """Without torchrun (which would SIGTERM the survivors): the survivor must notice by itself, in the next
@@ -268,6 +274,7 @@ def test_a_refused_out_stops_every_rank_up_front(sd_dir, tmp_path):
     assert (tmp_path / "taken" / "keep.txt").read_text() == "a user's file"
 
 
+@pytest.mark.slow  # end to end on two processes
 def test_under_torchrun_a_dead_rank_stops_the_others_through_the_launcher(sd_dir, tmp_path):
     """torchrun SIGTERMs the surviving workers when one dies: they say so in one line and leave nothing."""
     command = _torchrun_command(["analyze", "--model", str(sd_dir), *ANALYSIS, "--out", "out"])

@@ -199,6 +199,7 @@ def test_inference_mode_entered_before_any_forward_quantizes_the_weights(weights
     assert sqnr_db(_heavy_tailed_layer().eval()(x).detach(), cached) > 8.0
 
 
+@pytest.mark.slow  # the main job end to end, twice
 @pytest.mark.parametrize("recipe_name", ["minmax-w8a8", "smoothquant-w8a8"])
 def test_evaluation_measures_mse_weights_as_quantized(sd_dir, recipe_name):
     """The main job evaluates in inference mode right after calibration (which runs with quantization off)."""
