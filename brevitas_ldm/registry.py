@@ -74,10 +74,6 @@ class MethodRegistry(Generic[MethodT]):
         self._load_builtins()
         return tuple(sorted(self._methods))
 
-    def __contains__(self, name: object) -> bool:
-        self._load_builtins()
-        return name in self._methods
-
     def get(self, name: str, key: str | None = None) -> MethodT:
         """The method registered as ``name``; an unknown name is a one-line error naming ``key`` and the choices."""
         self._load_builtins()

@@ -76,8 +76,7 @@ class BrevitasConfig(QuantizationConfigMixin):
                  format_version: int = FORMAT_VERSION, brevitas_ldm_version: str | None = None,
                  dtype: str | None = None, **unused: Any) -> None:
         # diffusers hands the whole stored dict over, quant_method included; anything else is not this format
-        check_known_keys({key: None for key in unused if key != "quant_method"}, (), "brevitas quantization_config",
-                         ModelError)
+        check_known_keys(unused, ("quant_method",), "brevitas quantization_config", ModelError)
         self.quant_method = BrevitasQuantizationMethod.BREVITAS
         self.format_version = format_version
         self.brevitas_ldm_version = brevitas_ldm_version

@@ -118,9 +118,8 @@ def qat_result(state: JobState) -> QATResult:
     """What a finished QAT job hands back: the PTQ start (now trained, in place), the log, what each phase cost."""
     work = state.qat
     start_result = finish_job(state) if work.checkpoint is None else state.result
-    timing = {"recording": work.timing_s.get("recording", 0.0), **start_result.timing_s,
-              "training": work.timing_s["training"]}
-    calls = {"recording": len(work.data), **start_result.denoiser_calls, "training": work.denoiser_calls["training"]}
+    timing = {"recording": work.recording_s, **start_result.timing_s, "training": work.log.wall_time_s}
+    calls = {"recording": len(work.data), **start_result.denoiser_calls, "training": work.log.denoiser_calls}
     return QATResult(quantization=start_result, log=work.log, data=work.data,
                      trained_parameters=work.trainable.count(), merged_adapters=work.merged_adapters,
                      loss_before=work.loss_before, loss_after=work.loss_after, timing_s=timing, denoiser_calls=calls)

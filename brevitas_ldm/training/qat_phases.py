@@ -9,7 +9,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,11 @@ from brevitas_ldm.training.distillation_set import DistillationSet, record_traje
 LOSS_CALLS = 64
 
 
+def loss_stride(recorded: int) -> int:
+    """Every how many recorded calls the loss before and after training is measured (about :data:`LOSS_CALLS`)."""
+    return max(1, recorded // LOSS_CALLS)
+
+
 @dataclass
 class QATWork:
     """What the QAT phases share beyond the quantize job's state: their inputs and what they produce."""
@@ -51,8 +56,7 @@ class QATWork:
     merged_adapters: int = 0
     loss_before: float = float("nan")
     loss_after: float = float("nan")
-    timing_s: dict[str, float] = field(default_factory=dict)
-    denoiser_calls: dict[str, int] = field(default_factory=dict)
+    recording_s: float = 0.0
 
 
 class RecordingPhase(JobPhase):
@@ -79,7 +83,7 @@ class RecordingPhase(JobPhase):
         trajectories = self._trajectories(state)
         state.qat.data = record_trajectories(state.pipe, trajectories.prompts, trajectories.seeds, state.qat.spec,
                                              progress=state.progress)
-        state.qat.timing_s[self.key] = time.perf_counter() - start
+        state.qat.recording_s = time.perf_counter() - start
 
 
 def checkpoint_start(pipe: Any, checkpoint: str | Path, recipe: Recipe) -> QuantizationResult:
@@ -135,21 +139,19 @@ class DistillationPhase(JobPhase):
         ``len(data) // 64``-th recorded call (each a quantized call of one recorded batch)."""
         work = state.qat
         recorded = len(work.data) if work.data is not None else sampling_calls(state.recipe.qat.num_prompts, work.spec)
-        loss_calls = math.ceil(recorded / max(1, recorded // LOSS_CALLS))
+        loss_calls = math.ceil(recorded / loss_stride(recorded))
         return Phase(self.name, state.recipe.qat.steps + 2 * loss_calls, True, work.spec.batch_size)
 
     def run(self, state: JobState) -> None:
         work = state.qat
         denoiser = get_denoiser(state.pipe)
-        every = max(1, len(work.data) // LOSS_CALLS)     # the cost above counts these calls too
+        every = loss_stride(len(work.data))     # the cost above counts these calls too
         work.loss_before = mean_distillation_loss(denoiser, work.data, every)
         work.trainable = select_trainable(denoiser, state.recipe.qat, work.seed)
         work.log = distil(denoiser, work.data, state.recipe.qat, work.trainable, work.seed, progress=state.progress)
         work.merged_adapters = merge_adapters(denoiser)
         denoiser.eval()
         work.loss_after = mean_distillation_loss(denoiser, work.data, every)
-        work.timing_s[self.key] = work.log.wall_time_s
-        work.denoiser_calls[self.key] = work.log.denoiser_calls
 
 
 def qat_phases(state: JobState) -> tuple[JobPhase, ...]:

@@ -50,17 +50,11 @@ class OnnxruntimeFormat(ExportFormat):
         return brevitas_export(self, denoiser, example_inputs, path, write_file)
 
     def verify(self, summary, path, denoiser, fresh, min_sqnr_db, emulate_cpu, weight_storage) -> None:
-        from brevitas_ldm.export.runtime import check_agreement, integer_kernel_counts, onnx_latency, verify_onnx
+        from brevitas_ldm.export.runtime import integer_kernel_counts, onnx_latency, verify_onnx
 
         summary["weight_storage"] = weight_storage
-        checks = [verify_onnx(path, denoiser, fresh)]
-        if emulate_cpu:
-            checks.append(verify_onnx(path, denoiser, fresh, emulate_cpu=emulate_cpu))
-        for check in checks:      # a file that is not the measured model is refused, and nothing is written
-            check_agreement(check, min_sqnr_db)
-        summary["verification"] = checks[0]
-        if emulate_cpu:
-            summary["emulated_verification"] = checks[1]
+        self.record_agreement(summary, lambda emulate_cpu: verify_onnx(path, denoiser, fresh, emulate_cpu=emulate_cpu),
+                              min_sqnr_db, emulate_cpu)
         summary["kernels"] = integer_kernel_counts(path)
         summary["latency"] = onnx_latency(path, fresh)
 

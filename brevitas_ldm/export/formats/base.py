@@ -55,6 +55,19 @@ class ExportFormat:
         """Check ``path`` against ``denoiser`` on the ``fresh`` inputs, refuse it below ``min_sqnr_db``, and record
         what was found in ``summary`` (``export.json``). Nothing by default (a file no runtime here executes)."""
 
+    @staticmethod
+    def record_agreement(summary: dict, verify, min_sqnr_db: float, emulate_cpu: str | None) -> None:
+        """Run ``verify(emulate_cpu=None)`` natively and, with ``emulate_cpu``, on that CPU kind; refuse the file below
+        ``min_sqnr_db`` on either (nothing is written then), and record both in ``summary``."""
+        from brevitas_ldm.export.runtime import check_agreement
+
+        checks = [verify(emulate_cpu=None)] + ([verify(emulate_cpu=emulate_cpu)] if emulate_cpu else [])
+        for check in checks:      # a file that is not the measured model is refused, and nothing is written
+            check_agreement(check, min_sqnr_db)
+        summary["verification"] = checks[0]
+        if emulate_cpu:
+            summary["emulated_verification"] = checks[1]
+
     def float_baseline(self, summary: dict, float_denoiser: nn.Module, float_inputs: Mapping[str, Any],
                        fresh: Mapping[str, Any], staging: Path, opset: int) -> None:
         """Write the FP32 denoiser beside the file (``--float-baseline``) and record sizes and latency ratios.

@@ -46,20 +46,15 @@ class OpenVino(ExportFormat):
             openvino_version,
             verify_openvino,
         )
-        from brevitas_ldm.export.runtime import check_agreement
         from brevitas_ldm.export.wrapper import export_signature
 
-        check = verify_openvino(path, denoiser, fresh)
-        checks = [check] + ([verify_openvino(path, denoiser, fresh, emulate_cpu=emulate_cpu)] if emulate_cpu else [])
-        for item in checks:      # a file that is not the measured model is refused, and nothing is written
-            check_agreement(item, min_sqnr_db)
-        if emulate_cpu:
-            summary["emulated_verification"] = checks[1]
+        self.record_agreement(summary, lambda emulate_cpu: verify_openvino(path, denoiser, fresh,
+                                                                           emulate_cpu=emulate_cpu),
+                              min_sqnr_db, emulate_cpu)
         summary["size_bytes"] = ir_size_bytes(path)
         summary["weights_bytes"] = path.with_suffix(".bin").stat().st_size
         summary["openvino"] = openvino_version()
         summary["weight_storage"] = "int8"
-        summary["verification"] = check
         summary["kernels"] = openvino_kernel_counts(path)
         names, tensors = export_signature(denoiser, fresh)
         summary["latency"] = openvino_latency(path, dict(zip(names, tensors)))
