@@ -2,7 +2,9 @@
 
     python benchmarks/compare.py --budgets w8a8 w4a8 --num-samples 500 --part a
     python benchmarks/compare.py --budgets w4a6 w8a4 w4a4 --num-samples 200 --part b
-    python benchmarks/compare.py --report                # docs/compare.md + figure from docs/results/compare-*.json
+    python benchmarks/compare.py --model tiny-sd-fashion --budgets w8a8 --num-samples 200 --part a
+                                                         # the second model's parts: docs/results/tiny-sd-fashion/
+    python benchmarks/compare.py --report                # docs/compare.md + figures from every model's parts
     python benchmarks/compare.py --budgets w8a8 w4a8 --num-samples 500 --part a --only rule sqnr-hybrid
                                                          # rerun those rows of part a, keep the others
 
@@ -31,12 +33,18 @@ peers given the flagship's activation quantizer, and ``sqnr-hybrid-layer asym``,
 ``sqnr-hybrid-w4a6`` and ``-w4a4`` ship it (calibrated over all steps at 4-bit activations). The margin is taken
 against every peer, asymmetric or not.
 
+``--rows all-steps`` runs ``sqnr-hybrid`` and ``sqnr-hybrid-layer`` with activations calibrated over every
+sampling step, as the per-layer MILP peer is, instead of the paper's single step of maximum noise: the setting that
+separates the flagship from that peer. Its rows are not in the margin tables (they are a different setting of the
+flagship, not the built-in recipes), only in the detail tables and the notes.
+
 ``--rows fp8`` (W8A8 only) runs FP8 at equal bits: the built-in ``fp8-e4m3`` (every layer e4m3 weights and
 activations, static per-tensor activation scales, all-steps calibration) against ``minmax`` at the exact level,
 and ``sqnr-hybrid fp8`` (the flagship's planner with ``e4m3`` added to its menu, as ``sqnr-hybrid-fp8`` ships it)
 against ``sqnr-hybrid`` at the headroom level, all in one process on the same samples.
 
-Parts run in separate processes (side by side on two cores, one torch thread each); ``--report`` joins them.
+Parts run in separate processes (side by side on two cores, one torch thread each: ``--threads``, default 1);
+``--report`` joins them.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ import shlex
 import sys
 from pathlib import Path
 
+import torch
 from harness import (
     Configuration,
     bench_context,
@@ -71,13 +80,21 @@ HEADROOM_BITS = 0.5
 LAYER_ANALYSIS_STEPS = 5
 RULE_FLOAT_LAYERS = ("conv_in", "conv_out")
 RULE_EXTRA_BLOCK = "up_blocks.2"
+DEFAULT_MODEL = "tiny-sd-digits"
+MODELS = ("tiny-sd-digits", "tiny-sd-fashion")
 NOTES_MARKER = "<!-- notes: kept when the tables are regenerated -->"
-ROW_SETS = ("all", "asym", "gptq", "fp8")
+ROW_SETS = ("all", "asym", "gptq", "fp8", "all-steps")
 QUICKSTART = "sqnr-hybrid-w8a8"
 PEERS = ("rule", "rule+bc", "per-layer MILP", "rule+bc asym", "per-layer MILP asym")
 FLAGSHIPS = ("sqnr-hybrid", "sqnr-hybrid-layer", "sqnr-hybrid-layer asym")
 GPTQ_PEERS = ("rule+bc gptq", "per-layer MILP gptq", "rule+bc asym gptq", "per-layer MILP asym gptq")
 GPTQ_FLAGSHIPS = ("sqnr-hybrid gptq", "sqnr-hybrid-layer gptq", "sqnr-hybrid-layer asym gptq")
+
+
+def results_dir(model: str) -> Path:
+    """Where a model's parts live: the default model's in docs/results (as before there was a second), every other
+    model's in a folder of its own, so one model's ``--report`` never reads another's rows."""
+    return RESULTS if model == DEFAULT_MODEL else RESULTS / model
 
 
 def with_asymmetric_activations(config: Configuration, act_bits: int, flagship: bool = False) -> Configuration:
@@ -89,6 +106,13 @@ def with_asymmetric_activations(config: Configuration, act_bits: int, flagship: 
     if flagship and act_bits <= 4:
         calibration = dataclasses.replace(calibration, mode="all_steps", timestep_layers="calibration_steps")
     return _variant(config, "asym", activations=activations, calibration=calibration)
+
+
+def with_all_step_calibration(config: Configuration) -> Configuration:
+    """``config`` with its activations calibrated over every sampling step instead of the maximum-noise one: the
+    paper's single-step calibration against the all-steps calibration the per-layer MILP peer uses."""
+    calibration = dataclasses.replace(config.recipe.calibration, mode="all_steps", timestep_layers="calibration_steps")
+    return _variant(config, "all-steps", calibration=calibration)
 
 
 def with_gptq(config: Configuration) -> Configuration:
@@ -213,6 +237,8 @@ def part_configurations(args, bench) -> list[tuple[Configuration, dict]]:
                 block = [flagship] if (weight_bits, act_bits) == (8, 8) else []
                 strongest = [rule_with_bias_correction(simple, budget), per_layer, *block, flagship_layer]
             headroom, exact = [with_gptq(config) for config in strongest], []
+        elif args.rows == "all-steps":
+            headroom, exact = [with_all_step_calibration(flagship), with_all_step_calibration(flagship_layer)], []
         elif args.rows == "asym":
             headroom, exact = asymmetric_rows(simple, per_layer, flagship_layer, budget, act_bits), []
         else:
@@ -227,7 +253,8 @@ def part_configurations(args, bench) -> list[tuple[Configuration, dict]]:
 def run_part(args) -> None:
     """Measure a part's rows into compare-PART.json. With ``--only``, rerun just those rows of an existing part
     (after a change that leaves the other rows' configurations as they were) and keep the others in place."""
-    path = RESULTS / f"compare-{args.part}.json"
+    path = results_dir(args.model) / f"compare-{args.part}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     if args.only:   # checked before the FP run: a typo must not cost minutes
         rerun = {f"{name} {budget}" for name in args.only for budget in args.budgets}
         previous = json.loads(path.read_text()) if path.is_file() else {"rows": [], "context": {}}
@@ -237,6 +264,12 @@ def run_part(args) -> None:
                              f"without the budget")
     bench = start_bench(args.model, args.num_samples, args.steps, args.guidance_scale, args.seed)
     chosen = part_configurations(args, bench)
+    if args.select:
+        wanted = {f"{name} {budget}" for name in args.select for budget in args.budgets}
+        unknown = sorted(wanted - {config.label for config, _ in chosen})
+        if unknown:
+            raise SystemExit(f"--select: --rows {args.rows} has no rows {unknown}; name rows without the budget")
+        chosen = [(config, extra) for config, extra in chosen if config.label in wanted]
     context = bench_context(bench, args.seed) | {"command": _command()}
     if args.only:
         chosen = [(config, extra) for config, extra in chosen if config.label in rerun]
@@ -269,7 +302,8 @@ def _margin_lines(rows: list[dict], budgets: list[str], columns: tuple[str, ...]
     for budget in budgets:
         level = {r["label"].rsplit(" ", 1)[0]: r for r in rows if r.get("budget") == budget
                  and r.get("level") == "headroom"}
-        if "rule" not in level or not any(k in level for k in columns):
+        if ("rule" not in level or not any(k in level for k in columns) or not any(k in level for k in peers)
+                or not any(k in level for k in flagships)):   # a part still running
             continue
         best_peer = max(level[k]["output_sqnr_db"] for k in peers if k in level)
         ours = max(level[k]["output_sqnr_db"] for k in flagships if k in level)
@@ -286,12 +320,11 @@ def _margin_lines(rows: list[dict], budgets: list[str], columns: tuple[str, ...]
     return lines
 
 
-def report(out: Path) -> None:
-    parts = sorted(RESULTS.glob("compare-*.json"))
-    if not parts:
-        raise SystemExit("no docs/results/compare-*.json: run the parts first (see the module docstring)")
-    sections, all_rows = [], []
-    for part in parts:
+def _read_parts(model: str) -> tuple[list[str], list[dict]]:
+    """``model``'s per-budget detail sections and every measured row but the fp8 part's (whose peers repeat other
+    parts' labels on fewer samples), read from its results folder."""
+    sections, measured = [], []
+    for part in sorted(results_dir(model).glob("compare-*.json")):
         data = json.loads(part.read_text())
         context, rows = data["context"], data["rows"]
         for row in rows:
@@ -301,23 +334,86 @@ def report(out: Path) -> None:
         fp = rows[0]
         budgets = list(dict.fromkeys(r["budget"] for r in rows[1:]))
         row_set = re.search(r"--rows (\w+)", context["command"])
-        if not (row_set and row_set.group(1) == "fp8"):     # its peers repeat other parts' labels on fewer samples
-            all_rows.extend((context, r) for r in rows[1:])
+        if not (row_set and row_set.group(1) == "fp8"):
+            measured.extend(rows[1:])
         for budget in budgets:
             title = f", rows: {row_set.group(1)}" if row_set else ""
-            sections += [f"## {budget.upper()} ({context['num_samples']} samples{title})", "",
+            sections += [f"### {model}, {budget.upper()} ({context['num_samples']} samples{title})", "",
                          f"Command: `{context['command']}`. Machine: {context['machine']}. FP {fid_of(fp)[0]} "
                          f"{fid_of(fp)[1] or float('nan'):.2f}, accuracy {fp.get('prompt_accuracy', 1.0):.3f}.",
                          "", _budget_table([fp | {"budget": budget}] + rows[1:], budget), ""]
-    ordered = [b for b in ("w8a8", "w4a8", "w4a6", "w8a4", "w4a4") if any(r["budget"] == b for _, r in all_rows)]
-    measured = [r for _, r in all_rows]
-    margins = _margin_lines(measured, ordered, (*PEERS, *FLAGSHIPS), PEERS, FLAGSHIPS,
-                            "best sqnr-hybrid minus best peer (dB), nearest rounding")
-    gptq_margins = _margin_lines(measured, ordered, (*GPTQ_PEERS, *GPTQ_FLAGSHIPS), (*PEERS, *GPTQ_PEERS),
-                                 (*FLAGSHIPS, *GPTQ_FLAGSHIPS), "best sqnr-hybrid minus best peer (dB), any rounding")
-    figure = out.parent / "figures" / "compare-equal-bits.png"
-    _figure([r for _, r in all_rows], ordered, figure)
-    head = ["# brevitas-ldm against the strongest baselines at equal bits (tiny-sd-digits)", "",
+    return sections, measured
+
+
+def _best(level: dict[str, dict], labels: tuple[str, ...]) -> dict | None:
+    """The highest-SQNR row of ``labels`` measured at a budget's headroom level (None if none was)."""
+    rows = [level[k] for k in labels if k in level]
+    return max(rows, key=lambda r: r["output_sqnr_db"]) if rows else None
+
+
+def _headroom(rows: list[dict], budget: str) -> dict[str, dict]:
+    return {r["label"].rsplit(" ", 1)[0]: r for r in rows if r.get("budget") == budget and r.get("level") == "headroom"}
+
+
+def _headline(measured: dict[str, list[dict]], budgets: list[str]) -> list[str]:
+    """Both models side by side: per budget, each model's best peer and best sqnr-hybrid row (any rounding, any
+    activation quantizer) and the margin between them."""
+    lines = ["| budget | model | best peer | best sqnr-hybrid | margin |", "|---|---|---|---|---|"]
+
+    def cell(row: dict) -> str:
+        fid = fid_of(row)[1]
+        return (f"{row['label'].rsplit(' ', 1)[0]}: {row['output_sqnr_db']:.2f} dB"
+                + (f", FID {fid:.2f}" if fid is not None else ""))
+    for budget in budgets:
+        for model, rows in measured.items():
+            level = _headroom(rows, budget)
+            peer, ours = _best(level, (*PEERS, *GPTQ_PEERS)), _best(level, (*FLAGSHIPS, *GPTQ_FLAGSHIPS))
+            if peer is None or ours is None:
+                lines.append(f"| {budget.upper()} | {model} | not measured | not measured | – |")
+                continue
+            lines.append(f"| {budget.upper()} | {model} | {cell(peer)} | **{cell(ours)}** | "
+                         f"{ours['output_sqnr_db'] - peer['output_sqnr_db']:+.2f} dB |")
+    return lines
+
+
+def _fp_fids(model: str) -> str:
+    """``model``'s FP FID as its parts measured it (one value per sample count)."""
+    values = {}
+    for part in sorted(results_dir(model).glob("compare-*.json")):
+        data = json.loads(part.read_text())
+        name, fid = fid_of(data["rows"][0])
+        if fid is not None:
+            values[data["context"]["num_samples"]] = f"{name} {fid:.2f} at {data['context']['num_samples']} samples"
+    return "; ".join(values[k] for k in sorted(values))
+
+
+def report(out: Path) -> None:
+    models = [m for m in MODELS if any(results_dir(m).glob("compare-*.json"))]
+    if not models:
+        raise SystemExit("no docs/results/compare-*.json: run the parts first (see the module docstring)")
+    measured, sections, per_model = {}, [], []
+    for model in models:
+        model_sections, rows = _read_parts(model)
+        measured[model] = rows
+        sections += [f"## Every row: {model}", "", *model_sections]
+        ordered = [b for b in ("w8a8", "w4a8", "w4a6", "w8a4", "w4a4") if any(r["budget"] == b for r in rows)]
+        margins = _margin_lines(rows, ordered, (*PEERS, *FLAGSHIPS), PEERS, FLAGSHIPS,
+                                "best sqnr-hybrid minus best peer (dB), nearest rounding")
+        gptq_margins = _margin_lines(rows, ordered, (*GPTQ_PEERS, *GPTQ_FLAGSHIPS), (*PEERS, *GPTQ_PEERS),
+                                     (*FLAGSHIPS, *GPTQ_FLAGSHIPS),
+                                     "best sqnr-hybrid minus best peer (dB), any rounding")
+        suffix = "" if model == DEFAULT_MODEL else f"-{model}"
+        figure = out.parent / "figures" / f"compare-equal-bits{suffix}.png"
+        _figure(rows, ordered, figure, model)
+        per_model += [f"## {model}", "", f"FP: {_fp_fids(model)}.", "", *margins, "",
+                      *(["With every row's weights rounded by GPTQ (`--rows gptq`: `[weights] rounding = \"gptq\"`, "
+                         "Brevitas' GPTQ on the fixed min-max grid, Hessians from the float calibration runs), "
+                         "against every peer with or without it:", "", *gptq_margins, ""]
+                        if len(gptq_margins) > 2 else []),
+                      f"![quality at equal bits, {model}](figures/{figure.name})", ""]
+    budgets = [b for b in ("w8a8", "w4a8", "w4a6", "w8a4", "w4a4")
+               if any(r["budget"] == b for rows in measured.values() for r in rows)]
+    head = [f"# brevitas-ldm against the strongest baselines at equal bits ({' and '.join(models)})", "",
             "Every row of a budget level has the same average weight and activation bits. The **exact** level is "
             "the budget itself (min-max, Q-Diffusion-style calibration, Brevitas' SD example defaults). The "
             "**headroom** level is the bits of the best simple rule (conv_in/conv_out float, 8-bit weights on the "
@@ -330,21 +426,21 @@ def report(out: Path) -> None:
             "planned per layer: the built-in `sqnr-hybrid-w4a8`). The `asym` rows quantize activations unsigned "
             "with a zero point (min-max ranges); `sqnr-hybrid-layer asym` also calibrates over every step at 4-bit "
             "activations, as the built-in `sqnr-hybrid-w4a6` and `-w4a4` recipes do, and `rule+bc asym` and "
-            "`per-layer MILP asym` are the strongest peers given the same quantizer. The margin column is the best "
-            "sqnr-hybrid row minus the best of the five peers. A budget is a cap: "
-            "the block planner's coarse units leave it up to 0.07 weight bits under, and at W8 budgets the layer "
-            "planners leave 0.09 weight bits unspent because the only dearer weights are float ones (each row's "
-            "bits are in its table).", "",
-            *margins, "",
-            *(["With every row's weights rounded by GPTQ (`--rows gptq`: `[weights] rounding = \"gptq\"`, "
-               "Brevitas' GPTQ on the fixed min-max grid, Hessians from the float calibration runs), against every "
-               "peer with or without it:", "", *gptq_margins, ""] if len(gptq_margins) > 2 else []),
-            f"![quality at equal bits](figures/{figure.name})", ""]
+            "`per-layer MILP asym` are the strongest peers given the same quantizer. The `gptq` rows round every "
+            "row's weights by GPTQ. The margin column is the best sqnr-hybrid row minus the best peer. A budget is "
+            "a cap: the block planner's coarse units leave it up to 0.07 weight bits under, and at W8 budgets the "
+            "layer planners leave up to 0.09 weight bits unspent because the only dearer weights are float ones "
+            "(each row's bits are in its table). The recipes are the same on both models: nothing was retuned for "
+            "the second.", "",
+            "## Both models side by side", "",
+            "The best peer and the best sqnr-hybrid row of each budget, over every variant measured (nearest or "
+            "GPTQ rounding, symmetric or asymmetric activations); FIDs compare with the same model's FP FID only.",
+            "", *_headline(measured, budgets), "", *per_model]
     write_page_keeping_notes(out, "\n".join(head + sections), NOTES_MARKER)
     print("\n".join(head))
 
 
-def _figure(rows: list[dict], budgets: list[str], path: Path) -> None:
+def _figure(rows: list[dict], budgets: list[str], path: Path, model: str) -> None:
     from brevitas_ldm.analysis.figures import plt, save_figure
 
     kinds = [kind for kind in ("minmax", "qdiffusion", "brevitas-sd", *PEERS, *GPTQ_PEERS, *FLAGSHIPS, *GPTQ_FLAGSHIPS)
@@ -360,7 +456,8 @@ def _figure(rows: list[dict], budgets: list[str], path: Path) -> None:
                label=kind, color=plt.cm.tab20(k), hatch="//" if kind.startswith("sqnr") else None)
     ax.set_xticks(range(len(budgets)), [b.upper() for b in budgets])
     ax.set_ylabel("output SQNR vs FP (dB)")
-    ax.set_title("Equal bits per budget: exact level (first three bars), headroom level (the rest)")
+    ax.set_title(f"{model}: equal bits per budget, exact level (min-max, qdiffusion, brevitas-sd), headroom level "
+                 "(the rest)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, ncol=6, loc="upper center", bbox_to_anchor=(0.5, -0.08))   # below: the bars fill the axes
     save_figure(fig, path)
@@ -368,7 +465,7 @@ def _figure(rows: list[dict], budgets: list[str], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny-sd-digits")
+    parser.add_argument("--model", default=DEFAULT_MODEL, choices=MODELS)
     parser.add_argument("--num-samples", type=int, default=200)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance-scale", type=float, default=2.0)
@@ -377,16 +474,26 @@ def main() -> None:
     parser.add_argument("--part", default="a", help="name of this process' results file")
     parser.add_argument("--rows", default="all", choices=ROW_SETS,
                         help="all: the original rows; asym: the asymmetric-activation peers and flagship; gptq: the "
-                             "strongest rows with GPTQ-rounded weights")
+                             "strongest rows with GPTQ-rounded weights; fp8: FP8 at W8A8; all-steps: the flagship "
+                             "rows calibrated over every step")
     parser.add_argument("--only", nargs="+", metavar="ROW",
                         help="rerun only these rows of an existing part (labels without the budget, e.g. rule "
                              "sqnr-hybrid) and keep its other rows as measured")
+    parser.add_argument("--select", nargs="+", metavar="ROW",
+                        help="measure only these rows of --rows in a new part (labels without the budget): the "
+                             "second model's parts skip rows the first model showed to be dominated")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of this part: parts run side by side, one per core, and two 2-thread "
+                             "parts on 2 cores spin against each other (about 10x slower analyses, same figures)")
     parser.add_argument("--report", action="store_true", help="join the parts into --out")
     parser.add_argument("--out", type=Path, default=Path("docs/compare.md"))
     args = parser.parse_args()
+    if args.threads < 1:
+        raise SystemExit(f"--threads must be at least 1, not {args.threads}")
     if args.report:
         report(args.out)
     else:
+        torch.set_num_threads(args.threads)
         run_part(args)
 
 
