@@ -36,7 +36,8 @@ against every peer, asymmetric or not.
 ``--rows all-steps`` runs ``sqnr-hybrid`` and ``sqnr-hybrid-layer`` with activations calibrated over every
 sampling step, as the per-layer MILP peer is, instead of the paper's single step of maximum noise: the setting that
 separates the flagship from that peer. Its rows are not in the margin tables (they are a different setting of the
-flagship, not the built-in recipes), only in the detail tables and the notes.
+flagship, not the built-in recipes), only in the detail tables and the notes. The third row,
+``sqnr-hybrid-layer all-steps no-smoothquant``, also drops SmoothQuant and the local analysis.
 
 ``--rows fp8`` (W8A8 only) runs FP8 at equal bits: the built-in ``fp8-e4m3`` (every layer e4m3 weights and
 activations, static per-tensor activation scales, all-steps calibration) against ``minmax`` at the exact level,
@@ -113,6 +114,13 @@ def with_all_step_calibration(config: Configuration) -> Configuration:
     paper's single-step calibration against the all-steps calibration the per-layer MILP peer uses."""
     calibration = dataclasses.replace(config.recipe.calibration, mode="all_steps", timestep_layers="calibration_steps")
     return _variant(config, "all-steps", calibration=calibration)
+
+
+def without_smoothquant(config: Configuration) -> Configuration:
+    """``config`` without SmoothQuant (nor the local analysis that picks its layers): what is left of the flagship
+    beside the per-layer MILP peer is then bias correction and its calibration set."""
+    return _variant(config, "no-smoothquant", smoothquant=dataclasses.replace(config.recipe.smoothquant, enabled=False),
+                    analysis=dataclasses.replace(config.recipe.analysis, local=False))
 
 
 def with_gptq(config: Configuration) -> Configuration:
@@ -238,7 +246,9 @@ def part_configurations(args, bench) -> list[tuple[Configuration, dict]]:
                 strongest = [rule_with_bias_correction(simple, budget), per_layer, *block, flagship_layer]
             headroom, exact = [with_gptq(config) for config in strongest], []
         elif args.rows == "all-steps":
-            headroom, exact = [with_all_step_calibration(flagship), with_all_step_calibration(flagship_layer)], []
+            all_steps_layer = with_all_step_calibration(flagship_layer)
+            headroom = [with_all_step_calibration(flagship), all_steps_layer, without_smoothquant(all_steps_layer)]
+            exact = []
         elif args.rows == "asym":
             headroom, exact = asymmetric_rows(simple, per_layer, flagship_layer, budget, act_bits), []
         else:
