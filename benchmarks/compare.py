@@ -74,6 +74,7 @@ from harness import (
 from brevitas_ldm.io import decode_json_float
 from brevitas_ldm.precision import parse_precision
 from brevitas_ldm.recipe import Recipe, get_recipe
+from brevitas_ldm.zoo.catalog import CATALOG
 
 RESULTS = Path("docs/results")
 HEADROOM_BITS = 0.5
@@ -82,7 +83,8 @@ LAYER_ANALYSIS_STEPS = 5
 RULE_FLOAT_LAYERS = ("conv_in", "conv_out")
 RULE_EXTRA_BLOCK = "up_blocks.2"
 DEFAULT_MODEL = "tiny-sd-digits"
-MODELS = ("tiny-sd-digits", "tiny-sd-fashion")
+MODELS = tuple(CATALOG)      # every embedded model
+BUDGET_ORDER = ("w8a8", "w4a8", "w4a6", "w8a4", "w4a4")   # the report's row order
 NOTES_MARKER = "<!-- notes: kept when the tables are regenerated -->"
 ROW_SETS = ("all", "asym", "gptq", "fp8", "all-steps")
 QUICKSTART = "sqnr-hybrid-w8a8"
@@ -310,13 +312,10 @@ def _margin_lines(rows: list[dict], budgets: list[str], columns: tuple[str, ...]
     lines = ["| budget | bits (W/A) | " + " | ".join(columns) + f" | {margin_caption} |",
              "|---|---|" + "---|" * len(columns) + "---|"]
     for budget in budgets:
-        level = {r["label"].rsplit(" ", 1)[0]: r for r in rows if r.get("budget") == budget
-                 and r.get("level") == "headroom"}
-        if ("rule" not in level or not any(k in level for k in columns) or not any(k in level for k in peers)
-                or not any(k in level for k in flagships)):   # a part still running
-            continue
-        best_peer = max(level[k]["output_sqnr_db"] for k in peers if k in level)
-        ours = max(level[k]["output_sqnr_db"] for k in flagships if k in level)
+        level = _headroom(rows, budget)
+        best_peer, ours = _best(level, peers), _best(level, flagships)
+        if "rule" not in level or not any(k in level for k in columns) or best_peer is None or ours is None:
+            continue   # a part still running
 
         def cell(key: str) -> str:
             row = level.get(key)
@@ -326,7 +325,8 @@ def _margin_lines(rows: list[dict], budgets: list[str], columns: tuple[str, ...]
             return f"{row['output_sqnr_db']:.2f} dB{fid}"
 
         lines.append(f"| {budget} | {level['rule']['avg_weight_bits']:.2f}/{level['rule']['avg_act_bits']:.2f} | "
-                     + " | ".join(cell(k) for k in columns) + f" | {ours - best_peer:+.2f} |")
+                     + " | ".join(cell(k) for k in columns)
+                     + f" | {ours['output_sqnr_db'] - best_peer['output_sqnr_db']:+.2f} |")
     return lines
 
 
@@ -406,7 +406,7 @@ def report(out: Path) -> None:
         model_sections, rows = _read_parts(model)
         measured[model] = rows
         sections += [f"## Every row: {model}", "", *model_sections]
-        ordered = [b for b in ("w8a8", "w4a8", "w4a6", "w8a4", "w4a4") if any(r["budget"] == b for r in rows)]
+        ordered = [b for b in BUDGET_ORDER if any(r["budget"] == b for r in rows)]
         margins = _margin_lines(rows, ordered, (*PEERS, *FLAGSHIPS), PEERS, FLAGSHIPS,
                                 "best sqnr-hybrid minus best peer (dB), nearest rounding")
         gptq_margins = _margin_lines(rows, ordered, (*GPTQ_PEERS, *GPTQ_FLAGSHIPS), (*PEERS, *GPTQ_PEERS),
@@ -421,8 +421,7 @@ def report(out: Path) -> None:
                          "against every peer with or without it:", "", *gptq_margins, ""]
                         if len(gptq_margins) > 2 else []),
                       f"![quality at equal bits, {model}](figures/{figure.name})", ""]
-    budgets = [b for b in ("w8a8", "w4a8", "w4a6", "w8a4", "w4a4")
-               if any(r["budget"] == b for rows in measured.values() for r in rows)]
+    budgets = [b for b in BUDGET_ORDER if any(r["budget"] == b for rows in measured.values() for r in rows)]
     head = [f"# brevitas-ldm against the strongest baselines at equal bits ({' and '.join(models)})", "",
             "Every row of a budget level has the same average weight and activation bits. The **exact** level is "
             "the budget itself (min-max, Q-Diffusion-style calibration, Brevitas' SD example defaults). The "
