@@ -12,7 +12,9 @@ trap 'rm -rf "$work"' EXIT
 "$python" -m pip wheel -q --no-deps -w "$work/dist" "$root"
 "$python" -m venv "$work/venv"
 # torch from constraints.txt: the CPU wheel, never a CUDA build.
-"$work/venv/bin/python" -m pip install -q -c "$root/constraints.txt" "$work"/dist/brevitas_ldm-*.whl
+# retried once: a download cut short by the index is not the wheel's fault
+"$work/venv/bin/python" -m pip install -q -c "$root/constraints.txt" "$work"/dist/brevitas_ldm-*.whl \
+    || { sleep 30; "$work/venv/bin/python" -m pip install -q -c "$root/constraints.txt" "$work"/dist/brevitas_ldm-*.whl; }
 
 mkdir "$work/run"
 cd "$work/run"

@@ -165,7 +165,7 @@ def call_peak(call, device) -> int | None:
 def bench_model(name: str, args, device, dtype) -> dict[str, Any]:
     import torch
 
-    from brevitas_ldm.runtimes.timing import interleaved_latency
+    from brevitas_ldm.process.timing import interleaved_latency
     from brevitas_ldm.sqnr import sqnr_db
 
     config = unet_config(name, args.width, args.tiny)

@@ -58,6 +58,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--verify-prompts", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hybrid", nargs="*", default=[])
+    parser.add_argument("--planned", nargs="*", default=[], metavar="MODEL=RATIO[,RATIO]",
+                        help="add the latency-planned sqnr-hybrid-w8a8 rows for MODEL: [plan] target = openvino-cpu "
+                             "and onnxruntime-cpu with max_latency_ratio = RATIO (of the float denoiser in each "
+                             "runtime; a second RATIO for onnxruntime, '-' for none), the plan chosen by the quantize "
+                             "job from the cost table it measures")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="keep the planned rows' global analyses and latency tables here (default: a temporary "
+                             "folder), so a rerun at another max_latency_ratio measures neither again")
+    parser.add_argument("--planned-analysis-prompts", type=int, default=None,
+                        help="the SD-shaped UNet's planned rows: global analysis prompts (default: the recipe's, "
+                             "at most the calibration prompts)")
     parser.add_argument("--out", type=Path, default=Path("docs/deployment-openvino.md"))
     return parser.parse_args(argv)
 
@@ -193,6 +204,42 @@ def bench_model(name: str, args, workdir: Path) -> dict[str, Any]:
              "minmax-w8a8 onnx-int8, onnxruntime (project)": ("onnxruntime", int8, None),
              "minmax-w8a8 --format openvino, OpenVINO f32 (project)": ("openvino", ir, "f32"),
              "minmax-w8a8 --format openvino, OpenVINO default precision (project)": ("openvino", ir, None)}
+    planned_ratios = dict(item.split("=", 1) for item in args.planned).get(name)
+    planned_info: dict[str, Any] = {}
+    fakequant: dict[str, float] = {}
+    if planned_ratios is not None:
+        ratios = planned_ratios.split(",")
+        for (target, fmt), planned_ratio in zip((("openvino-cpu", "openvino"), ("onnxruntime-cpu", "onnx-int8")),
+                                                ratios + ratios[-1:]):
+            from brevitas_ldm.errors import RecipeError
+
+            if planned_ratio == "-":     # this runtime's planned row is not asked for
+                continue
+            planned_ratio = float(planned_ratio)
+
+            try:
+                model, info = planned_model(pipe, fp_copy, target, planned_ratio, args, cal, cal_spec, is_sd,
+                                            args.cache_dir or workdir / "analysis-cache")
+            except RecipeError as error:     # an unreachable latency budget: said in the report, not a crash
+                planned_info[target] = {"max_latency_ratio": planned_ratio, "refused": str(error)}
+                log(f"planned for {target} refused: {error}")
+                continue
+            finally:
+                pipe.unet = fp_denoiser
+            suffix = "xml" if fmt == "openvino" else "onnx"
+            path = export_denoiser(model, example, mdir / f"planned-{target}.{suffix}", fmt=fmt)
+            verify = verify_openvino if fmt == "openvino" else verify_onnx
+            label = f"sqnr-hybrid-w8a8 latency-planned for {target} (max_latency_ratio {planned_ratio})"
+            if fmt == "openvino":
+                specs[f"{label}, OpenVINO f32 (project)"] = ("openvino", path, "f32")
+                specs[f"{label}, OpenVINO default precision (project)"] = ("openvino", path, None)
+                fakequant[f"{label}, OpenVINO f32 (project)"] = verify(path, model, fresh, threads=1)["sqnr_db"]
+            else:
+                specs[f"{label}, onnxruntime (project)"] = ("onnxruntime", path, None)
+                fakequant[f"{label}, onnxruntime (project)"] = verify(path, model, fresh, threads=1)["sqnr_db"]
+            planned_info[target] = info
+            log(f"planned for {target}: {info['layer_precisions']}, predicted {info['predicted_ratio']:.3f}x, "
+                f"measured by the job {info['measured_ratio']:.3f}x")
     rows: dict[str, dict[str, Any]] = {}
     for label, (runtime, path, precision) in specs.items():
         runner = Runner(runtime, path, 1, precision, fresh)
@@ -202,6 +249,8 @@ def bench_model(name: str, args, workdir: Path) -> dict[str, Any]:
                                    else integer_kernel_counts(path, 1))}
     rows["minmax-w8a8 onnx-int8, onnxruntime (project)"]["sqnr_vs_fakequant_db"] = checks["onnx-int8"]
     rows["minmax-w8a8 --format openvino, OpenVINO f32 (project)"]["sqnr_vs_fakequant_db"] = checks["openvino"]
+    for label, value in fakequant.items():
+        rows[label]["sqnr_vs_fakequant_db"] = value
     log("SQNR done")
     rounds, repeats = (args.sd_rounds, args.sd_repeats) if is_sd else (args.rounds, args.repeats)
     for threads in args.threads:
@@ -212,7 +261,32 @@ def bench_model(name: str, args, workdir: Path) -> dict[str, Any]:
     return {"model": name, "description": description, "steps": steps, "calibration_calls": len(calls),
             "nncf_seconds": nncf_s, "fresh_samples": int(fresh["sample"].shape[0]),
             "timing_batch": int(timing_inputs["sample"].shape[0]), "rounds": rounds, "repeats": repeats,
-            "rows": rows, "wall_s": time.perf_counter() - started}
+            "rows": rows, "planned": planned_info, "wall_s": time.perf_counter() - started}
+
+
+def planned_model(pipe, fp_copy, target: str, ratio: float, args, cal, cal_spec, is_sd: bool, cache_dir: Path):
+    """sqnr-hybrid-w8a8 with ``[plan] target`` and ``max_latency_ratio``, through the quantize job on a float copy
+    (the global analysis cached across targets); returns the quantized denoiser and what the job reported."""
+    import dataclasses
+
+    from brevitas_ldm.recipe import get_recipe
+    from brevitas_ldm.workflow import quantize_pipeline
+
+    recipe = get_recipe("sqnr-hybrid-w8a8")
+    analysis = recipe.analysis
+    if args.planned_analysis_prompts and is_sd:
+        analysis = dataclasses.replace(analysis, num_prompts=args.planned_analysis_prompts)
+    recipe = dataclasses.replace(recipe, name=f"sqnr-hybrid-w8a8-{target}", analysis=analysis,
+                                 plan=dataclasses.replace(recipe.plan, target=target, max_latency_ratio=ratio))
+    pipe.unet = copy.deepcopy(fp_copy)
+    result = quantize_pipeline(pipe, recipe, list(cal.prompts), list(cal.seeds), cal_spec, cache_dir=cache_dir)
+    counts: dict[str, int] = {}
+    for precision in result.precisions.values():
+        counts[str(precision)] = counts.get(str(precision), 0) + 1
+    info = {**result.latency, "layer_precisions": dict(sorted(counts.items())),
+            "predicted_sqnr_db": result.plan.predicted_sqnr_db, "avg_weight_bits": result.plan.avg_weight_bits,
+            "avg_act_bits": result.plan.avg_act_bits, "table": result.latency_table.describe()}
+    return pipe.unet.eval(), info
 
 
 def _kernels(row: dict) -> str:
@@ -249,6 +323,17 @@ def report(results: list[dict], args, machine: dict) -> str:
                          + f" | {row['sqnr_vs_fp_torch_db']:.1f} | {'–' if fq is None else f'{fq:.1f}'} | "
                          f"{_kernels(row)} |")
         lines.append("")
+        for target, info in result.get("planned", {}).items():
+            if "refused" in info:
+                lines += [f"Latency-planned plan for `{target}` at `max_latency_ratio = {info['max_latency_ratio']}`: "
+                          f"refused by the planner: {info['refused']}", ""]
+                continue
+            lines += [f"Latency-planned plan for `{target}` (`max_latency_ratio = {info['max_latency_ratio']}` of the "
+                      f"float denoiser in that runtime): layer precisions {info['layer_precisions']}, avg bits "
+                      f"W{info['avg_weight_bits']:.2f}/A{info['avg_act_bits']:.2f}, predicted output SQNR "
+                      f"{info['predicted_sqnr_db']:.2f} dB; latency predicted {info['predicted_ratio']:.3f}x, "
+                      f"measured by the job {info['measured_ratio']:.3f}x ({info['threads']} thread, batch "
+                      f"{info['batch_size']}). Cost table: {info['table']}.", ""]
     return "\n".join(lines) + "\n"
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from brevitas_ldm.errors import RecipeError
 from brevitas_ldm.limits import MAX_SAMPLES
 from brevitas_ldm.precision import FLOAT, Precision, check_bits, parse_precision
-from brevitas_ldm.registry import CALIBRATION_MODES, PLAN_METHODS
+from brevitas_ldm.registry import CALIBRATION_MODES, LATENCY_TARGETS, PLAN_METHODS
 
 FORMATS = ("int", "e4m3", "e5m2")
 GRANULARITIES = ("per_channel", "per_tensor")
@@ -227,6 +227,12 @@ class PlanRule:
     progressively and in isolation) or ``layer`` (every quantizable layer alone, MixDQ-style; no progressive sweep).
     Layers cost one isolated measurement each per menu precision, about 13x the blocks on a UNet, and let a budget
     be spent to the hundredth of a bit.
+
+    ``target``: a deployment runtime (:data:`~brevitas_ldm.registry.LATENCY_TARGETS`: ``openvino-cpu``,
+    ``onnxruntime-cpu``) whose per-layer latency table the job measures on this machine (cached), so the report
+    gives the plan's predicted latency there beside its measured one. ``max_latency_ratio`` (the budget planner,
+    with a target): the plan's predicted latency in the target over the float denoiser's in the same runtime may
+    not exceed it; 0 is no latency budget.
     """
 
     method: str = "uniform"
@@ -237,6 +243,8 @@ class PlanRule:
     avg_weight_bits: float = 0.0
     avg_act_bits: float = 0.0
     granularity: str = "block"
+    target: str = ""
+    max_latency_ratio: float = 0.0
 
     def __post_init__(self) -> None:
         # Precisions are parsed once, here, from the TOML/Python strings, and held typed from then on.
@@ -271,7 +279,23 @@ class PlanRule:
                 raise RecipeError(f"plan.{key} = {budget} cannot be met: the cheapest plan.menu entry ({cheapest}) "
                                   f"has {bits_of(cheapest)} bits; raise plan.{key} to at least {bits_of(cheapest)} "
                                   f"or add a lower-bit entry to plan.menu")
+        self._validate_latency(method)
         method.validate(self)
+
+    def _validate_latency(self, method) -> None:
+        _check_type(self.target, str, "plan.target", "the name of a latency target, or \"\" for none")
+        ratio = _check_type(self.max_latency_ratio, (int, float), "plan.max_latency_ratio", "a latency ratio")
+        if ratio != 0 and not (math.isfinite(ratio) and 0 < ratio <= 4):
+            raise RecipeError(f"plan.max_latency_ratio = {ratio!r} must be 0 (no latency budget) or a ratio in "
+                              f"(0, 4], e.g. 0.45")
+        if ratio and not self.target:
+            raise RecipeError("plan.max_latency_ratio needs plan.target, the runtime whose latency it bounds: set "
+                              "plan.target = \"openvino-cpu\" or \"onnxruntime-cpu\"")
+        if self.target:
+            LATENCY_TARGETS.get(self.target).check_menu(self.menu)
+        if ratio and not method.spends_latency:
+            raise RecipeError(f"plan.max_latency_ratio is spent by plan.method = \"budget\" only, not "
+                              f"{self.method!r}: set plan.method = \"budget\" or drop plan.max_latency_ratio")
 
 
 

@@ -100,3 +100,7 @@ EXPORT_FORMATS: MethodRegistry = MethodRegistry("export format", "--format", "br
                                                 BrevitasLDMError)
 #: Deployment runtimes: transform classes (``Runtime(**options).apply(denoiser)`` -> layer name -> kernel kind).
 RUNTIMES: MethodRegistry = MethodRegistry("runtime", "runtime", "brevitas_ldm.runtimes", BrevitasLDMError)
+#: Latency targets (``[plan] target``): a runtime on a CPU kind the planner can spend a latency budget on, with the
+#: export format it deploys and which precisions it runs as integer kernels.
+LATENCY_TARGETS: MethodRegistry = MethodRegistry("latency target", "plan.target",
+                                                 "brevitas_ldm.planning.latency_targets", RecipeError)

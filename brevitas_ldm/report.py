@@ -63,6 +63,27 @@ def write_qat_report(path: Path, metrics: dict[str, Any], result: Any, figures: 
     write_text_atomic(path, "\n".join(lines))
 
 
+def latency_section(latency: dict[str, Any], table: Any) -> list[str]:
+    """The plan's latency in its target: predicted from the cost table beside measured on the exported plan."""
+    budget = latency.get("max_latency_ratio") or 0
+    met = ("" if not budget else f" The budget `max_latency_ratio = {budget}` is "
+           f"{'met' if latency['measured_ratio'] <= budget else 'missed'} by the measured figure "
+           f"({'within' if latency['predicted_ratio'] <= budget + 1e-9 else 'over'} it as predicted).")
+    lines = ["## Latency in the target runtime", "",
+             f"Target `{latency['target']}` ({latency['runtime']}, float layers in {latency['inference_precision']}, "
+             f"{latency['threads']} thread(s), denoiser batch {latency['batch_size']}) on {latency['cpu']} "
+             f"[{' '.join(latency['isa'])}].", "",
+             "| | latency / float denoiser | ms per call |", "|---|---:|---:|",
+             f"| predicted from the cost table | {latency['predicted_ratio']:.3f} | {latency['predicted_ms']:.2f} |",
+             f"| measured: the exported plan vs the exported float denoiser, {latency['rounds']} interleaved rounds "
+             f"| {latency['measured_ratio']:.3f} | {latency['measured_ms']:.2f} (float {latency['float_ms']:.2f}) |",
+             "", f"Prediction error {latency['predicted_ratio'] - latency['measured_ratio']:+.3f}x.{met}", ""]
+    if table is not None:
+        lines += [f"Cost table ({'read from the cache' if latency.get('table_from_cache') else 'measured'}, "
+                  f"`latency-table.json`): {table.describe()}.", ""]
+    return lines
+
+
 def write_report(path: Path, metrics: dict[str, Any], result: Any, figures: dict[str, str], command: str) -> None:
     recipe = result.recipe
     lines = [f"# brevitas-ldm quantization report: {metrics['model']} with `{recipe.name}`", "",
@@ -94,6 +115,8 @@ def write_report(path: Path, metrics: dict[str, Any], result: Any, figures: dict
         to_markdown = getattr(result.plan, "to_markdown", None)
         if to_markdown:
             lines += [to_markdown(), ""]
+    if metrics.get("latency"):
+        lines += latency_section(metrics["latency"], result.latency_table)
     if result.block_report is not None:
         lines += ["## Global analysis: block sensitivity", ""]
         to_markdown = getattr(result.block_report, "to_markdown", None)

@@ -51,9 +51,9 @@ def run(args: argparse.Namespace) -> int:
         first_denoiser_call,
         get_denoiser,
     )
+    from brevitas_ldm.process.timing import interleaved_latency
     from brevitas_ldm.quant.quantize import fast_inference
     from brevitas_ldm.runtimes import deploy
-    from brevitas_ldm.runtimes.timing import interleaved_latency
     from brevitas_ldm.sqnr import sqnr_db
     from brevitas_ldm.zoo.data import prompt_for
 

@@ -158,6 +158,7 @@ def _write_job(args: argparse.Namespace, result, evaluation: Evaluation, work, j
         "denoiser_calls": {"analysis": result.denoiser_calls.get("analysis", 0),
                            "calibration": result.denoiser_calls.get("calibration", 0),
                            **{k: v for k, v in result.denoiser_calls.items() if k not in ("analysis", "calibration")}},
+        **({"latency": dict(result.latency)} if result.latency else {}),
         "plan_of_work": {**work.to_dict(), "counted_calls": job.calls,
                          "counted_calls_by_phase": dict(result.counted_calls)},
     }
@@ -169,6 +170,10 @@ def _write_job(args: argparse.Namespace, result, evaluation: Evaluation, work, j
     q = metrics["quantized"]
     extra = (f", prompt accuracy {q['prompt_accuracy']:.3f}, {evaluator.fid_name} {q[evaluator.fid_key]:.2f}"
              if evaluator is not None else "")
+    latency = metrics.get("latency")
+    if latency:
+        extra += (f", latency in {latency['target']} {latency['measured_ratio']:.3f}x float (predicted "
+                  f"{latency['predicted_ratio']:.3f}x)")
     return (f"wrote {args.out}: output SQNR {q['output_sqnr_db']:.2f} dB, image PSNR {q['image_psnr_db']:.2f} dB, "
             f"avg bits W{q['avg_weight_bits']:.2f}/A{q['avg_act_bits']:.2f}{extra}\n"
             + folder_summary(args.out, model_name, q))
@@ -214,6 +219,8 @@ def write_outputs(staging: Path, metrics: dict, result, reference, generation, e
     metrics["quantized"]["checkpoint_bytes"] = denoiser_file_bytes(folder)
     write_json_atomic(staging / "metrics.json", metrics)
     write_plan_files(staging, result, model_name)
+    if result.latency_table is not None:
+        result.latency_table.save(staging / "latency-table.json")
     (staging / "figures").mkdir()
     columns = min(10, len(eval_set))
     comparison_grid({"FP": reference.generation.images[:columns], result.recipe.name: generation.images[:columns]},

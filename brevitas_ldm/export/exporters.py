@@ -176,6 +176,22 @@ def export_onnx_qcdq_file(wrapper: nn.Module, names, tensors, tmp: Path, opset: 
     onnx.save(model, str(tmp))
 
 
+def export_layer_qcdq(module: nn.Module, example_input: torch.Tensor, path: str | Path, opset: int,
+                      rewrite=None) -> Path:
+    """One layer (``module(x)``, Brevitas-quantized or float) as a QCDQ file with the whole denoiser's options
+    (16-bit activations in ``com.microsoft`` Q/DQ, dynamic batch), then ``rewrite(tmp_path)``; atomic. The latency
+    table (:mod:`.latency_costs`) times layers in these files."""
+    from brevitas_ldm.export.features import quant_features
+
+    wide = max(quant_features(module)["act_bits"], default=0) > 8
+    module = module.eval()
+    with _atomic_path(Path(path)) as tmp, torch.no_grad(), _clean_export_state(module):
+        export_onnx_qcdq_file(module, ("x",), (example_input,), tmp, opset, wide=wide, fp8=False)
+        if rewrite is not None:
+            rewrite(tmp)
+    return Path(path)
+
+
 def rewrite_for_onnxruntime(path: Path, integer_kernels: bool, portable: bool) -> None:
     """The project's graph passes on a freshly exported QCDQ file (in place, before the atomic rename)."""
     import onnx

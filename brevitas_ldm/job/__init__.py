@@ -11,6 +11,7 @@ from brevitas_ldm.job.calibration import CalibrationPhase
 from brevitas_ldm.job.evaluation import FpEvaluationPhase, QuantizedEvaluationPhase
 from brevitas_ldm.job.global_analysis import GlobalAnalysisPhase
 from brevitas_ldm.job.gptq import GptqPhase
+from brevitas_ldm.job.latency import DeployedLatencyPhase, LatencyTablePhase
 from brevitas_ldm.job.local_analysis import LocalAnalysisPhase
 from brevitas_ldm.job.phase import JobPhase
 from brevitas_ldm.job.plan import PlanPhase
@@ -21,14 +22,17 @@ from brevitas_ldm.job.smoothing import SmoothingPhase
 from brevitas_ldm.job.state import JobState
 
 #: What :func:`~brevitas_ldm.workflow.quantize_pipeline` runs, in order.
-QUANTIZE_PHASES: tuple[JobPhase, ...] = (GlobalAnalysisPhase(), PlanPhase(), LocalAnalysisPhase(), SmoothingPhase(),
-                                         QuantizationPhase(), GptqPhase(), CalibrationPhase())
+QUANTIZE_PHASES: tuple[JobPhase, ...] = (LatencyTablePhase(), GlobalAnalysisPhase(), PlanPhase(), LocalAnalysisPhase(),
+                                         SmoothingPhase(), QuantizationPhase(), GptqPhase(), CalibrationPhase(),
+                                         DeployedLatencyPhase())
 #: What ``brevitas-ldm quantize`` runs: the FP reference, the quantize job, the quantized evaluation.
 EVALUATED_PHASES: tuple[JobPhase, ...] = (FpEvaluationPhase(), *QUANTIZE_PHASES, QuantizedEvaluationPhase())
-#: What ``brevitas-ldm analyze`` runs (the local analysis only with ``--local``).
-ANALYSIS_PHASES: tuple[JobPhase, ...] = (GlobalAnalysisPhase(always=True), PlanPhase(), LocalAnalysisPhase())
+#: What ``brevitas-ldm analyze`` runs (the local analysis only with ``--local``; the latency table with
+#: ``[plan] target``).
+ANALYSIS_PHASES: tuple[JobPhase, ...] = (LatencyTablePhase(), GlobalAnalysisPhase(always=True), PlanPhase(),
+                                         LocalAnalysisPhase())
 
-__all__ = ["ANALYSIS_PHASES", "EVALUATED_PHASES", "QUANTIZE_PHASES", "CalibrationPhase", "FpEvaluationPhase",
-           "GlobalAnalysisPhase", "GptqPhase", "JobPhase", "JobState", "LocalAnalysisPhase", "PlanLike", "PlanPhase",
-           "QuantizationPhase", "QuantizationResult", "QuantizedEvaluationPhase", "SmoothingPhase", "price_phases",
-           "run_phases"]
+__all__ = ["ANALYSIS_PHASES", "EVALUATED_PHASES", "QUANTIZE_PHASES", "CalibrationPhase", "DeployedLatencyPhase",
+           "FpEvaluationPhase", "GlobalAnalysisPhase", "GptqPhase", "JobPhase", "JobState", "LatencyTablePhase",
+           "LocalAnalysisPhase", "PlanLike", "PlanPhase", "QuantizationPhase", "QuantizationResult",
+           "QuantizedEvaluationPhase", "SmoothingPhase", "price_phases", "run_phases"]

@@ -52,7 +52,7 @@ class GlobalAnalysisPhase(JobPhase):
         report = self.analysis(state).run(state.pipe, cache_dir=state.cache_dir, model_id=state.model_id)
         result = state.result
         result.block_report = report
-        result.plan = choose_plan(report, state.recipe.plan, state.recipe.default_precision)
+        result.plan = choose_plan(report, state.recipe.plan, state.recipe.default_precision, state.latency_table)
         result.timing_s[self.key] = time.perf_counter() - start
         # Calls this run made: a report read from --cache-dir cost none (the report keeps what computing it cost).
         result.denoiser_calls[self.key] = 0 if report.from_cache else int(report.denoiser_calls.get("total", 0))

@@ -12,6 +12,7 @@ from brevitas_ldm.analysis.layer_report import LayerReport
 from brevitas_ldm.checkpoint.folder import save_checkpoint
 from brevitas_ldm.denoiser.loading import pipeline_source
 from brevitas_ldm.denoiser.sampling import denoiser_component, get_denoiser
+from brevitas_ldm.planning.latency_table import LatencyTable
 from brevitas_ldm.planning.plan import Plan
 from brevitas_ldm.precision import Precision
 from brevitas_ldm.quant.gptq import GptqResult
@@ -39,6 +40,10 @@ class QuantizationResult:
     denoiser_calls: dict[str, int] = field(default_factory=dict)
     #: Calls counted while each phase ran (a hook on the denoiser's class), by the phase's plan-of-work name.
     counted_calls: dict[str, int] = field(default_factory=dict)
+    #: ``[plan] target``: the latency table the plan was chosen with, and the deployed plan's predicted and
+    #: measured latency in the target (:class:`~brevitas_ldm.job.latency.DeployedLatencyPhase`).
+    latency_table: LatencyTable | None = None
+    latency: dict[str, Any] = field(default_factory=dict)
 
     def plan_or_uniform(self, model: str | None) -> Plan:
         """The plan, or for a uniform recipe (no analysis plan) one saying so, so every folder has a plan.json in

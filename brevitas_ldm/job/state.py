@@ -10,6 +10,7 @@ from typing import Any
 
 from brevitas_ldm.denoiser.sampling import SamplingSpec
 from brevitas_ldm.job.result import QuantizationResult
+from brevitas_ldm.planning.latency_table import LatencyTable
 from brevitas_ldm.planning.plan import Plan
 from brevitas_ldm.precision import Precision
 from brevitas_ldm.recipe import Recipe
@@ -51,6 +52,11 @@ class JobState:
     #: The QAT phases' own inputs and outputs (:class:`~brevitas_ldm.training.qat_phases.QATWork`), in a QAT job.
     qat: Any = None
     notes: list[str] = field(default_factory=list)
+    #: ``[plan] target``: the target's latency table, and the float denoiser in its form (in a folder the deployed
+    #: latency phase removes) for the deployed-plan timing.
+    latency_table: LatencyTable | None = None
+    latency_workdir: Any = None
+    latency_float_file: Path | None = None
 
     def _analysis_samples(self) -> tuple[list, list[int]]:
         if self.analysis_num_prompts is not None:

@@ -53,6 +53,10 @@ class Plan:
     measured_sqnr_db: float | None = None
     model: str = ""
     recipe: str = ""
+    #: With ``[plan] target``: the target and the plan's predicted latency there over the float denoiser's
+    #: (:class:`~brevitas_ldm.planning.latency_table.LatencyTable`).
+    target: str = ""
+    predicted_latency_ratio: float = math.nan
 
     def __post_init__(self) -> None:
         if not isinstance(self.precisions, Mapping):
@@ -95,14 +99,17 @@ class Plan:
             raise RecipeError(f"{source} is not a plan: it needs a \"precisions\" table block -> precision")
         values = dict(data)
         fix = "fix the edit or rerun the planner"
-        for key in ("predicted_sqnr_db", "avg_weight_bits", "avg_act_bits", "measured_sqnr_db"):
+        for key in ("predicted_sqnr_db", "avg_weight_bits", "avg_act_bits", "measured_sqnr_db",
+                    "predicted_latency_ratio"):
             if key == "measured_sqnr_db" and values.get(key) is None:
+                continue
+            if key == "predicted_latency_ratio" and key not in values:    # a plan written without a target
                 continue
             try:
                 values[key] = decode_json_float(values.get(key))
             except (TypeError, ValueError):
                 raise RecipeError(f"{source}: {key} = {values.get(key)!r} is not a number: {fix}") from None
-        for key in ("method", "model", "recipe"):
+        for key in ("method", "model", "recipe", "target"):
             if key in values and not isinstance(values[key], str):
                 raise RecipeError(f"{source}: {key} = {values[key]!r} must be a string: {fix}")
         budget = values.get("budget", {})
@@ -134,7 +141,9 @@ class Plan:
 
     def to_markdown(self) -> str:
         lines = [f"Plan ({self.method}): predicted output SQNR {self.predicted_sqnr_db:.2f} dB, "
-                 f"avg weight bits {self.avg_weight_bits:.2f}, avg act bits {self.avg_act_bits:.2f}", "",
+                 f"avg weight bits {self.avg_weight_bits:.2f}, avg act bits {self.avg_act_bits:.2f}"
+                 + (f", predicted latency {self.predicted_latency_ratio:.3f}x the float denoiser in {self.target}"
+                    if self.target and math.isfinite(self.predicted_latency_ratio) else ""), "",
                  "| block | precision | reason |", "|---|---|---|"]
         for name, precision in self.precisions.items():
             lines.append(f"| {name} | {precision} | {self.evidence.get(name, {}).get('reason', '')} |")

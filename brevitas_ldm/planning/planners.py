@@ -21,6 +21,7 @@ import numpy as np
 
 from brevitas_ldm.analysis.block_report import BlockReport
 from brevitas_ldm.errors import RecipeError
+from brevitas_ldm.planning.latency_table import LatencyTable
 from brevitas_ldm.planning.plan import Plan, _evidence
 from brevitas_ldm.planning.prediction import (
     average_bits,
@@ -114,8 +115,9 @@ def threshold_plan(report: BlockReport, threshold_db: float, high: str | Precisi
 
 
 def _solve_budget(report: BlockReport, menu: Sequence[Precision], avg_weight_bits: float, avg_act_bits: float,
-                  costs: np.ndarray) -> dict[str, Precision] | None:
-    """argmin sum(costs[b, o] x[b, o]) s.t. one option per block and the average-bit budgets; None if infeasible."""
+                  costs: np.ndarray, latency: tuple[np.ndarray, float] | None = None) -> dict[str, Precision] | None:
+    """argmin sum(costs[b, o] x[b, o]) s.t. one option per block, the average-bit budgets and, with ``latency``
+    ``(ms[b, o], limit)``, sum(ms[b, o] x[b, o]) <= limit; None if infeasible."""
     from scipy.optimize import Bounds, LinearConstraint, milp
 
     names = report.block_names
@@ -140,6 +142,12 @@ def _solve_budget(report: BlockReport, menu: Sequence[Precision], avg_weight_bit
         rows.append(row)
         lower.append(-np.inf)
         upper.append(budget - FLOAT_BITS * skipped / total + 1e-9)
+    if latency is not None:
+        milliseconds, limit = latency
+        scale = max(float(np.abs(milliseconds).max()), 1e-12)
+        rows.append(milliseconds.reshape(-1) / scale)
+        lower.append(-np.inf)
+        upper.append(limit / scale + 1e-9)
     result = milp(c=costs.reshape(-1), constraints=LinearConstraint(np.array(rows), lower, upper),
                   integrality=np.ones(num_blocks * num_options), bounds=Bounds(0, 1),
                   options={"mip_rel_gap": 0.0, "presolve": True})
@@ -164,33 +172,65 @@ def _budget_error(report: BlockReport, menu: Sequence[Precision], avg_weight_bit
             f"{low_w[0]:.2f} weight bits and {low_a[1]:.2f} act bits): raise the budget or add lower precisions")
 
 
+def _latency_error(report: BlockReport, menu: Sequence[Precision], table: LatencyTable, max_latency_ratio: float,
+                   avg_weight_bits: float, avg_act_bits: float, milliseconds: np.ndarray) -> str:
+    """The refusal of an unreachable latency budget, naming the fastest plan the bit budgets allow."""
+    fastest = _solve_budget(report, menu, avg_weight_bits, avg_act_bits, milliseconds / milliseconds.max())
+    bits = (f" and the bit budgets ({avg_weight_bits or '-'} weight / {avg_act_bits or '-'} act bits)"
+            if avg_weight_bits or avg_act_bits else "")
+    within = " within the bit budgets" if bits else ""
+    return (f"no plan from menu {', '.join(p.name for p in menu)} fits plan.max_latency_ratio = {max_latency_ratio}"
+            f"{bits} on {table.target} (the fastest plan{within} is predicted at {table.predict_ratio(fastest):.3f}x "
+            f"the float denoiser, of which {table.fixed_ms(report.block_names) / table.fp_ms:.3f}x is work no plan "
+            f"changes): raise plan.max_latency_ratio{' or the bit budgets' if bits else ''}")
+
+
 def budget_plan(report: BlockReport, avg_weight_bits: float, avg_act_bits: float,
-                menu: Sequence[str | Precision] | None = None, default: str | Precision | None = None) -> Plan:
-    """Exact maximiser of predicted output SQNR under the average-bit budgets (0 = no budget on that tensor).
+                menu: Sequence[str | Precision] | None = None, default: str | Precision | None = None,
+                latency_table: LatencyTable | None = None, max_latency_ratio: float = 0.0) -> Plan:
+    """Exact maximiser of predicted output SQNR under the average-bit budgets (0 = no budget on that tensor) and,
+    with a ``latency_table``, under ``max_latency_ratio`` of the float denoiser's latency in its target.
 
     One binary per (block, menu option); the objective is the summed isolated noise ratio (normalised, with a
-    tie-break of 1e-9 x bits towards cheaper options), the constraints are one option per block and the
-    parameter-/element-weighted average bits. Solved exactly by ``scipy.optimize.milp``.
+    tie-break of 1e-9 x bits towards cheaper options), the constraints are one option per block, the
+    parameter-/element-weighted average bits and the table's predicted milliseconds (``rest_ms`` and layers in no
+    block are fixed; each block's option adds its layers' cost at the option's kernel). Solved exactly by
+    ``scipy.optimize.milp``.
     """
     default = parse_precision(default or report.default_precision, "default precision")
     options = _menu(report, menu)
-    if not avg_weight_bits and not avg_act_bits:
-        raise RecipeError("the budget planner needs plan.avg_weight_bits and/or plan.avg_act_bits > 0")
+    if not avg_weight_bits and not avg_act_bits and not max_latency_ratio:
+        raise RecipeError("the budget planner needs plan.avg_weight_bits and/or plan.avg_act_bits > 0, or "
+                          "plan.max_latency_ratio with plan.target")
+    if max_latency_ratio and latency_table is None:
+        raise RecipeError("plan.max_latency_ratio needs the latency table of plan.target: pass latency_table")
     names = report.block_names
     noise = np.array([[report.block(n).noise_ratio(p) for p in options] for n in names])
     scale = noise.max() if noise.max() > 0 else 1.0
     bits = np.array([[p.effective_weight_bits() + p.effective_act_bits() for p in options] for _ in names], float)
-    assignment = _solve_budget(report, options, avg_weight_bits, avg_act_bits, noise / scale + 1e-9 * bits / 64.0)
+    latency = None
+    if max_latency_ratio:
+        milliseconds = np.array([[latency_table.unit_ms(n, p) for p in options] for n in names])
+        latency = (milliseconds, max_latency_ratio * latency_table.fp_ms - latency_table.fixed_ms(names))
+    assignment = _solve_budget(report, options, avg_weight_bits, avg_act_bits, noise / scale + 1e-9 * bits / 64.0,
+                               latency)
     if assignment is None:
+        if max_latency_ratio and _solve_budget(report, options, avg_weight_bits, avg_act_bits, noise) is not None:
+            raise RecipeError(_latency_error(report, options, latency_table, max_latency_ratio, avg_weight_bits,
+                                             avg_act_bits, latency[0]))
         raise RecipeError(_budget_error(report, options, avg_weight_bits, avg_act_bits))
     reasons = {}
     for n in names:
         chosen = assignment[n]
         alternatives = ", ".join(f"{p.name} {report.block(n).isolated_db.get(p.name, math.inf):.1f} dB"
                                  for p in options if not p.is_float)
-        reasons[n] = f"budget optimum {chosen.name} (isolated SQNR: {alternatives})"
-    return _make_plan(report, assignment, "budget", default, reasons,
-                      budget={"avg_weight_bits": float(avg_weight_bits), "avg_act_bits": float(avg_act_bits)})
+        cost = (f"; {latency_table.unit_ms(n, chosen):.3f} ms in {latency_table.target}"
+                if latency_table is not None else "")
+        reasons[n] = f"budget optimum {chosen.name} (isolated SQNR: {alternatives}{cost})"
+    budget = {"avg_weight_bits": float(avg_weight_bits), "avg_act_bits": float(avg_act_bits)}
+    if max_latency_ratio:
+        budget["max_latency_ratio"] = float(max_latency_ratio)
+    return _make_plan(report, assignment, "budget", default, reasons, budget=budget)
 
 
 def random_budget_plans(report: BlockReport, count: int, avg_weight_bits: float, avg_act_bits: float,
@@ -249,10 +289,30 @@ def random_upgrade_plans(report: BlockReport, count: int, avg_weight_bits: float
     return plans
 
 
-def choose_plan(report: BlockReport, rule: PlanRule, default: str | Precision | None = None) -> Plan:
+def choose_plan(report: BlockReport, rule: PlanRule, default: str | Precision | None = None,
+                latency_table: LatencyTable | None = None) -> Plan:
     """The plan ``rule`` (``recipe.plan``) picks from ``report`` through its registered method
-    (:data:`~brevitas_ldm.registry.PLAN_METHODS`); ``default`` is ``recipe.default_precision``."""
+    (:data:`~brevitas_ldm.registry.PLAN_METHODS`); ``default`` is ``recipe.default_precision``.
+
+    With ``rule.target``, ``latency_table`` is that target's table (measured by the job): the method spends
+    ``rule.max_latency_ratio`` of it, and the plan carries its predicted latency ratio there."""
     default = parse_precision(default or report.default_precision, "default precision")
     method = PLAN_METHODS.get(rule.method)
     menu = _menu(report, rule.menu, extra=[default, rule.high_precision] if method.adds_rule_precisions else [])
-    return method.choose(report, rule, default, menu).check(report, [*menu, default])
+    if latency_table is not None and rule.max_latency_ratio:
+        plan = method.choose_under_latency(report, rule, default, menu, latency_table)
+    else:
+        plan = method.choose(report, rule, default, menu)
+    plan.check(report, [*menu, default])
+    if latency_table is not None:
+        annotate_latency(plan, report, latency_table)
+    return plan
+
+
+def annotate_latency(plan: Plan, report: BlockReport, table: LatencyTable) -> Plan:
+    """Set ``plan.target`` and ``plan.predicted_latency_ratio`` from ``table`` (blocks the plan omits at its
+    default)."""
+    precisions = {name: plan.precisions.get(name, plan.default) for name in report.block_names}
+    plan.target = table.target
+    plan.predicted_latency_ratio = table.predict_ratio(precisions)
+    return plan

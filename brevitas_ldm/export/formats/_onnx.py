@@ -58,11 +58,31 @@ class OnnxruntimeFormat(ExportFormat):
         summary["kernels"] = integer_kernel_counts(path)
         summary["latency"] = onnx_latency(path, fresh)
 
-    def float_baseline(self, summary, float_denoiser, float_inputs, fresh, staging, opset) -> None:
+    def write_layer(self, module, example_input, path, opset) -> Path:
+        from brevitas_ldm.export.exporters import export_layer_qcdq, rewrite_for_onnxruntime
+
+        def rewrite(tmp: Path) -> None:
+            rewrite_for_onnxruntime(tmp, integer_kernels=self.integer_kernels, portable=True)
+
+        return export_layer_qcdq(module, example_input, path, opset, rewrite)
+
+    def write_float(self, float_denoiser, float_inputs, path, opset) -> Path:
         from brevitas_ldm.export.exporters import export_float_onnx
+
+        return export_float_onnx(float_denoiser, float_inputs, path, opset=opset)
+
+    def runner(self, path, inputs, threads):
+        from brevitas_ldm.export.runtime import OUTPUT_NAME, _feeds, _run, _session
+
+        session = _session(path, threads)
+        feeds = _feeds(session, inputs)
+        _run(session, feeds, path)      # a wrong input fails here, in one line, not inside a timing loop
+        return lambda: session.run([OUTPUT_NAME], feeds)
+
+    def float_baseline(self, summary, float_denoiser, float_inputs, fresh, staging, opset) -> None:
         from brevitas_ldm.export.runtime import onnx_latency
 
-        float_path = export_float_onnx(float_denoiser, float_inputs, staging / "denoiser_fp32.onnx", opset=opset)
+        float_path = self.write_float(float_denoiser, float_inputs, staging / "denoiser_fp32.onnx", opset)
         summary["fp32"] = {"size_bytes": float_path.stat().st_size, "latency": onnx_latency(float_path, fresh)}
         summary["size_ratio"] = summary["size_bytes"] / summary["fp32"]["size_bytes"]
         summary["latency_ratio"] = summary["latency"]["median_ms"] / summary["fp32"]["latency"]["median_ms"]

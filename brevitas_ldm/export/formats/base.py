@@ -80,6 +80,23 @@ class ExportFormat:
             raise BrevitasLDMError(f"--float-baseline has no FP32 twin for --format {self.name}: export --format "
                                    f"onnx-qcdq, onnx-int8 or openvino for the comparison, or drop the option")
 
+    # -- latency targets (:mod:`brevitas_ldm.export.latency_costs`) ------------------------------------------
+    def write_layer(self, module: nn.Module, example_input: torch.Tensor, path: Path, opset: int) -> Path:
+        """Write ``module`` (one quantizable layer, quantized and calibrated, or float) alone in this format, in
+        the form the whole denoiser's export gives it, so it can be timed as the runtime runs it in the model."""
+        raise BrevitasLDMError(f"--format {self.name} is no latency target: plan for openvino-cpu or "
+                               f"onnxruntime-cpu")
+
+    def write_float(self, float_denoiser: nn.Module, float_inputs: Mapping[str, Any], path: Path,
+                    opset: int) -> Path:
+        """Write the FP32 denoiser in this format's runtime form (the latency baseline)."""
+        raise BrevitasLDMError(f"--format {self.name} has no FP32 twin: export --format onnx-int8 or openvino")
+
+    def runner(self, path: Path, inputs: Mapping[str, Any], threads: int | None):
+        """A zero-argument callable running ``path`` once on ``inputs`` in this format's runtime (for timing)."""
+        raise BrevitasLDMError(f"--format {self.name} has no runtime here to time it in: export --format "
+                               f"onnx-int8 or openvino")
+
     def written(self, path: Path, summary: Mapping[str, Any]) -> str:
         """The first words of the command's summary line."""
         return f"wrote {path} ({summary['size_bytes']:,} bytes)"

@@ -36,6 +36,34 @@ class OpenVino(ExportFormat):
                                    weight_storage="int8")
             return onnx_to_openvino_ir(qcdq, path)
 
+    def write_layer(self, module, example_input, path, opset) -> Path:
+        """The layer's QCDQ file with int8 weights, converted the way :meth:`write` converts the denoiser's."""
+        from brevitas_ldm.export.exporters import export_layer_qcdq
+        from brevitas_ldm.export.openvino_ir import onnx_to_openvino_ir
+
+        with tempfile.TemporaryDirectory(prefix="brevitas-ldm-openvino-layer-") as tmp:
+            qcdq = export_layer_qcdq(module, example_input, Path(tmp) / "layer.onnx", opset, None)
+            return onnx_to_openvino_ir(qcdq, path)
+
+    def write_float(self, float_denoiser, float_inputs, path, opset) -> Path:
+        from brevitas_ldm.export.exporters import export_float_onnx
+        from brevitas_ldm.export.openvino_ir import onnx_to_openvino_ir
+
+        with tempfile.TemporaryDirectory(prefix="brevitas-ldm-fp32-") as tmp:
+            onnx_path = export_float_onnx(float_denoiser, float_inputs, Path(tmp) / "fp32.onnx", opset=opset)
+            return onnx_to_openvino_ir(onnx_path, path)
+
+    def runner(self, path, inputs, threads):
+        """At f32, the precision the analysis measured (:data:`~brevitas_ldm.planning.latency_targets.base.
+        LatencyTarget.inference_precision`)."""
+        from brevitas_ldm.export.openvino_runtime import _feeds, _run, compile_ir
+
+        compiled = compile_ir(path, threads, "f32")
+        request = compiled.create_infer_request()
+        feeds = _feeds(compiled, inputs)
+        _run(request, feeds, path)
+        return lambda: request.infer(feeds)
+
     def verify(self, summary, path, denoiser, fresh, min_sqnr_db, emulate_cpu, weight_storage) -> None:
         """Verify the IR in OpenVINO at f32 (natively and, with ``emulate_cpu``, with AVX2 kernels; refused below
         the bound on either), then count its integer kernels and time it."""
@@ -62,14 +90,11 @@ class OpenVino(ExportFormat):
 
     def float_baseline(self, summary, float_denoiser, float_inputs, fresh, staging, opset) -> None:
         """The FP32 denoiser as OpenVINO IR beside the quantized one, timed the same way (f32)."""
-        from brevitas_ldm.export.exporters import export_float_onnx
-        from brevitas_ldm.export.openvino_ir import ir_size_bytes, onnx_to_openvino_ir
+        from brevitas_ldm.export.openvino_ir import ir_size_bytes
         from brevitas_ldm.export.openvino_runtime import openvino_latency
         from brevitas_ldm.export.wrapper import export_signature
 
-        with tempfile.TemporaryDirectory(prefix="brevitas-ldm-fp32-") as tmp:
-            onnx_path = export_float_onnx(float_denoiser, float_inputs, Path(tmp) / "fp32.onnx", opset=opset)
-            float_path = onnx_to_openvino_ir(onnx_path, staging / "denoiser_fp32.xml")
+        float_path = self.write_float(float_denoiser, float_inputs, staging / "denoiser_fp32.xml", opset)
         names, tensors = export_signature(float_denoiser, fresh)
         summary["fp32"] = {"size_bytes": ir_size_bytes(float_path),
                            "weights_bytes": float_path.with_suffix(".bin").stat().st_size,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from brevitas_ldm.analysis.block_report import BlockReport
+    from brevitas_ldm.planning.latency_table import LatencyTable
     from brevitas_ldm.planning.plan import Plan
     from brevitas_ldm.precision import Precision
     from brevitas_ldm.recipe import PlanRule
@@ -32,6 +33,9 @@ class PlanMethod:
     #: Whether the recipe's base precision and ``plan.high_precision`` join ``plan.menu`` (rule-based methods); a
     #: budget method picks from the menu alone.
     adds_rule_precisions: bool = True
+    #: Whether the method spends ``plan.max_latency_ratio`` (through :meth:`choose_under_latency`); a recipe that
+    #: sets one for a method that does not is refused up front.
+    spends_latency: bool = False
 
     def validate(self, rule: "PlanRule") -> None:
         """Refuse ``[plan]`` settings this method cannot honour, naming the key (nothing by default)."""
@@ -40,3 +44,9 @@ class PlanMethod:
                menu: Sequence["Precision"]) -> "Plan":
         """The plan for ``report``; ``menu`` is measured in the report (checked by the caller)."""
         raise NotImplementedError(f"plan method {self.name!r} does not choose a plan")
+
+    def choose_under_latency(self, report: "BlockReport", rule: "PlanRule", default: "Precision",
+                             menu: Sequence["Precision"], table: "LatencyTable") -> "Plan":
+        """The plan for ``report`` whose predicted latency in ``table``'s target stays within
+        ``rule.max_latency_ratio`` (only methods with :attr:`spends_latency` are asked)."""
+        raise NotImplementedError(f"plan method {self.name!r} does not spend a latency budget")
