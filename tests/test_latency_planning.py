@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 import torch.nn as nn
+from test_plan import MENU, synthetic_report
 
 import brevitas_ldm
 from brevitas_ldm.denoiser.sampling import SamplingSpec, get_denoiser
@@ -18,6 +19,7 @@ from brevitas_ldm.errors import RecipeError
 from brevitas_ldm.export.latency_costs import SingleLayer, _quantized, measure_latency_table
 from brevitas_ldm.export.openvino_runtime import openvino_kernel_counts
 from brevitas_ldm.export.wrapper import first_call_inputs
+from brevitas_ldm.job.latency import CACHED_TABLE_CALLS, DEPLOYED_CALLS, TABLE_CALLS
 from brevitas_ldm.planning.latency_table import LatencyTable
 from brevitas_ldm.planning.planners import budget_plan, choose_plan
 from brevitas_ldm.planning.prediction import predict_sqnr_db
@@ -25,7 +27,6 @@ from brevitas_ldm.precision import parse_precision
 from brevitas_ldm.recipe import Recipe, get_recipe
 from brevitas_ldm.registry import EXPORT_FORMATS
 from brevitas_ldm.sqnr import noise_ratio_to_db
-from tests.test_plan import MENU, synthetic_report
 
 BASE = 'name = "x"\n[analysis]\nglobal = true\n[plan]\nmethod = "budget"\n'
 
@@ -187,9 +188,12 @@ def test_the_quantize_job_plans_under_the_openvino_latency_and_reports_it(tmp_pa
     recipe = tmp_path / "ov.toml"
     base = get_recipe("sqnr-hybrid-w8a8").to_toml()
     assert 'target = ""' in base and "max_latency_ratio = 0.0" in base
+    # A bound this model's bit-budget plan meets however loaded the machine is (on tiny-sd-digits integer kernels
+    # are about as fast as float ones, so its ratio sits near 1 and moves with load); that the bound binds is the
+    # MILP test's, here the job's plumbing is checked.
     recipe.write_text(base.replace('name = "sqnr-hybrid-w8a8"', 'name = "sqnr-hybrid-openvino-test"')
                       .replace('target = ""', 'target = "openvino-cpu"')
-                      .replace("max_latency_ratio = 0.0", "max_latency_ratio = 1.05"))
+                      .replace("max_latency_ratio = 0.0", "max_latency_ratio = 1.5"))
     text = recipe.read_text()
     assert 'target = "openvino-cpu"' in text
     args = ["quantize", "--model", "tiny-sd-digits", "--recipe", str(recipe), "--num-samples", "4", "--steps", "4",
@@ -199,14 +203,14 @@ def test_the_quantize_job_plans_under_the_openvino_latency_and_reports_it(tmp_pa
     metrics = json.loads((tmp_path / "q" / "metrics.json").read_text())
     latency = metrics["latency"]
     plan = json.loads((tmp_path / "q" / "plan.json").read_text())
-    assert plan["target"] == "openvino-cpu" and plan["predicted_latency_ratio"] <= 1.05 + 1e-9
+    assert plan["target"] == "openvino-cpu" and plan["predicted_latency_ratio"] <= 1.5 + 1e-9
     assert latency["target"] == "openvino-cpu" and latency["inference_precision"] == "f32"
     assert latency["predicted_ratio"] == pytest.approx(plan["predicted_latency_ratio"], rel=1e-9)
     assert 0.3 < latency["measured_ratio"] < 2.0 and latency["rounds"] >= 5
     assert not latency["table_from_cache"]
     # the two phases make the calls they price (the plan of work's rows)
     counted = metrics["plan_of_work"]["counted_calls_by_phase"]
-    assert counted["latency table"] == 4 and 1 <= counted["deployed latency"] <= 5
+    assert counted["latency table"] == TABLE_CALLS and 1 <= counted["deployed latency"] <= DEPLOYED_CALLS
     table = LatencyTable.load(tmp_path / "q" / "latency-table.json")
     assert len(table.layers) == 133 and table.units
     report = (tmp_path / "q" / "report.md").read_text()
@@ -215,4 +219,6 @@ def test_the_quantize_job_plans_under_the_openvino_latency_and_reports_it(tmp_pa
     assert main([*args, "--out", str(tmp_path / "q2")]) == 0
     again = json.loads((tmp_path / "q2" / "metrics.json").read_text())["latency"]
     assert again["table_from_cache"] and again["table_key"] == latency["table_key"]
+    cached_calls = json.loads((tmp_path / "q2" / "metrics.json").read_text())["plan_of_work"]["counted_calls_by_phase"]
+    assert cached_calls["latency table"] == CACHED_TABLE_CALLS
     assert again["predicted_ratio"] == pytest.approx(latency["predicted_ratio"], rel=1e-12)

@@ -34,10 +34,12 @@ from brevitas_ldm.registry import EXPORT_FORMATS, LATENCY_TARGETS
 SECONDS_PER_LAYER_KERNEL = 0.06
 #: Seconds of interleaved timed calls of the float and the planned file.
 DEPLOYED_TIMING_S = 3.0
-#: Denoiser calls (of one image) each phase makes: the first call's inputs, every layer's input, and the float
-#: export's check run and trace; the quantized export's check run and Brevitas' trace and export passes (fewer for
-#: an all-float plan, whose deployment is the float file). Counted on tiny-sd-digits.
-TABLE_CALLS, DEPLOYED_CALLS = 4, 5
+#: Denoiser calls (of one image) each phase makes, counted on tiny-sd-digits: the first call's inputs, every
+#: layer's input, and the float export's check run and trace (4, all a cached table costs), plus the all-integer
+#: model's calibration call and its export's check run, trace and export passes (6) when the table is measured;
+#: the quantized export's check run and Brevitas' trace and export passes (fewer for an all-float plan, whose
+#: deployment is the float file).
+TABLE_CALLS, CACHED_TABLE_CALLS, DEPLOYED_CALLS = 10, 4, 5
 
 
 def _first_inputs(state: JobState) -> dict:
