@@ -346,14 +346,14 @@ def main(argv=None) -> int:
 
     import brevitas_ldm
     from brevitas_ldm.export import cpu_info
+    from brevitas_ldm.export.latency_costs import machine_isa
 
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)
     info = cpu_info()
-    proc = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    flags = next((line.split(":", 1)[1].split() for line in proc.splitlines() if line.startswith("flags")), [])
-    bf16_amx = [f for f in ("avx512_bf16", "amx_bf16", "amx_int8") if f in flags]
+    _, isa = machine_isa()       # the latency tables' flags: the integer ones and the bf16/AMX ones
+    bf16_amx = [f for f in isa if f not in info.isa_flags]
     machine = {"command": "python benchmarks/openvino_deployment.py " + shlex.join(argv or sys.argv[1:]),
                "cpu": info.describe() + f"; bf16/AMX flags: {' '.join(bf16_amx) or 'none'}",
                "cpu_model": info.model, "isa_flags": list(info.isa_flags) + bf16_amx,

@@ -84,12 +84,10 @@ def machine_isa() -> tuple[str, list[str]]:
 
 def runtime_version(target: LatencyTarget) -> str:
     if target.runtime == "openvino":
-        import openvino
+        from brevitas_ldm.export.openvino_runtime import openvino_version
 
-        return f"openvino {openvino.__version__}"
-    import onnxruntime
-
-    return f"onnxruntime {onnxruntime.__version__}"
+        return f"openvino {openvino_version()}"
+    return f"onnxruntime {cpu_info().onnxruntime}"
 
 
 def layer_inputs(denoiser: nn.Module, inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -117,38 +115,40 @@ def layer_signature(layer: nn.Module, example: torch.Tensor) -> str:
     return repr(tuple(parts))
 
 
-def _quantized(layer: nn.Module, recipe: Recipe, precision: Precision, example: torch.Tensor) -> nn.Module:
+def _calibrated(model: nn.Module, recipe: Recipe, precisions: Mapping[str, Precision], call) -> nn.Module:
+    """``model`` (a copy) quantized at ``precisions`` and calibrated on the one ``call(model)``: its scales only
+    decide values, not latency."""
     from brevitas.graph.calibrate import calibration_mode
 
-    model = SingleLayer(copy.deepcopy(layer)).eval()
-    if precision.is_float:
-        return model
-    quantize_denoiser(model, recipe, {"layer": precision})
+    quantize_denoiser(model, recipe, precisions)
     model.eval()
     with torch.no_grad(), calibration_mode(model):
-        model(example)
+        call(model)
     return model
 
 
-def _rounds(calls: Mapping[str, Any]) -> int:
+def _quantized(layer: nn.Module, recipe: Recipe, precision: Precision, example: torch.Tensor) -> nn.Module:
+    model = SingleLayer(copy.deepcopy(layer)).eval()
+    if precision.is_float:
+        return model
+    return _calibrated(model, recipe, {"layer": precision}, lambda m: m(example))
+
+
+def timed_rounds(calls: Mapping[str, Any], seconds: float, low: int = MIN_ROUNDS, high: int = MAX_ROUNDS) -> int:
+    """Interleaved rounds of ``calls`` that take about ``seconds``, from one untimed pass over them (in [low, high])."""
     start = time.perf_counter()
     for call in calls.values():
         call()
     once = time.perf_counter() - start
-    return int(min(MAX_ROUNDS, max(MIN_ROUNDS, math.ceil(TIME_PER_GROUP_S / max(once, 1e-6)))))
+    return int(min(high, max(low, math.ceil(seconds / max(once, 1e-6)))))
 
 
 def _whole_integer_file(denoiser: nn.Module, inputs: Mapping[str, Any], recipe: Recipe, precision: Precision,
                         target: LatencyTarget, path: Path) -> Path:
-    """The whole denoiser with every layer at the integer kernel's precision, calibrated on the one call (scales
-    only decide values, not latency), written in the target's format."""
-    from brevitas.graph.calibrate import calibration_mode
-
-    model = copy.deepcopy(denoiser).eval()
-    quantize_denoiser(model, recipe, {name: precision for name, _ in quantizable_layers(denoiser)})
-    model.eval()
-    with torch.no_grad(), calibration_mode(model):
-        model(**nested_inputs(dict(inputs)), return_dict=False)
+    """The whole denoiser with every layer at the integer kernel's precision, written in the target's format."""
+    model = _calibrated(copy.deepcopy(denoiser).eval(), recipe,
+                        {name: precision for name, _ in quantizable_layers(denoiser)},
+                        lambda m: m(**nested_inputs(dict(inputs)), return_dict=False))
     written = export_denoiser(model, inputs, path, fmt=target.export_format, weight_storage="portable")
     del model
     return written
@@ -224,7 +224,7 @@ def measure_latency_table(denoiser: nn.Module, inputs: Mapping[str, Any], recipe
                 model = _quantized(layer, recipe, representatives[kernel], example)
                 path = export_format.write_layer(model, example, Path(tmp) / f"{index}-{kernel}.{suffix}", opset)
                 calls[kernel] = export_format.runner(path, {"x": example}, threads)
-            timed = interleaved_latency(calls, rounds=_rounds(calls), warmup=1)
+            timed = interleaved_latency(calls, rounds=timed_rounds(calls, TIME_PER_GROUP_S), warmup=1)
             overhead = timed["empty"]["median_ms"]
             overheads.append(overhead)
             for member in members:

@@ -2,9 +2,9 @@
 chosen, and the chosen plan exported and timed in that runtime after calibration, so the report can put the
 predicted latency beside the measured one.
 
-Both phases make their own denoiser calls (one to find the call's inputs, one to capture every layer's input, the
-export's trace runs), which they price as they count them; their time is mostly the runtime's, priced from the
-number of layer shapes (:data:`SECONDS_PER_LAYER_KERNEL`).
+Both phases make their own denoiser calls (one to find the call's inputs, shared by both, one to capture every
+layer's input, the exports' check runs and traces), which they price as they count them; their time is mostly the
+runtime's, priced from the number of layers (:data:`SECONDS_PER_LAYER_KERNEL`).
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from brevitas_ldm.analysis.block_sensitivity import BlockSensitivity
 from brevitas_ldm.cost import Phase
 from brevitas_ldm.denoiser.blocks import quantizable_layers
 from brevitas_ldm.denoiser.sampling import get_denoiser
+from brevitas_ldm.errors import RecipeError
 from brevitas_ldm.export.exporters import export_denoiser
-from brevitas_ldm.export.latency_costs import measure_latency_table
+from brevitas_ldm.export.latency_costs import measure_latency_table, timed_rounds
 from brevitas_ldm.export.wrapper import export_signature, first_call_inputs
 from brevitas_ldm.job.phase import JobPhase
 from brevitas_ldm.job.state import JobState
-from brevitas_ldm.precision import FLOAT
 from brevitas_ldm.process.timing import interleaved_latency
 from brevitas_ldm.registry import EXPORT_FORMATS, LATENCY_TARGETS
 
@@ -37,9 +37,9 @@ DEPLOYED_TIMING_S = 3.0
 #: Denoiser calls (of one image) each phase makes, counted on tiny-sd-digits: the first call's inputs, every
 #: layer's input, and the float export's check run and trace (4, all a cached table costs), plus the all-integer
 #: model's calibration call and its export's check run, trace and export passes (6) when the table is measured;
-#: the quantized export's check run and Brevitas' trace and export passes (fewer for an all-float plan, whose
-#: deployment is the float file).
-TABLE_CALLS, CACHED_TABLE_CALLS, DEPLOYED_CALLS = 10, 4, 5
+#: the quantized export's check run and Brevitas' trace and export passes, on the table's inputs (none for an
+#: all-float plan, whose deployment is the float file).
+TABLE_CALLS, CACHED_TABLE_CALLS, DEPLOYED_CALLS = 10, 4, 4
 
 
 def _first_inputs(state: JobState) -> dict:
@@ -54,7 +54,7 @@ def _menu(state: JobState) -> list:
     for extra in (state.recipe.default_precision, state.recipe.plan.high_precision):
         try:
             target.kernel(extra)
-        except Exception:       # an fp8 high precision the target cannot deploy stays off its menu
+        except RecipeError:     # an fp8 high precision the target cannot deploy stays off its menu
             continue
         if extra not in menu:
             menu.append(extra)
@@ -82,7 +82,7 @@ class LatencyTablePhase(JobPhase):
         start = time.perf_counter()
         recipe = state.recipe
         denoiser = get_denoiser(state.pipe)
-        inputs = _first_inputs(state)
+        inputs = state.latency_inputs = _first_inputs(state)
         table = measure_latency_table(denoiser, inputs, recipe, recipe.plan.target, _menu(state),
                                       threads=torch.get_num_threads(), cache_dir=state.cache_dir,
                                       progress=state.progress)
@@ -117,7 +117,7 @@ class DeployedLatencyPhase(JobPhase):
         target = LATENCY_TARGETS.get(recipe.plan.target)
         export_format = EXPORT_FORMATS.get(target.export_format)
         denoiser = get_denoiser(state.pipe)
-        inputs = _first_inputs(state)
+        inputs = state.latency_inputs      # the table's call: the same prompt, seed and sampling
         workdir = state.latency_workdir
         try:
             if any(not p.is_float for p in state.layer_precisions.values()):
@@ -130,18 +130,13 @@ class DeployedLatencyPhase(JobPhase):
             threads = torch.get_num_threads()
             calls = {"float": export_format.runner(state.latency_float_file, feeds, threads),
                      "plan": export_format.runner(planned, feeds, threads)}
-            once = time.perf_counter()
-            for call in calls.values():
-                call()
-            rounds = int(min(40, max(5, DEPLOYED_TIMING_S / max(time.perf_counter() - once, 1e-6))))
+            rounds = timed_rounds(calls, DEPLOYED_TIMING_S)
             timed = interleaved_latency(calls, rounds=rounds, warmup=1)
         finally:
             workdir.cleanup()
         table = state.latency_table
-        layer_precisions = dict(state.layer_precisions)
         # the precisions are keyed by user-facing names, the table's layers by the float model's: the same names
-        predicted_ms = table.rest_ms + sum(table.layer_ms(layer, layer_precisions.get(layer, FLOAT))
-                                           for layer in table.layers)
+        predicted_ms = table.predict_ms(state.layer_precisions)
         state.result.latency = {
             "target": target.name, "runtime": table.runtime, "inference_precision": table.inference_precision,
             "cpu": table.cpu, "isa": table.isa, "threads": threads, "batch_size": table.batch_size,

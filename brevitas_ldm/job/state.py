@@ -55,6 +55,7 @@ class JobState:
     #: ``[plan] target``: the target's latency table, and the float denoiser in its form (in a folder the deployed
     #: latency phase removes) for the deployed-plan timing.
     latency_table: LatencyTable | None = None
+    latency_inputs: dict[str, Any] | None = None      # the denoiser call the table and the deployed plan are timed on
     latency_workdir: Any = None
     latency_float_file: Path | None = None
 
