@@ -63,6 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "and onnxruntime-cpu with max_latency_ratio = RATIO (of the float denoiser in each "
                              "runtime; a second RATIO for onnxruntime, '-' for none), the plan chosen by the quantize "
                              "job from the cost table it measures")
+    parser.add_argument("--planned-recipe", default="sqnr-hybrid-w8a8",
+                        help="the recipe the --planned rows start from (a registered name or a .toml file); its [plan] "
+                             "target and max_latency_ratio are set per row")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="keep the planned rows' global analyses and latency tables here (default: a temporary "
                              "folder), so a rerun at another max_latency_ratio measures neither again")
@@ -229,7 +232,7 @@ def bench_model(name: str, args, workdir: Path) -> dict[str, Any]:
             suffix = "xml" if fmt == "openvino" else "onnx"
             path = export_denoiser(model, example, mdir / f"planned-{target}.{suffix}", fmt=fmt)
             verify = verify_openvino if fmt == "openvino" else verify_onnx
-            label = f"sqnr-hybrid-w8a8 latency-planned for {target} (max_latency_ratio {planned_ratio})"
+            label = f"{info['recipe']} latency-planned for {target} (max_latency_ratio {planned_ratio})"
             if fmt == "openvino":
                 specs[f"{label}, OpenVINO f32 (project)"] = ("openvino", path, "f32")
                 specs[f"{label}, OpenVINO default precision (project)"] = ("openvino", path, None)
@@ -265,25 +268,27 @@ def bench_model(name: str, args, workdir: Path) -> dict[str, Any]:
 
 
 def planned_model(pipe, fp_copy, target: str, ratio: float, args, cal, cal_spec, is_sd: bool, cache_dir: Path):
-    """sqnr-hybrid-w8a8 with ``[plan] target`` and ``max_latency_ratio``, through the quantize job on a float copy
-    (the global analysis cached across targets); returns the quantized denoiser and what the job reported."""
+    """``--planned-recipe`` (sqnr-hybrid-w8a8 unless told) with ``[plan] target`` and ``max_latency_ratio``, through
+    the quantize job on a float copy (the global analysis cached across targets); returns the quantized denoiser and
+    what the job reported."""
     import dataclasses
 
     from brevitas_ldm.recipe import get_recipe
     from brevitas_ldm.workflow import quantize_pipeline
 
-    recipe = get_recipe("sqnr-hybrid-w8a8")
+    recipe = get_recipe(args.planned_recipe)
+    base_name = recipe.name
     analysis = recipe.analysis
     if args.planned_analysis_prompts and is_sd:
         analysis = dataclasses.replace(analysis, num_prompts=args.planned_analysis_prompts)
-    recipe = dataclasses.replace(recipe, name=f"sqnr-hybrid-w8a8-{target}", analysis=analysis,
+    recipe = dataclasses.replace(recipe, name=f"{base_name}-{target}", analysis=analysis,
                                  plan=dataclasses.replace(recipe.plan, target=target, max_latency_ratio=ratio))
     pipe.unet = copy.deepcopy(fp_copy)
     result = quantize_pipeline(pipe, recipe, list(cal.prompts), list(cal.seeds), cal_spec, cache_dir=cache_dir)
     counts: dict[str, int] = {}
     for precision in result.precisions.values():
         counts[str(precision)] = counts.get(str(precision), 0) + 1
-    info = {**result.latency, "layer_precisions": dict(sorted(counts.items())),
+    info = {**result.latency, "recipe": base_name, "layer_precisions": dict(sorted(counts.items())),
             "predicted_sqnr_db": result.plan.predicted_sqnr_db, "avg_weight_bits": result.plan.avg_weight_bits,
             "avg_act_bits": result.plan.avg_act_bits, "table": result.latency_table.describe()}
     return pipe.unet.eval(), info

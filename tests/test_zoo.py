@@ -65,3 +65,34 @@ def test_frechet_distance_properties():
     # A mean shift s in every one of 8 dimensions adds 8 s^2.
     assert distances == pytest.approx([8 * 0.25, 8 * 1.0, 8 * 4.0], rel=1e-3)
     assert frechet_distance(features, features * 2.0) > 5.0
+
+
+@pytest.mark.parametrize("name", ["tiny-sd-digits", "tiny-sd-fashion"])
+def test_shipped_text_encoders_load_every_tensor_in_old_and_new_transformers(name, tmp_path):
+    """transformers 5.2x saves CLIPTextModel without its ``text_model.`` prefix and 5.5 (optimum-intel 2.2's newest)
+    then loads none of it: the shipped files carry the prefix, and both releases load all 36 tensors (tox -e
+    pipeline runs this under 5.5)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from transformers import CLIPTextModel
+
+    from brevitas_ldm.zoo.catalog import CATALOG
+    from brevitas_ldm.zoo.portable_weights import CLIP_TEXT_PREFIX, prefix_clip_text_keys
+
+    shipped = CATALOG[name].pipeline_dir / "text_encoder"
+    tensors = load_file(str(shipped / "model.safetensors"))
+    assert len(tensors) == 36 and all(key.startswith(CLIP_TEXT_PREFIX) for key in tensors)
+    model, info = CLIPTextModel.from_pretrained(str(shipped), output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    embedding = model.get_input_embeddings().weight
+    assert torch.equal(embedding, tensors[CLIP_TEXT_PREFIX + "embeddings.token_embedding.weight"])
+    # a file as transformers 5.2x writes it: every key bare; the rewrite restores the shipped file's tensors
+    bare = tmp_path / "text_encoder"
+    shutil.copytree(shipped, bare)
+    save_file({key.removeprefix(CLIP_TEXT_PREFIX): value for key, value in tensors.items()},
+              str(bare / "model.safetensors"), metadata={"format": "pt"})
+    assert prefix_clip_text_keys(bare) == 36 and prefix_clip_text_keys(bare) == 0
+    rewritten = load_file(str(bare / "model.safetensors"))
+    assert rewritten.keys() == tensors.keys() and all(torch.equal(rewritten[k], tensors[k]) for k in tensors)
+    assert not list(bare.glob("*.portable"))

@@ -20,6 +20,20 @@ from brevitas_ldm.commands.common import (
 from brevitas_ldm.errors import BrevitasLDMError
 from brevitas_ldm.io import atomic_output_dir, write_json_atomic
 
+#: Where ``--pipeline`` writes the OpenVINO pipeline inside ``--out``, and what loads it.
+PIPELINE_FOLDER = "pipeline"
+PIPELINE_LOADER = "optimum.intel.OVDiffusionPipeline.from_pretrained"
+
+
+def check_pipeline_option(fmt: str, class_name: str) -> None:
+    """``--pipeline`` needs the OpenVINO denoiser and a pipeline the OpenVINO folder lays out (refused up front)."""
+    from brevitas_ldm.export.openvino_pipeline import check_pipeline_class
+
+    if fmt != "openvino":
+        raise BrevitasLDMError(f"--pipeline writes an OpenVINO pipeline around the openvino denoiser, not around "
+                               f"--format {fmt}: add --format openvino, or drop --pipeline")
+    check_pipeline_class(class_name)
+
 
 def add_parser(subparsers) -> None:
     from brevitas_ldm.export import EXPORT_FORMATS, WEIGHT_STORAGES
@@ -43,6 +57,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (13-20; FP8 needs 19+)")
     parser.add_argument("--float-baseline", action="store_true",
                         help="also export the FP32 denoiser and compare size and onnxruntime latency")
+    parser.add_argument("--pipeline", action="store_true",
+                        help="openvino: also write pipeline/, the whole StableDiffusionPipeline as OpenVINO IR in the "
+                        "folder optimum-intel loads (OVDiffusionPipeline.from_pretrained), the quantized denoiser "
+                        "as its unet")
     add_output_options(parser)
     parser.set_defaults(run=run)
 
@@ -59,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     import copy
 
     from brevitas_ldm.checkpoint.folder import load_quantized
+    from brevitas_ldm.denoiser.loading import pipeline_class_name, resolve_model_path
     from brevitas_ldm.denoiser.sampling import get_denoiser
     from brevitas_ldm.export import EXPORT_FORMATS, cpu_info, export_denoiser
     from brevitas_ldm.zoo.catalog import default_prompt_for
@@ -75,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
                                f"{args.format}: use --format {', '.join(runnable)}")
     if args.float_baseline:
         export_format.check_float_baseline()
+    if args.pipeline:
+        check_pipeline_option(args.format, pipeline_class_name(resolve_model_path(args.model)))
     pipe, _ = load_model(args)
     float_inputs = capture_inputs(pipe, default_prompt_for(args.model, 3), seed=1) if args.float_baseline else None
     float_denoiser = copy.deepcopy(get_denoiser(pipe)) if args.float_baseline else None
@@ -92,6 +113,11 @@ def run(args: argparse.Namespace) -> int:
                              args.weight_storage)
         if args.float_baseline:
             export_format.float_baseline(summary, float_denoiser, float_inputs, fresh, staging, args.opset)
+        if args.pipeline:
+            from brevitas_ldm.export.openvino_pipeline import write_openvino_pipeline
+
+            sizes = write_openvino_pipeline(pipe, path, staging / PIPELINE_FOLDER)
+            summary["pipeline"] = {"folder": PIPELINE_FOLDER, "loader": PIPELINE_LOADER, "size_bytes": sizes}
         for item in summary.get("verification", {}), summary.get("emulated_verification", {}):
             item.pop("path", None)
         write_json_atomic(staging / "export.json", summary)
@@ -108,5 +134,8 @@ def run(args: argparse.Namespace) -> int:
             line += f" (OpenVINO, float parts in {summary['kernels']['inference_precision']})"
     if "latency_ratio" in summary:
         line += f"; latency {summary['latency_ratio']:.2f}x FP32, size {summary['size_ratio']:.2f}x"
+    if "pipeline" in summary:
+        line += (f"; pipeline {args.out / PIPELINE_FOLDER} ({sum(summary['pipeline']['size_bytes'].values()):,} "
+                 f"bytes of IR): load with {PIPELINE_LOADER}('{args.out / PIPELINE_FOLDER}')")
     print(line)
     return 0

@@ -11,7 +11,8 @@ per format in :mod:`.formats`; a new format is one new module there, or ``EXPORT
   (:mod:`.integer_kernels`), the same model exactly, and the deployment format for speed.
 * ``openvino``: the ``onnx-qcdq`` graph with int8 weights as OpenVINO IR, in the form OpenVINO's low-precision
   transformations run as integer Convolution/FullyConnected kernels (:mod:`.openvino_ir`; run, verified and timed
-  by :mod:`.openvino_runtime`).
+  by :mod:`.openvino_runtime`); :func:`write_openvino_pipeline` (:mod:`.openvino_pipeline`, ``export --pipeline``)
+  writes the whole StableDiffusionPipeline around it as the folder optimum-intel's ``OVDiffusionPipeline`` loads.
 * ``torch-qcdq`` (:func:`brevitas.export.export_torch_qcdq`): a TorchScript trace with the same Q/DQ structure in
   torch ops; load with ``torch.jit.load`` and call with positional tensors.
 * ``qonnx`` (:func:`brevitas.export.export_qonnx`): ONNX with Brevitas/QONNX ``Quant`` custom ops that keep
@@ -34,6 +35,7 @@ from brevitas_ldm.export.integer_kernels import (
     lower_to_integer_kernels,
 )
 from brevitas_ldm.export.openvino_ir import onnx_to_openvino_ir
+from brevitas_ldm.export.openvino_pipeline import write_openvino_pipeline
 from brevitas_ldm.export.openvino_runtime import (
     openvino_kernel_counts,
     openvino_latency,
@@ -64,4 +66,4 @@ __all__ = ["CpuInfo", "DenoiserForExport", "EXPORT_FORMATS", "ExportMismatchErro
            "export_float_onnx", "export_signature", "integer_kernel_counts", "lower_to_integer_kernels",
            "onnx_latency", "onnx_quant_summary", "onnx_to_openvino_ir", "openvino_kernel_counts", "openvino_latency",
            "overflowing_int8_weights", "quant_features", "run_onnx_emulated", "session_options", "store_for_x86",
-           "verify_onnx", "verify_openvino", "verify_torchscript"]
+           "verify_onnx", "verify_openvino", "verify_torchscript", "write_openvino_pipeline"]

@@ -39,6 +39,7 @@ from brevitas_ldm.zoo.architecture import (
 from brevitas_ldm.zoo.classifier import DigitsClassifier
 from brevitas_ldm.zoo.data import augment, load_split
 from brevitas_ldm.zoo.fashion_data import DEFAULT_DATA_DIR, fashion_prompts, load_fashion, shift_augment
+from brevitas_ldm.zoo.portable_weights import prefix_clip_text_keys
 from brevitas_ldm.zoo.tokenizer import digit_prompts, write_tokenizer_files
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "weights"
@@ -346,6 +347,7 @@ def main(argv: list[str] | None = None) -> None:
             _round_to_half(vae, text_encoder, unet)
             pipe.to(torch.float16)
         pipe.save_pretrained(str(staging / target.pipeline_dir), safe_serialization=True)
+        prefix_clip_text_keys(staging / target.pipeline_dir / "text_encoder")     # loadable by older transformers
         # Ship the project's own tokenizer files (vocab.json, merges.txt) rather than only a tokenizer.json.
         for name in ("vocab.json", "merges.txt"):
             shutil.copy(staging / "tokenizer-src" / name, staging / target.pipeline_dir / "tokenizer" / name)
