@@ -10,6 +10,9 @@ measures the two differences in placement, in one process, on the same inputs:
 * NNCF puts one FakeQuantize on a tensor however many layers read it; the project's file has one per consuming
   layer (Brevitas quantizes each layer's input), e.g. the q/k/v projections of one attention.
 
+The last row is the project's answer to the first: ``[deploy] quantize_query_key`` quantizes the query and key
+projections' outputs, so the scores' MatMul has two 8-bit inputs, as in NNCF's file.
+
 Latency: OpenVINO at f32 (``INFERENCE_PRECISION_HINT``), ``--threads`` threads, interleaved rounds, median ratio to
 the FP32 IR; SQNR vs the FP32 IR on ``--fresh`` inputs the calibration never saw. Inputs are seeded random denoiser
 inputs (``--seed``), the calibration set for NNCF and for the project's min-max calibration alike.
@@ -117,16 +120,20 @@ def placement(model) -> dict[str, Any]:
             "activation_matmuls_quantized": quantized, "ops": len(model.get_ops())}
 
 
-def project_file(unet, example, calibration, path: Path) -> Path:
-    """minmax-w8a8 on ``unet``, activations calibrated on ``calibration`` with Brevitas' calibration_mode, exported
-    with ``--format openvino``'s exporter."""
+def project_file(unet, example, calibration, path: Path, query_key: bool) -> Path:
+    """minmax-w8a8 on ``unet`` (with ``[deploy] quantize_query_key`` when ``query_key``), activations calibrated on
+    ``calibration`` with Brevitas' calibration_mode, exported with ``--format openvino``'s exporter."""
+    import dataclasses
+
     from brevitas.graph.calibrate import calibration_mode
 
     from brevitas_ldm.export import export_denoiser
     from brevitas_ldm.quant.quantize import quantize_denoiser
     from brevitas_ldm.recipe import get_recipe
 
-    model = quantize_denoiser(copy.deepcopy(unet), get_recipe("minmax-w8a8")).eval()
+    recipe = get_recipe("minmax-w8a8")
+    recipe = dataclasses.replace(recipe, deploy=dataclasses.replace(recipe.deploy, quantize_query_key=query_key))
+    model = quantize_denoiser(copy.deepcopy(unet), recipe).eval()
     with torch.no_grad(), calibration_mode(model):
         for inputs in calibration:
             model(**inputs)
@@ -165,8 +172,10 @@ def main(argv=None) -> int:
         models[label] = nncf.quantize(core.read_model(str(fp_xml)), dataset, model_type=nncf.ModelType.TRANSFORMER,
                                       subset_size=len(calibration), **extra)
         seconds[label] = time.perf_counter() - start
-    project = project_file(unet, calibration[0], calibration, args.workdir / "project.xml")
-    models["project minmax-w8a8 --format openvino"] = core.read_model(str(project))
+    for label, query_key in (("project minmax-w8a8 --format openvino", False),
+                             ("project minmax-w8a8 + [deploy] quantize_query_key --format openvino", True)):
+        path = project_file(unet, calibration[0], calibration, args.workdir / f"project-{query_key}.xml", query_key)
+        models[label] = core.read_model(str(path))
 
     config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": args.threads}
     compiled = {label: core.compile_model(model, "CPU", config) for label, model in models.items()}

@@ -206,12 +206,20 @@ class Deploy:
     because the analysis, calibration and evaluation run this very model, every reported SQNR is the deployed
     one. Pair it with weights of 7 bits or fewer (``|q| <= 63``) and the fast u8s8 kernel is exact on AVX2 CPUs
     too; 8-bit weights are stored as uint8 by the portable export (exact everywhere, slower).
+
+    ``quantize_query_key``: the query and key projections (``to_q``, ``to_k``) of every attention whose scores are
+    their product also quantize their outputs to 8 bits (Brevitas ``output_quant``), where both run integer
+    kernels, so the attention scores' MatMul has two 8-bit inputs: OpenVINO runs it on integers, as NNCF's
+    transformer preset has it (the whole of NNCF's latency lead on the SD-shaped UNet,
+    docs/openvino-quantizer-placement.md). The attention's softmax-by-value product stays float.
     """
 
     requantize_conv_outputs: bool = False
+    quantize_query_key: bool = False
 
     def validate(self) -> None:
         _check_type(self.requantize_conv_outputs, bool, "deploy.requantize_conv_outputs", "true or false")
+        _check_type(self.quantize_query_key, bool, "deploy.quantize_query_key", "true or false")
 
 
 @dataclass(frozen=True)
@@ -416,6 +424,9 @@ class Recipe:
         self.plan.validate()
         self.deploy.validate()
         self.qat.validate()
+        if self.deploy.quantize_query_key and self.activations.format != "int":
+            raise RecipeError(f"deploy.quantize_query_key needs integer activations (activations.format = "
+                              f"{self.activations.format!r}): set activations.format = \"int\" or drop the key")
         if self.deploy.requantize_conv_outputs and self.activations.format != "int":
             raise RecipeError(f"deploy.requantize_conv_outputs needs integer activations (activations.format = "
                               f"{self.activations.format!r}): set activations.format = \"int\" or drop the key")

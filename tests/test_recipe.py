@@ -76,6 +76,9 @@ def test_the_quickstart_analysis_costs_under_a_third_of_the_20_step_one():
     ('name = "x"\n[deploy]\nrequantize_conv_outputs = "yes"', "deploy.requantize_conv_outputs"),
     ('name = "x"\n[activations]\nformat = "e4m3"\n[deploy]\nrequantize_conv_outputs = true',
      "deploy.requantize_conv_outputs needs integer activations"),
+    ('name = "x"\n[deploy]\nquantize_query_key = 1', "deploy.quantize_query_key"),
+    ('name = "x"\n[activations]\nformat = "e4m3"\n[deploy]\nquantize_query_key = true',
+     "deploy.quantize_query_key needs integer activations"),
 ])
 def test_bad_recipes_name_the_key(text, message):
     with pytest.raises(RecipeError, match=message.replace("(", r"\(").replace("[", r"\[").replace(".", r"\.")):

@@ -45,6 +45,7 @@ INFERENCE_PRECISIONS = ("f32", "bf16")
 #: Runtime layer types that are a model's Conv/Linear/MatMul work.
 _WORK_LAYERS = ("Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul", "Gemm")
 _INTEGER_PRECISIONS = ("u8", "i8")
+_ATTENTION_SUBGRAPH = "Subgraph"
 
 
 def openvino_version() -> str:
@@ -166,17 +167,26 @@ def openvino_kernel_counts(path: str | Path, threads: int | None = 1,
 
     ``{"integer": {layer type: n}, "float": {layer type: n}, "by_precision": {"Convolution u8": n, ...},
     "inference_precision": ...}``: integer layers are those OpenVINO runs in u8/i8 on u8/i8 data on this machine
-    (``by_precision`` is the plugin's own ``runtimePrecision``, weight-compressed float layers included).
+    (``by_precision`` is the plugin's own ``runtimePrecision``, weight-compressed float layers included). An
+    ``"Attention"`` entry counts the fused attentions whose scores run on u8/i8 (``[deploy] quantize_query_key``).
     """
     compiled = compile_ir(path, threads, precision)
     integer, floating, by_precision = Counter(), Counter(), Counter()
     for op in compiled.get_runtime_model().get_ordered_ops():
         info = op.get_rt_info()
         layer = info["layerType"].astype(str) if "layerType" in info else op.get_type_name()
-        if layer not in _WORK_LAYERS:
+        if layer != _ATTENTION_SUBGRAPH and layer not in _WORK_LAYERS:
             continue
         runtime = info["runtimePrecision"].astype(str) if "runtimePrecision" in info else "?"
-        data = op.input(0).get_element_type().to_string()
+        inputs = [op.input(i).get_element_type().to_string() for i in range(min(op.get_input_size(), 2))]
+        data = inputs[0] if inputs else "?"
+        if layer == _ATTENTION_SUBGRAPH:
+            # OpenVINO fuses an attention (MatMul, Softmax, MatMul) into one Subgraph: integer when its scores' two
+            # inputs are (``[deploy] quantize_query_key``); float ones are not counted, nor are elementwise Subgraphs
+            if runtime in _INTEGER_PRECISIONS and len(inputs) == 2 and set(inputs) <= set(_INTEGER_PRECISIONS):
+                integer["Attention"] += 1
+                by_precision[f"Attention {runtime}"] += 1
+            continue
         (integer if runtime in _INTEGER_PRECISIONS and data in _INTEGER_PRECISIONS else floating)[layer] += 1
         by_precision[f"{layer} {runtime}"] += 1
     return {"integer": dict(sorted(integer.items())), "float": dict(sorted(floating.items())),

@@ -136,12 +136,37 @@ def quantize_denoiser(denoiser: nn.Module, recipe: Recipe,
 
         conv = {**common, "output_quant": lambda module, name: output_quant(module, name),
                 "bias_quant": lambda module, name: bias_quant(module, name)}
-    layer_map = {nn.Linear: (qnn.QuantLinear, common), nn.Conv2d: (qnn.QuantConv2d, conv)}
+    linear = common
+    if recipe.deploy.quantize_query_key:
+        integer_pairs = {layer for pair in query_key_pairs(denoiser)
+                         if all(_integer_input(plan[layer]) for layer in pair) for layer in pair}
+
+        def query_key_quant(module: nn.Module, name: str):
+            return act_quantizer(recipe.activations, 8) if to_user.get(name, name) in integer_pairs else None
+
+        linear = {**common, "output_quant": lambda module, name: query_key_quant(module, name)}
+    layer_map = {nn.Linear: (qnn.QuantLinear, linear), nn.Conv2d: (qnn.QuantConv2d, conv)}
     blacklist = [internal for internal, user in to_user.items() if plan[user].is_float]
     was_training = denoiser.training
     layerwise_quantize(denoiser, compute_layer_map=layer_map, name_blacklist=blacklist)
     denoiser.train(was_training)
     return denoiser
+
+
+def _integer_input(precision: Precision) -> bool:
+    """Whether a layer at ``precision`` runs an integer kernel: integer weights and 8-bit-or-narrower inputs."""
+    return precision.weight_bits is not None and precision.act_bits is not None and precision.act_bits <= 8
+
+
+def query_key_pairs(denoiser: nn.Module) -> list[tuple[str, str]]:
+    """``(to_q, to_k)`` of every diffusers ``Attention`` whose scores are the two projections' outputs multiplied
+    (reshaped into heads and scaled, which per-tensor quantization commutes with): not those that normalise the
+    query and key first (SD3, Flux) or append extra keys (``added_kv_proj_dim``)."""
+    from diffusers.models.attention_processor import Attention
+
+    return [(f"{name}.to_q", f"{name}.to_k") for name, module in denoiser.named_modules()
+            if isinstance(module, Attention) and module.norm_q is None and module.norm_k is None
+            and getattr(module, "added_kv_proj_dim", None) is None]
 
 
 def quant_layers(denoiser: nn.Module) -> dict[str, QuantWeightBiasInputOutputLayer]:

@@ -27,11 +27,13 @@ class OpenVino(ExportFormat):
 
     def write(self, denoiser, example_inputs, path, opset, weight_storage, features) -> Path:
         """The QCDQ file with int8 weights (the only weights OpenVINO's integer convolutions take, so
-        ``weight_storage`` does not apply), converted to IR."""
+        ``weight_storage`` does not apply), converted to IR; attention's scale traced as a constant
+        (:mod:`~brevitas_ldm.export.attention_scale`), so 8-bit queries and keys meet an integer MatMul."""
+        from brevitas_ldm.export.attention_scale import constant_attention_scale
         from brevitas_ldm.export.exporters import export_denoiser
         from brevitas_ldm.export.openvino_ir import onnx_to_openvino_ir
 
-        with tempfile.TemporaryDirectory(prefix="brevitas-ldm-openvino-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="brevitas-ldm-openvino-") as tmp, constant_attention_scale():
             qcdq = export_denoiser(denoiser, example_inputs, Path(tmp) / "qcdq.onnx", fmt="onnx-qcdq", opset=opset,
                                    weight_storage="int8")
             return onnx_to_openvino_ir(qcdq, path)
