@@ -126,10 +126,7 @@ def quantize_denoiser(denoiser: nn.Module, recipe: Recipe,
     conv = common
     if recipe.deploy.requantize_conv_outputs:
         def output_quant(module: nn.Module, name: str):
-            precision = plan[to_user.get(name, name)]
-            if precision.act_bits is None or precision.act_bits > 8 or precision.weight_bits is None:
-                return None
-            return act_quantizer(recipe.activations, 8)
+            return act_quantizer(recipe.activations, 8) if _integer_input(plan[to_user.get(name, name)]) else None
 
         def bias_quant(module: nn.Module, name: str):
             return Int32Bias if output_quant(module, name) is not None and module.bias is not None else None
