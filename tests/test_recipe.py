@@ -6,7 +6,8 @@ from brevitas_ldm.precision import FLOAT, Precision, parse_precision
 from brevitas_ldm.recipe import Recipe, get_recipe, list_recipes, register_recipe
 
 REQUIRED = ["minmax-w8a8", "smoothquant-w8a8", "qdiffusion-w8a8", "sqnr-hybrid-w8a8", "sqnr-hybrid-w4a8",
-            "sqnr-hybrid-w4a6", "sqnr-hybrid-w4a4", "minmax-w7a8-x86", "sqnr-hybrid-w7a8-x86"]
+            "sqnr-hybrid-w4a6", "sqnr-hybrid-w4a4", "minmax-w7a8-x86", "sqnr-hybrid-w7a8-x86",
+            "sqnr-hybrid-w8a8-openvino"]
 
 
 def test_builtin_recipes_are_registered_and_round_trip_through_toml():
@@ -34,6 +35,22 @@ def test_builtin_recipes_are_registered_and_round_trip_through_toml():
         assert get_recipe(name).weights.rounding == "gptq"
     for name in ("sqnr-hybrid-w4a4", "sqnr-hybrid-w7a8-x86"):    # the latter: measured for its deployment as is
         assert get_recipe(name).weights.rounding == "nearest"
+
+
+def test_the_openvino_recipe_plans_only_what_openvino_runs_fast():
+    """``sqnr-hybrid-w8a8-openvino`` (issue 29, docs/deployment-openvino.md): the menu holds the integer kernel and
+    float only (W8A16 runs as a float kernel with decompressed weights in OpenVINO), the plan is priced in
+    OpenVINO's table, the scores run on integers and the activations take zero points (on the SD-shaped UNet's
+    denoiser inputs, +1.2 dB over symmetric, docs/deployment-openvino.md)."""
+    from brevitas_ldm.registry import LATENCY_TARGETS
+
+    recipe = get_recipe("sqnr-hybrid-w8a8-openvino")
+    target = LATENCY_TARGETS.get(recipe.plan.target)
+    assert recipe.plan.target == "openvino-cpu" and recipe.plan.method == "budget"
+    assert {target.kernel(precision) for precision in recipe.plan.menu} == {"float", "integer"}
+    assert recipe.plan.menu == (FLOAT, Precision(8, 8)) and recipe.default_precision == Precision(8, 8)
+    assert recipe.deploy.quantize_query_key and not recipe.activations.symmetric
+    assert recipe.weights.rounding == "gptq" and recipe.analysis.global_ and recipe.analysis.local
 
 
 def test_the_quickstart_analysis_costs_under_a_third_of_the_20_step_one():
