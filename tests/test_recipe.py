@@ -41,7 +41,7 @@ def test_the_openvino_recipe_plans_only_what_openvino_runs_fast():
     """``sqnr-hybrid-w8a8-openvino`` (issue 29, docs/deployment-openvino.md): the menu holds the integer kernel and
     float only (W8A16 runs as a float kernel with decompressed weights in OpenVINO), the plan is priced in
     OpenVINO's table, the scores run on integers and the activations take zero points (on the SD-shaped UNet's
-    denoiser inputs, +1.2 dB over symmetric, docs/deployment-openvino.md)."""
+    denoiser inputs, +1.1 dB over symmetric, docs/deployment-openvino.md)."""
     from brevitas_ldm.registry import LATENCY_TARGETS
 
     recipe = get_recipe("sqnr-hybrid-w8a8-openvino")

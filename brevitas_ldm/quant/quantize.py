@@ -139,7 +139,7 @@ def quantize_denoiser(denoiser: nn.Module, recipe: Recipe,
                          if all(_integer_input(plan[layer]) for layer in pair) for layer in pair}
 
         # symmetric whatever the recipe's activations: a zero point on either input keeps OpenVINO's fused attention
-        # from running its scores on integers (the asymmetric-activation file ran them float, 0.492x vs 0.455x of
+        # from running its scores on integers (the asymmetric-activation file ran them float, 0.492x vs 0.456x of
         # the FP32 IR on sd15-half); projections' outputs are centred, so the zero point buys little there
         query_key_spec = dataclasses.replace(recipe.activations, symmetric=True)
 
