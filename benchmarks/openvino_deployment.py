@@ -25,6 +25,7 @@ import argparse
 import copy
 import json
 import platform
+import re
 import shlex
 import statistics
 import sys
@@ -73,6 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="the SD-shaped UNet's planned rows: global analysis prompts (default: the recipe's, "
                              "at most the calibration prompts)")
     parser.add_argument("--out", type=Path, default=Path("docs/deployment-openvino.md"))
+    parser.add_argument("--figure-from", type=Path, default=None, metavar="JSON",
+                        help="only redraw the latency/SQNR figure (--out with .png) from a saved report's JSON")
     return parser.parse_args(argv)
 
 
@@ -308,7 +311,8 @@ def report(results: list[dict], args, machine: dict) -> str:
              "Latency is the median over rounds of each round's ratio to the FP32 ONNX file in onnxruntime. "
              "*default precision* is OpenVINO without an inference-precision hint; the precision each row ran its "
              "float layers in is in the table. Integer kernels: OpenVINO rows from the compiled runtime model "
-             "(Convolution/FullyConnected running u8/i8 on u8/i8 data), onnxruntime rows after its optimizer.", ""]
+             "(Convolution/FullyConnected running u8/i8 on u8/i8 data), onnxruntime rows after its optimizer.", "",
+             f"![SQNR against latency, one panel per model]({args.out.with_suffix('.png').name})", ""]
     for result in results:
         threads = sorted(next(iter(result["rows"].values()))["latency"], key=int)
         lines += [f"## {result['model']}", "",
@@ -342,6 +346,36 @@ def report(results: list[dict], args, machine: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def figure(results: list[dict[str, Any]], path: Path, threads: list[int]) -> None:
+    """One panel per model: SQNR vs FP against latency / FP32 ORT, one marker per row and thread count, so the
+    question the table answers (which file is both faster and more accurate) reads at a glance: up and left wins."""
+    from brevitas_ldm.analysis.figures import plt, save_figure
+
+    fig, axes = plt.subplots(1, len(results), figsize=(6.4 * len(results), 4.6), squeeze=False)
+    markers = {thread: marker for thread, marker in zip(threads, "os^D")}
+    marker_names = {"o": "circle", "s": "square", "^": "triangle", "D": "diamond"}
+    handles: dict[str, Any] = {}
+    for ax, result in zip(axes[0], results):
+        for index, (name, row) in enumerate(result["rows"].items()):
+            if name == FP_ROW or row.get("sqnr_vs_fp_torch_db") is None:
+                continue
+            sqnr = min(row["sqnr_vs_fp_torch_db"], 45.0)     # the float rows sit near 120 dB: clipped to stay legible
+            label = re.sub(r" latency-planned for \S+ \(max_latency_ratio [\d.]+\)", " planned", name)
+            points = [(row["latency"][str(t)]["ratio_vs_fp32_ort"], t) for t in threads if str(t) in row["latency"]]
+            for ratio, thread in points:
+                handles[label] = ax.scatter(ratio, sqnr, color=f"C{index % 10}", marker=markers[thread], s=36)
+            if len(points) > 1:
+                ax.plot([p[0] for p in points], [sqnr] * len(points), color=f"C{index % 10}", lw=0.8)
+        ax.axvline(1.0, color="grey", lw=0.6, ls="--")
+        ax.set_xlabel("latency / FP32 ONNX in onnxruntime (lower is faster)")
+        ax.set_ylabel("SQNR vs FP torch, dB (float rows clipped at 45)")
+        ax.set_title(f"{result['model']}: " + ", ".join(f"{marker_names[m]} {t} thread(s)" for t, m in markers.items()))
+        ax.grid(alpha=0.3)
+    fig.legend(list(handles.values()), list(handles), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2,
+               fontsize=7, frameon=False)
+    save_figure(fig, path)
+
+
 def main(argv=None) -> int:
     import tempfile
 
@@ -354,6 +388,11 @@ def main(argv=None) -> int:
     from brevitas_ldm.export.latency_costs import machine_isa
 
     args = parse_args(argv)
+    if args.figure_from is not None:
+        saved = json.loads(args.figure_from.read_text())
+        figure(saved["results"], args.out.with_suffix(".png"), args.threads)
+        print(f"wrote {args.out.with_suffix('.png')}")
+        return 0
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)
     info = cpu_info()
@@ -372,7 +411,8 @@ def main(argv=None) -> int:
     args.out.write_text(report(results, args, machine))
     args.out.with_suffix(".json").write_text(json.dumps({"machine": machine, "results": results}, indent=1,
                                                         default=str) + "\n")
-    print(f"wrote {args.out}")
+    figure(results, args.out.with_suffix(".png"), args.threads)
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
     return 0
 
 
