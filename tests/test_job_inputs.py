@@ -36,7 +36,27 @@ def test_bad_inputs_fail_before_the_model_loads(tmp_path, capsys, no_model_loadi
     one_line_error(capsys, [*base, "--plan", str(tmp_path / "missing.json")], "no plan at")
     one_line_error(capsys, [*base, "--threads", "0"], "--threads '0'")
     one_line_error(capsys, [*base, "--calibration-steps", "0"], "--calibration-steps 0")
+    one_line_error(capsys, [*base, "--max-latency-ratio", "0.5"], "--max-latency-ratio 0.5", "plan.target",
+                   "--recipe sqnr-hybrid-w8a8-openvino")
+    one_line_error(capsys, [*base, "--recipe", "sqnr-hybrid-w8a8-openvino", "--max-latency-ratio", "9"],
+                   "--max-latency-ratio 9", "(0, 4]")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["budget.toml", "nul.txt", "prompts.bin"]
+
+
+def test_max_latency_ratio_flag_sets_the_recipes_budget():
+    """``--max-latency-ratio`` is the recipe's ``plan.max_latency_ratio`` and nothing else: the planner spends it as
+    it spends the TOML key (tests/test_latency_planning.py), so the flag only has to land there, checked."""
+    from brevitas_ldm.commands.quantize import with_plan_flags
+
+    args = build_parser().parse_args(["quantize", "--model", "tiny-sd-digits", "--recipe", "sqnr-hybrid-w8a8-openvino",
+                                      "--max-latency-ratio", "0.455", "--out", "o"])
+    recipe = get_recipe(args.recipe)
+    planned = with_plan_flags(recipe, args)
+    assert recipe.plan.max_latency_ratio == 0.0 and planned.plan.max_latency_ratio == 0.455
+    assert planned.plan.target == "openvino-cpu" and planned.plan.menu == recipe.plan.menu
+    assert planned.calibration == recipe.calibration and planned.weights == recipe.weights
+    args.max_latency_ratio = None
+    assert with_plan_flags(recipe, args) is recipe
 
 
 def test_unwritable_out_fails_before_the_model_loads(tmp_path, capsys, no_model_loading):

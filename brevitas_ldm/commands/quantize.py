@@ -29,7 +29,7 @@ from brevitas_ldm.cost import estimate
 from brevitas_ldm.denoiser.loading import model_display_name
 from brevitas_ldm.denoiser.lora import FusedLora
 from brevitas_ldm.denoiser.sampling import SamplingSpec, check_spec, get_denoiser
-from brevitas_ldm.errors import BrevitasLDMError
+from brevitas_ldm.errors import BrevitasLDMError, RecipeError
 from brevitas_ldm.evaluation.class_evaluator import evaluator_for
 from brevitas_ldm.evaluation.prompts import calibration_set, evaluation_set, read_prompt_file
 from brevitas_ldm.io import atomic_output_dir, write_json_atomic
@@ -66,6 +66,10 @@ def add_parser(subparsers) -> None:
                         "default: --steps)")
     parser.add_argument("--calibration-batch-size", type=int, default=None,
                         help="samples per calibration/analysis pipeline call (the recipe's calibration.batch_size)")
+    parser.add_argument("--max-latency-ratio", type=float, default=None,
+                        help="the recipe's plan.max_latency_ratio: the plan's predicted latency in its plan.target "
+                        "runtime over the float denoiser's there may not exceed it (a recipe with plan.target, e.g. "
+                        "sqnr-hybrid-w8a8-openvino; 0 drops the budget)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the plan of work (denoiser calls per phase, estimated time and peak memory from "
                         "one timed call) and stop")
@@ -84,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out is None and not args.dry_run:
         raise BrevitasLDMError("--out is required (the folder the report and quantized pipeline go to), except with "
                                "--dry-run")
-    recipe = with_calibration_flags(get_recipe(args.recipe), args)
+    recipe = with_plan_flags(with_calibration_flags(get_recipe(args.recipe), args), args)
     if args.calibration_prompts is not None and args.calibration_prompts < 1:
         raise BrevitasLDMError(f"--calibration-prompts {args.calibration_prompts} must be at least 1")
     if args.calibration_prompts is not None:
@@ -130,6 +134,25 @@ def with_calibration_flags(recipe: Recipe, args: argparse.Namespace) -> Recipe:
     if not changes:
         return recipe
     return dataclasses.replace(recipe, calibration=dataclasses.replace(recipe.calibration, **changes))
+
+
+def with_plan_flags(recipe: Recipe, args: argparse.Namespace) -> Recipe:
+    """The recipe with ``--max-latency-ratio`` applied, checked as the TOML key is (a flag, because the budget is
+    the one number a user tunes per machine and runtime, and copying a recipe to change it hides which one ran)."""
+    if args.max_latency_ratio is None:
+        return recipe
+    if args.max_latency_ratio and not recipe.plan.target:
+        raise RecipeError(f"--max-latency-ratio {args.max_latency_ratio:g} needs a recipe with plan.target (the "
+                          f"runtime whose latency it bounds), and {recipe.name!r} has none: use --recipe "
+                          f"sqnr-hybrid-w8a8-openvino, or a .toml with plan.target = \"openvino-cpu\" or "
+                          f"\"onnxruntime-cpu\"")
+    try:
+        plan = dataclasses.replace(recipe.plan, max_latency_ratio=args.max_latency_ratio)
+        plan.validate()
+    except RecipeError as error:
+        raise RecipeError(f"--max-latency-ratio {args.max_latency_ratio:g} with recipe {recipe.name!r}: "
+                          f"{error}") from None
+    return dataclasses.replace(recipe, plan=plan)
 
 
 def _write_job(args: argparse.Namespace, result, evaluation: Evaluation, work, job: JobProgress,
