@@ -355,6 +355,7 @@ def figure(results: list[dict[str, Any]], path: Path, threads: list[int]) -> Non
     markers = {thread: marker for thread, marker in zip(threads, "os^D")}
     marker_names = {"o": "circle", "s": "square", "^": "triangle", "D": "diamond"}
     handles: dict[str, Any] = {}
+    palette = plt.get_cmap("tab20").colors      # a model has up to 12 rows: tab10 would repeat a colour
     for ax, result in zip(axes[0], results):
         for index, (name, row) in enumerate(result["rows"].items()):
             if name == FP_ROW or row.get("sqnr_vs_fp_torch_db") is None:
@@ -362,10 +363,11 @@ def figure(results: list[dict[str, Any]], path: Path, threads: list[int]) -> Non
             sqnr = min(row["sqnr_vs_fp_torch_db"], 45.0)     # the float rows sit near 120 dB: clipped to stay legible
             label = re.sub(r" latency-planned for \S+ \(max_latency_ratio [\d.]+\)", " planned", name)
             points = [(row["latency"][str(t)]["ratio_vs_fp32_ort"], t) for t in threads if str(t) in row["latency"]]
+            colour = palette[index % len(palette)]
             for ratio, thread in points:
-                handles[label] = ax.scatter(ratio, sqnr, color=f"C{index % 10}", marker=markers[thread], s=36)
+                handles[label] = ax.scatter(ratio, sqnr, color=colour, marker=markers[thread], s=36)
             if len(points) > 1:
-                ax.plot([p[0] for p in points], [sqnr] * len(points), color=f"C{index % 10}", lw=0.8)
+                ax.plot([p[0] for p in points], [sqnr] * len(points), color=colour, lw=0.8)
         ax.axvline(1.0, color="grey", lw=0.6, ls="--")
         ax.set_xlabel("latency / FP32 ONNX in onnxruntime (lower is faster)")
         ax.set_ylabel("SQNR vs FP torch, dB (float rows clipped at 45)")
